@@ -1,0 +1,14 @@
+"""Numba microkernels on float32 NHWC arrays (installed as `mnv2engine.kernels`).
+
+Pure functions: they know nothing of graphs, files or images, and never allocate
+activation memory: every output and scratch buffer is passed in by the caller.
+
+Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReLU6 and
+(-inf, inf) is linear.
+"""
+from .conv import conv3x3, depthwise3x3, pointwise
+from .pool import global_avg_pool, pointwise_avg_pool
+from .block import inverted_residual
+
+__all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
+           "inverted_residual"]

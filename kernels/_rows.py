@@ -1,0 +1,113 @@
+"""Row-level building blocks shared by the whole-tensor kernels and the fused block.
+
+Each computes one output row (a [W, channels] slab) of one operator, so the same code
+serves the materialized evaluation (every row, one operator at a time) and the streamed
+one (rows produced only when the next operator needs them). Channel slices are given as
+offsets into the full weight arrays, so sliced evaluation needs no weight copies.
+"""
+import numpy as np
+from numba import njit
+
+# 'contract' lets LLVM fuse a*b+c into one FMA: faster, and one rounding instead of two.
+# No reassociation flags: every inner loop runs over independent output channels, so it
+# vectorizes without reordering any sum, and results do not depend on the SIMD width.
+FASTMATH = {"contract"}
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def fill_bias(out, b, c0):
+    """out[p, :] = b[c0:c0 + C] for every row p of out [P, C]."""
+    P, C = out.shape
+    for p in range(P):
+        for c in range(C):
+            out[p, c] = b[c0 + c]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def clamp(out, lo, hi):
+    """The epilogue's clamp, in place on out [P, C]; lo, hi = -inf, inf leaves it linear."""
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    if lo32 == -np.inf and hi32 == np.inf:
+        return
+    P, C = out.shape
+    for p in range(P):
+        for c in range(C):
+            out[p, c] = min(max(out[p, c], lo32), hi32)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def matmul_acc(x, w, k0, c0, out):
+    """out[p, c] += sum_k x[p, k] * w[k0 + k, c0 + c]: the one GEMM of the engine.
+
+    x [P, K], w [Kfull, Cfull], out [P, C]. (k0, c0) select a block of w, which is how
+    an expansion slice (columns c0..) and its projection (rows k0..) are addressed.
+    """
+    P, K = x.shape
+    C = out.shape[1]
+    for p in range(P):
+        for k in range(K):
+            xv = x[p, k]
+            for c in range(C):
+                out[p, c] += xv * w[k0 + k, c0 + c]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def pointwise_row(x, w, b, c0, lo, hi, out):
+    """out = clamp(x @ w[:, c0:c0+C] + b[c0:c0+C], lo, hi); x [P, Cin], out [P, C]."""
+    fill_bias(out, b, c0)
+    matmul_acc(x, w, 0, c0, out)
+    clamp(out, lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def depthwise_row(e, H, oy, w, b, c0, stride, pad_top, pad_left, lo, hi, out):
+    """Output row `oy` of a 3x3 depthwise conv.
+
+    e [R, W, C] holds input row iy at e[iy % R] (R = H for a whole tensor, 3 for a line
+    buffer); H is the input height; w [3, 3, Cfull], b [Cfull]; out [Wo, C] for channels
+    c0 .. c0 + C. Positions outside [0, H) x [0, W) are the zero padding; the bottom and
+    right padding only show in how many output rows and columns the caller asks for.
+    """
+    R, W, C = e.shape
+    Wo = out.shape[0]
+    fill_bias(out, b, c0)
+    for ky in range(3):
+        iy = oy * stride - pad_top + ky
+        if iy < 0 or iy >= H:
+            continue
+        row = e[iy % R]
+        for ox in range(Wo):
+            for kx in range(3):
+                ix = ox * stride - pad_left + kx
+                if ix < 0 or ix >= W:
+                    continue
+                for c in range(C):
+                    out[ox, c] += row[ix, c] * w[ky, kx, c0 + c]
+    clamp(out, lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def conv3x3_row(x, oy, w, b, c0, stride, pad_top, pad_left, lo, hi, out):
+    """Output row `oy` of a full 3x3 conv (the stem).
+
+    x [H, W, Cin] one image; w [9 * Cin, Cfull], the HWIO kernel flattened over
+    (ky, kx, ci); b [Cfull]; out [Wo, C] holds output channels c0 .. c0 + C.
+    """
+    H, W, Cin = x.shape
+    Wo, C = out.shape
+    fill_bias(out, b, c0)
+    for ox in range(Wo):
+        for ky in range(3):
+            iy = oy * stride - pad_top + ky
+            if iy < 0 or iy >= H:
+                continue
+            for kx in range(3):
+                ix = ox * stride - pad_left + kx
+                if ix < 0 or ix >= W:
+                    continue
+                k = (ky * 3 + kx) * Cin
+                for ci in range(Cin):
+                    xv = x[iy, ix, ci]
+                    for c in range(C):
+                        out[ox, c] += xv * w[k + ci, c0 + c]
+    clamp(out, lo, hi)

@@ -1,0 +1,136 @@
+"""The inverted residual block, fused, in the three evaluations of the paper and beyond.
+
+    y = project(relu6(depthwise(relu6(expand(x))))) (+ x)
+
+Section 5 of the paper writes it as F(x) = sum_i (A_i o N o B_i)(x) over t channel slices:
+B_i expands slice i (1x1 conv + ReLU6), N filters it depthwise (+ ReLU6) and A_i projects
+it, linearly, into the accumulated output. `bounds` holds the t + 1 slice edges.
+
+  materialized  (t = 1, rows=False) expand everything, then filter, then project:
+                E [N, He, We, hidden] and D [N, Ho, Wo, hidden] exist whole.
+  sliced        (t > 1, rows=False) the same per slice and image: E and D hold one slice.
+  row-streamed  (rows=True) per slice, E lives in a 3-row line buffer and D in one row:
+                expansion rows are made just before the depthwise needs them, and each
+                output row is projected as soon as it is filtered.
+
+For the first block the expansion is the stem conv (`stem=True`): the paper's first-layer
+trick, so the stem's output is sliced and streamed like any other expansion.
+"""
+from numba import njit
+
+from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, matmul_acc, pointwise_row
+
+RELU6 = (0.0, 6.0)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _expand_row(x, n, iy, stem, we, be, c0, exp_stride, exp_pads, out):
+    """Row iy of expansion slice c0.. of image n: out [We, cs]."""
+    if stem:
+        conv3x3_row(x[n], iy, we, be, c0, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], out)
+    else:
+        pointwise_row(x[n, iy], we, be, c0, RELU6[0], RELU6[1], out)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _project_row(d, wp, bp, c0, first, use_residual, x_row, y_row):
+    """y_row [Wo, Cout] += d [Wo, cs] @ wp[c0:c0+cs]; the first slice starts from bias (+ x)."""
+    if first:
+        fill_bias(y_row, bp, 0)
+        if use_residual:
+            Wo, C = y_row.shape
+            for i in range(Wo):
+                for c in range(C):
+                    y_row[i, c] += x_row[i, c]
+    matmul_acc(d, wp, c0, 0, y_row)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _phases(x, y, n0, n1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+            wp, bp, c0, first, use_residual, e, d):
+    """Materialized order for images n0..n1: expand all rows, then filter all, then project.
+
+    e [n1 - n0, He, We, cs], d [n1 - n0, Ho, Wo, cs]. The phase order is what lets the
+    memory planner put E where x was and y where E was.
+    """
+    He, Ho = e.shape[1], d.shape[1]
+    for n in range(n0, n1):
+        for iy in range(He):
+            _expand_row(x, n, iy, stem, we, be, c0, exp_stride, exp_pads, e[n - n0, iy])
+    for n in range(n0, n1):
+        for oy in range(Ho):
+            depthwise_row(e[n - n0], He, oy, wd, bd, c0, dw_stride, dw_pads[0], dw_pads[2],
+                          RELU6[0], RELU6[1], d[n - n0, oy])
+    for n in range(n0, n1):
+        for oy in range(Ho):
+            _project_row(d[n - n0, oy], wp, bp, c0, first, use_residual, x[n, oy], y[n, oy])
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _stream(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+            wp, bp, c0, first, use_residual, e, d):
+    """Row-streamed order for image n: e [3, We, cs] line buffer, d [Wo, cs] one row."""
+    He = _expanded_height(x, stem, exp_stride, exp_pads)
+    Ho = y.shape[1]
+    next_row = 0
+    for oy in range(Ho):
+        needed = min(oy * dw_stride - dw_pads[0] + 2, He - 1)
+        while next_row <= needed:  # rows below `needed - 2` are no longer used: overwrite
+            _expand_row(x, n, next_row, stem, we, be, c0, exp_stride, exp_pads, e[next_row % 3])
+            next_row += 1
+        depthwise_row(e, He, oy, wd, bd, c0, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d)
+        _project_row(d, wp, bp, c0, first, use_residual, x[n, oy], y[n, oy])
+
+
+@njit(cache=True)
+def _expanded_height(x, stem, exp_stride, exp_pads):
+    if stem:
+        return (x.shape[1] + exp_pads[0] + exp_pads[1] - 3) // exp_stride + 1
+    return x.shape[1]
+
+
+@njit(cache=True)
+def _expanded_width(x, stem, exp_stride, exp_pads):
+    if stem:
+        return (x.shape[2] + exp_pads[2] + exp_pads[3] - 3) // exp_stride + 1
+    return x.shape[2]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y):
+    """One inverted residual block, any t, materialized or row-streamed.
+
+    x [N, H, W, Cin]        block input (the image when stem=True)
+    we, be                  expansion: [Cin, hidden] 1x1 conv, or [27, hidden] 3x3 stem
+                            conv (HWIO flattened) of exp_stride and exp_pads
+    wd [3, 3, hidden], bd   depthwise of dw_stride, dw_pads (top, bottom, left, right)
+    wp [hidden, Cout], bp   linear projection
+    bounds int64 [t + 1]    slice i is channels bounds[i] .. bounds[i + 1]
+    ebuf, dbuf              flat float32 scratch, sized by the planner for the mode
+    y [N, Ho, Wo, Cout]     output; must not overlap x
+    """
+    N = x.shape[0]
+    He = _expanded_height(x, stem, exp_stride, exp_pads)
+    We = _expanded_width(x, stem, exp_stride, exp_pads)
+    Ho, Wo = y.shape[1], y.shape[2]
+    t = len(bounds) - 1
+    for s in range(t):
+        c0 = bounds[s]
+        cs = bounds[s + 1] - c0
+        first = s == 0
+        if rows:
+            e = ebuf[:3 * We * cs].reshape((3, We, cs))
+            d = dbuf[:Wo * cs].reshape((Wo, cs))
+            for n in range(N):
+                _stream(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+                        wp, bp, c0, first, use_residual, e, d)
+        else:
+            # t = 1 runs each phase over the whole batch (the framework way); a slice
+            # holds one image at a time, so its scratch is per image.
+            nb = N if t == 1 else 1
+            e = ebuf[:nb * He * We * cs].reshape((nb, He, We, cs))
+            d = dbuf[:nb * Ho * Wo * cs].reshape((nb, Ho, Wo, cs))
+            for n0 in range(0, N, nb):
+                _phases(x, y, n0, n0 + nb, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride,
+                        dw_pads, wp, bp, c0, first, use_residual, e, d)

@@ -1,0 +1,58 @@
+"""Whole-tensor conv kernels: one call computes one operator over a whole NHWC tensor.
+
+Shapes: x [N, H, W, Cin] float32, C-contiguous; outputs are passed in. Padding is explicit
+(top, bottom, left, right) and the output shape must agree with it.
+"""
+from numba import njit
+
+from ._rows import FASTMATH, clamp, conv3x3_row, depthwise_row, fill_bias, matmul_acc
+
+
+@njit(cache=True)
+def _check_out_size(H, W, stride, pads, Ho, Wo):
+    if (H + pads[0] + pads[1] - 3) // stride + 1 != Ho or (W + pads[2] + pads[3] - 3) // stride + 1 != Wo:
+        raise ValueError("output shape does not match the input shape, stride and padding")
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def pointwise(x, w, b, lo, hi, out, residual, accumulate):
+    """1x1 conv as a GEMM over pixels (also the dense classifier), with the epilogue.
+
+    out = clamp((out if accumulate else 0) + x @ w + b, lo, hi) + residual
+    x [P, Cin], w [Cin, Cout], b [Cout], out [P, Cout];
+    residual [P, Cout], or an empty [0, Cout] array for none.
+    """
+    P, Cout = out.shape
+    if accumulate:
+        for p in range(P):
+            for c in range(Cout):
+                out[p, c] += b[c]
+    else:
+        fill_bias(out, b, 0)
+    matmul_acc(x, w, 0, 0, out)
+    clamp(out, lo, hi)
+    if residual.shape[0] > 0:
+        for p in range(P):
+            for c in range(Cout):
+                out[p, c] += residual[p, c]
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def depthwise3x3(x, w, b, stride, pads, lo, hi, out):
+    """3x3 depthwise conv: x [N, H, W, C], w [3, 3, C], b [C], out [N, Ho, Wo, C]."""
+    N, H, W, C = x.shape
+    _check_out_size(H, W, stride, pads, out.shape[1], out.shape[2])
+    for n in range(N):
+        for oy in range(out.shape[1]):
+            depthwise_row(x[n], H, oy, w, b, 0, stride, pads[0], pads[2], lo, hi, out[n, oy])
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def conv3x3(x, w, b, stride, pads, lo, hi, out):
+    """Full 3x3 conv (the stem): x [N, H, W, Cin], w [3, 3, Cin, Cout] (HWIO), out [N, Ho, Wo, Cout]."""
+    N, H, W, Cin = x.shape
+    _check_out_size(H, W, stride, pads, out.shape[1], out.shape[2])
+    w2 = w.reshape((9 * Cin, w.shape[3]))
+    for n in range(N):
+        for oy in range(out.shape[1]):
+            conv3x3_row(x[n], oy, w2, b, 0, stride, pads[0], pads[2], lo, hi, out[n, oy])

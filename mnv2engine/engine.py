@@ -1,0 +1,146 @@
+"""The public API: Engine.load / Engine.random, forward, predict, memory_report."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import preprocess
+from .errors import EngineError, InputError
+from .memory import view
+from .model import fold_all
+from .plan import build_plan, resolve_t
+from .kernels import inverted_residual, pointwise, pointwise_avg_pool
+
+RELU6 = (0.0, 6.0)
+LINEAR = (-np.inf, np.inf)
+_NO_RESIDUAL = np.empty((0, 0), np.float32)
+
+
+class Engine:
+    """A MobileNetV2 ready to run: folded weights, and a plan per batch size.
+
+    t: channel slices of each expansion (an int, or one per block); 1 = materialized.
+    rows: stream each block row by row through a 3-row line buffer (lowest memory).
+    """
+
+    def __init__(self, weightset, t=None, rows: bool = False):
+        self.weights = weightset
+        self.arch, self.convs = fold_all(weightset)
+        self.t = resolve_t(self.arch, t)
+        if not isinstance(rows, (bool, np.bool_)):
+            raise EngineError(f"rows must be True or False, got {rows!r}")
+        self.rows = bool(rows)
+        self.labels = weightset.labels or [f"class {i}" for i in range(self.arch.classes)]
+        self._plans = {}
+
+    @classmethod
+    def load(cls, path, t=None, rows: bool = False) -> "Engine":
+        """Load an mnv2.h5 file (or any weight file the converters read)."""
+        from .weights import read_any
+        return cls(read_any(path), t=t, rows=rows)
+
+    @classmethod
+    def random(cls, alpha=1.0, size=224, classes=1000, seed=0, padding="same", t=None,
+               rows: bool = False) -> "Engine":
+        """A seeded, randomly initialised network: for benchmarks and demos."""
+        from .weights.random import random_weightset
+        return cls(random_weightset(alpha, size, classes, seed, padding), t=t, rows=rows)
+
+    def __repr__(self):
+        a = self.arch
+        return (f"Engine(alpha={a.alpha}, size={a.size}, classes={a.classes}, padding={a.padding!r}, "
+                f"t={self.t if len(set(self.t)) > 1 else self.t[0]}, rows={self.rows})")
+
+    # -- running -------------------------------------------------------------------
+    def plan(self, batch: int = 1):
+        if batch not in self._plans:
+            self._plans[batch] = build_plan(self.arch, self.t, self.rows, batch)
+        return self._plans[batch]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
+        (pooled features [N, last_channels] for a headless model)."""
+        return self._run(self._check_input(x))
+
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Copies of every block's output, the pooled features and the logits: to find
+        which layer disagrees with a reference, not just that the logits do."""
+        out = {}
+        out["logits"] = self._run(self._check_input(x), observe=lambda name, a: out.__setitem__(name, a.copy()))
+        return out
+
+    def _check_input(self, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise InputError(f"forward expects a numpy array, got {type(x).__name__}")
+        H, W = self.arch.size
+        if x.ndim != 4 or x.shape[1:] != (H, W, 3) or x.shape[0] < 1:
+            raise InputError(f"forward expects a float32 NHWC batch of shape (N, {H}, {W}, 3), "
+                             f"got shape {x.shape}")
+        if x.dtype.kind != "f" or x.dtype.itemsize != 4:
+            raise InputError(f"forward expects float32 input, got {x.dtype}")
+        if not np.isfinite(x).all():
+            raise InputError("input contains NaN or infinite values")
+        return x
+
+    def _run(self, x: np.ndarray, observe=None) -> np.ndarray:
+        plan = self.plan(x.shape[0])
+        # One arena per call, dropped on return: calls are independent, and tracemalloc
+        # sees exactly this forward's activation memory.
+        arena = np.empty(plan.arena_bytes, np.uint8)
+        np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
+        for step in plan.steps:
+            b = step.block
+            stem = b.index == 0
+            exp = self.convs["stem" if stem else f"{b.name}/expand"]
+            dw, proj = self.convs[f"{b.name}/depthwise"], self.convs[f"{b.name}/project"]
+            exp_pads = self.arch.pads(self.arch.size, 2)
+            y = view(arena, step.y)
+            inverted_residual(view(arena, step.x), stem, exp.kernel, exp.bias, 2, exp_pads,
+                              dw.kernel, dw.bias, b.stride, self.arch.pads(b.in_size, b.stride),
+                              proj.kernel, proj.bias, step.bounds, b.use_residual, step.rows,
+                              view(arena, step.e).reshape(-1), view(arena, step.d).reshape(-1), y)
+            if observe:
+                observe(b.name, y)
+        head = self.convs["head"]
+        hx = view(arena, plan.head_x)
+        pooled = view(arena, plan.pooled)
+        pointwise_avg_pool(hx.reshape(hx.shape[0], -1, hx.shape[3]), head.kernel, head.bias, *RELU6,
+                           view(arena, plan.head_scratch), pooled)
+        if observe:
+            observe("pooled", pooled)
+        if self.arch.headless:
+            return pooled.copy()
+        out = np.empty(plan.output_shape, np.float32)
+        cls = self.convs["classifier"]
+        pointwise(pooled, cls.kernel, cls.bias, *LINEAR, out, _NO_RESIDUAL, False)
+        return out
+
+    # -- images --------------------------------------------------------------------
+    def predict(self, images, top: int = 5):
+        """Top classes of one image or a list of them.
+
+        An image is a path, a PIL image or an HWC uint8 array. Returns, per image, a list
+        of (index, label, probability); a single image gives a single list.
+        """
+        if self.arch.headless:
+            raise EngineError("this model is headless (no classifier): use forward() for features")
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
+            raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
+        single = not isinstance(images, (list, tuple))
+        batch = preprocess.batch([images] if single else list(images), self.arch.size,
+                                 self.weights.scale, self.weights.offset)
+        probs = softmax(self.forward(batch))
+        results = []
+        for p in probs:
+            idx = np.argsort(-p, kind="stable")[:top]
+            results.append([(int(i), self.labels[i], float(p[i])) for i in idx])
+        return results[0] if single else results
+
+    def memory_report(self, batch: int = 1):
+        from .report import MemoryReport
+        return MemoryReport(self.plan(batch))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

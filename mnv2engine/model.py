@@ -1,0 +1,40 @@
+"""Fold BatchNorm into the convs once, at load: the engine's runtime tensors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arch import Architecture
+
+
+@dataclass(frozen=True)
+class Conv:
+    """A conv or dense layer ready to run: kernel in the engine's layout, bias folded in."""
+    kernel: np.ndarray
+    bias: np.ndarray
+
+
+def fold(layer) -> Conv:
+    """w' = w * gamma / sqrt(var + eps) per output channel; b' = beta + (b - mean) * that scale.
+
+    Computed in float64 and rounded once, so the folded weights are as close to the
+    unfolded network as float32 allows.
+    """
+    kernel = layer.kernel.astype(np.float64)
+    bias = np.zeros(kernel.shape[-1]) if layer.bias is None else layer.bias.astype(np.float64)
+    if layer.bn is not None:
+        bn = layer.bn
+        scale = bn.gamma.astype(np.float64) / np.sqrt(bn.var.astype(np.float64) + bn.epsilon)
+        kernel = kernel * scale  # the output channel is the last axis of every layout
+        bias = bn.beta + (bias - bn.mean) * scale
+    return Conv(np.ascontiguousarray(kernel, np.float32), np.ascontiguousarray(bias, np.float32))
+
+
+def fold_all(ws) -> tuple[Architecture, dict[str, Conv]]:
+    """All layers of a validated WeightSet, folded; the stem kernel flattened to [27, C]."""
+    arch = ws.architecture
+    convs = {name: fold(layer) for name, layer in ws.layers.items()}
+    stem = convs["stem"]
+    convs["stem"] = Conv(stem.kernel.reshape(27, -1), stem.bias)
+    return arch, convs

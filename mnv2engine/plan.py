@@ -1,0 +1,122 @@
+"""The execution plan: which kernel runs when, on which arena buffers, for one batch size.
+
+A plan is built for (architecture, slices per block, rows mode, batch) and holds no
+arrays but weights, so one Engine can keep a plan per batch size and allocate a fresh
+arena for every forward call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arch import Architecture, Block
+from .errors import EngineError
+from .memory import Buffer, place
+
+PHASES_PER_BLOCK = 3  # expand, depthwise, project
+
+
+def slice_bounds(hidden: int, t: int) -> np.ndarray:
+    """t + 1 edges of t near-equal channel slices (sizes differ by at most one)."""
+    return np.array([(i * hidden) // t for i in range(t + 1)], np.int64)
+
+
+def resolve_t(arch: Architecture, t) -> list[int]:
+    """Slices per block from None (= 1), an int for every block, or a per-block list."""
+    n = len(arch.blocks)
+    if t is None:
+        t = 1
+    if isinstance(t, (list, tuple)):
+        if len(t) != n:
+            raise EngineError(f"t as a list needs one entry per block ({n}), got {len(t)}")
+        ts = list(t)
+    else:
+        ts = [t] * n
+    for block, tb in zip(arch.blocks, ts):
+        if isinstance(tb, bool) or not isinstance(tb, (int, np.integer)):
+            raise EngineError(f"t must be a positive integer (number of channel slices), got {tb!r}")
+        if tb < 1:
+            raise EngineError(f"t must be >= 1 (1 = materialized), got {tb}")
+        if tb > block.hidden:
+            raise EngineError(f"t={tb} is more slices than {block.name}'s expansion has channels "
+                              f"({block.hidden}); use a per-block list to set it block by block")
+    return [int(tb) for tb in ts]
+
+
+@dataclass
+class BlockStep:
+    block: Block
+    bounds: np.ndarray
+    rows: bool
+    x: Buffer
+    y: Buffer
+    e: Buffer   # expansion scratch: whole E, one slice of it, or a 3-row line buffer
+    d: Buffer   # depthwise scratch: whole D, one slice, or one row
+
+    @property
+    def materialized(self) -> bool:
+        return not self.rows and len(self.bounds) == 2
+
+
+@dataclass
+class Plan:
+    batch: int
+    steps: list[BlockStep]
+    head_x: Buffer
+    head_scratch: Buffer
+    pooled: Buffer
+    input: Buffer
+    arena_bytes: int
+    output_shape: tuple[int, int]
+
+    @property
+    def buffers(self) -> list[Buffer]:
+        out = [self.input]
+        for s in self.steps:
+            out += [s.e, s.d, s.y]
+        return out + [self.head_scratch, self.pooled]
+
+    @property
+    def output_bytes(self) -> int:
+        return int(np.prod(self.output_shape)) * 4
+
+    @property
+    def peak_bytes(self) -> int:
+        """Activation memory of one forward: the arena plus the returned output."""
+        return self.arena_bytes + self.output_bytes
+
+
+def build_plan(arch: Architecture, ts: list[int], rows: bool, batch: int) -> Plan:
+    N = batch
+    image = Buffer("input", (N, *arch.size, 3), first=0, last=0)
+    x, steps = image, []
+    for block, t in zip(arch.blocks, ts):
+        p0 = PHASES_PER_BLOCK * block.index
+        materialized = t == 1 and not rows
+        bounds = slice_bounds(block.hidden, t)
+        cs = int(np.max(np.diff(bounds)))
+        (He, We), (Ho, Wo) = block.in_size, block.out_size
+        # the expand phase reads x; the project phase reads it again for the residual
+        x.last = p0 + (2 if (block.use_residual or not materialized) else 0)
+        if materialized:
+            e = Buffer(f"{block.name}/expanded", (N, He, We, cs), p0, p0 + 1)
+            d = Buffer(f"{block.name}/depthwise", (N, Ho, Wo, cs), p0 + 1, p0 + 2)
+            y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0 + 2, p0 + 2)
+        else:
+            er, dr = (3, 1) if rows else (He, Ho)
+            e = Buffer(f"{block.name}/expanded", (er, We, cs), p0, p0 + 2)
+            d = Buffer(f"{block.name}/depthwise", (dr, Wo, cs), p0, p0 + 2)
+            y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
+        steps.append(BlockStep(block, bounds, rows, x, y, e, d))
+        x = y
+    head_phase = PHASES_PER_BLOCK * len(arch.blocks)
+    x.last = head_phase
+    (h, w), cin = arch.blocks[-1].out_size, arch.blocks[-1].cout
+    chunk = w if rows else h * w
+    head_scratch = Buffer("head/conv", (chunk, arch.last_channels), head_phase, head_phase)
+    pooled = Buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
+    plan = Plan(N, steps, x, head_scratch, pooled, image, 0,
+                (N, arch.last_channels if arch.headless else arch.classes))
+    plan.arena_bytes = place(plan.buffers)
+    return plan

@@ -1,0 +1,29 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("MNV2_TEST_DATA", ROOT.parent / "shared" / "data"))
+
+
+def close(actual, reference, rel=1e-4):
+    """max |diff| <= rel * max |reference|, with the figures in the failure message."""
+    actual, reference = np.asarray(actual), np.asarray(reference)
+    assert actual.shape == reference.shape, f"shape {actual.shape} != reference {reference.shape}"
+    scale = float(np.abs(reference).max())
+    diff = float(np.abs(actual.astype(np.float64) - reference).max())
+    assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * max |ref| {scale:.3g}"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared folder of real weights and photos; skipped where absent, but under CI a
+    missing folder is a failure, not a skip."""
+    if not (DATA / "models").is_dir():
+        msg = f"test data folder {DATA} not found (set MNV2_TEST_DATA to its path)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg + " -- required under CI")
+        pytest.skip(msg)
+    return DATA

@@ -1,0 +1,112 @@
+"""Each kernel against a naive NumPy loop and against torch.nn.functional."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnv2engine.arch import conv_padding
+from mnv2engine.kernels import conv3x3, depthwise3x3, global_avg_pool, pointwise, pointwise_avg_pool
+
+import naive
+from conftest import close
+
+RELU6, LINEAR = (0.0, 6.0), (-np.inf, np.inf)
+NONE = np.empty((0, 0), np.float32)
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def pads_for(H, W, stride, convention):
+    return conv_padding(H, stride, convention) + conv_padding(W, stride, convention)
+
+
+def torch_conv(x, w_oihw, b, stride, pads, groups, lo, hi):
+    """Reference: explicit (top, bottom, left, right) zero padding, then conv2d, then clamp."""
+    t = torch.from_numpy(x).permute(0, 3, 1, 2)
+    t = F.pad(t, (pads[2], pads[3], pads[0], pads[1]))
+    y = F.conv2d(t, torch.from_numpy(w_oihw), torch.from_numpy(b), stride=stride, groups=groups)
+    return y.clamp(lo, hi).permute(0, 2, 3, 1).numpy()
+
+
+# (N, H, W, C, stride, padding convention): odd sizes, stride 2, both conventions,
+# channel counts that are not a multiple of 8, batch > 1.
+CONV_CASES = [
+    (1, 7, 7, 5, 1, "same"),
+    (2, 9, 8, 13, 2, "same"),
+    (3, 8, 10, 16, 2, "symmetric"),
+    (1, 11, 5, 3, 2, "symmetric"),
+    (2, 6, 6, 24, 1, "symmetric"),
+    (1, 1, 1, 7, 2, "same"),
+]
+
+
+@pytest.mark.parametrize("N,H,W,C,stride,conv", CONV_CASES)
+def test_depthwise3x3(N, H, W, C, stride, conv):
+    rng = np.random.default_rng(H * 100 + C)
+    x, w, b = rand(rng, N, H, W, C, scale=3), rand(rng, 3, 3, C), rand(rng, C)
+    pads = pads_for(H, W, stride, conv)
+    ref_naive = naive.depthwise3x3(x, w, b, stride, pads, *RELU6)
+    out = np.empty(ref_naive.shape, np.float32)
+    depthwise3x3(x, w, b, stride, pads, *RELU6, out)
+    close(out, ref_naive, 1e-6)
+    close(out, torch_conv(x, w.transpose(2, 0, 1)[:, None].copy(), b, stride, pads, C, *RELU6), 1e-5)
+    assert 0 < out.min() or out.max() > 0, "the case proves nothing if all outputs clamp"
+
+
+@pytest.mark.parametrize("N,H,W,C,stride,conv", CONV_CASES)
+@pytest.mark.parametrize("cout", [11, 32])
+def test_conv3x3(N, H, W, C, stride, conv, cout):
+    rng = np.random.default_rng(H * 10 + cout)
+    x, w, b = rand(rng, N, H, W, C), rand(rng, 3, 3, C, cout, scale=0.5), rand(rng, cout)
+    pads = pads_for(H, W, stride, conv)
+    lo, hi = LINEAR if cout == 11 else RELU6
+    ref_naive = naive.conv3x3(x, w, b, stride, pads, lo, hi)
+    out = np.empty(ref_naive.shape, np.float32)
+    conv3x3(x, w, b, stride, pads, lo, hi, out)
+    close(out, ref_naive, 1e-5)
+    close(out, torch_conv(x, w.transpose(3, 2, 0, 1).copy(), b, stride, pads, 1, lo, hi), 1e-5)
+
+
+def test_conv_rejects_output_of_wrong_shape():
+    x = np.zeros((1, 8, 8, 3), np.float32)
+    out = np.empty((1, 8, 8, 4), np.float32)  # stride 2 with (0, 1) padding gives 4x4
+    with pytest.raises(ValueError, match="output shape"):
+        conv3x3(x, np.zeros((3, 3, 3, 4), np.float32), np.zeros(4, np.float32), 2, (0, 1, 0, 1), *LINEAR, out)
+
+
+@pytest.mark.parametrize("P,cin,cout", [(1, 3, 5), (37, 16, 24), (50, 13, 7), (9, 96, 1000)])
+@pytest.mark.parametrize("residual,accumulate", [(False, False), (True, False), (False, True)])
+def test_pointwise(P, cin, cout, residual, accumulate):
+    rng = np.random.default_rng(P + cin)
+    x, w, b = rand(rng, P, cin), rand(rng, cin, cout, scale=cin ** -0.5), rand(rng, cout)
+    res = rand(rng, P, cout) if residual else None
+    prev = rand(rng, P, cout)
+    lo, hi = RELU6 if cout % 2 else LINEAR
+    out = prev.copy()
+    pointwise(x, w, b, lo, hi, out, res if residual else NONE, accumulate)
+    close(out, naive.pointwise(x, w, b, lo, hi, res, prev if accumulate else None), 1e-5)
+    if not accumulate:  # same thing as a 1x1 conv in torch
+        ref = torch_conv(x[None, :, None, :], w.T[:, :, None, None].copy(), b, 1, (0, 0, 0, 0), 1, lo, hi)[0, :, 0]
+        close(out - (res if residual else 0), ref, 1e-5)
+
+
+@pytest.mark.parametrize("N,H,W,C", [(1, 7, 7, 1280), (3, 5, 3, 13)])
+def test_global_avg_pool(N, H, W, C):
+    x = rand(np.random.default_rng(C), N, H, W, C)
+    out = np.empty((N, C), np.float32)
+    global_avg_pool(x, out)
+    close(out, naive.global_avg_pool(x), 1e-6)
+    close(out, F.adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), 1).flatten(1).numpy(), 1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 15])
+def test_pointwise_avg_pool_equals_conv_then_pool(chunk):
+    rng = np.random.default_rng(chunk)
+    N, H, W, cin, cout = 2, 5, 3, 8, 19
+    x, w, b = rand(rng, N, H, W, cin), rand(rng, cin, cout), rand(rng, cout)
+    out = np.empty((N, cout), np.float32)
+    pointwise_avg_pool(x.reshape(N, H * W, cin), w, b, *RELU6, np.empty((chunk, cout), np.float32), out)
+    conv = naive.pointwise(x.reshape(-1, cin), w, b, *RELU6).reshape(N, H, W, cout)
+    close(out, naive.global_avg_pool(conv), 1e-6)

@@ -1,0 +1,43 @@
+"""The whole network against a PyTorch MobileNetV2 holding the same weights.
+
+torch state_dict -> `mnv2engine.convert` -> mnv2.h5 -> Engine: logits, pooled features and
+every block's output must match, so a failure names the block that broke.
+"""
+import numpy as np
+import pytest
+import torch
+
+from mnv2engine import Engine, convert
+
+from conftest import close
+from torch_reference import MobileNetV2, randomized, run_with_blocks
+
+# alpha 0.35 / 1.0 / 1.4, sizes 96 / 224 / odd, batch 1 and 3, with and without the top
+CASES = [(0.35, 96, 3, 1000), (1.0, 224, 1, 1000), (1.4, 113, 3, 10), (1.0, 97, 1, 0)]
+
+
+def reference_and_engine(tmp_path, alpha, size, classes, seed):
+    model = randomized(MobileNetV2(num_classes=max(classes, 1), width_mult=alpha), seed)
+    state = model.state_dict()
+    if classes == 0:  # a headless feature extractor: no classifier tensors in the file
+        state = {k: v for k, v in state.items() if not k.startswith("classifier")}
+    torch.save(state, tmp_path / "mnv2.pth")
+    convert(tmp_path / "mnv2.pth", tmp_path / "mnv2.h5", size=size)
+    return model, Engine.load(tmp_path / "mnv2.h5")
+
+
+@pytest.mark.parametrize("alpha,size,batch,classes", CASES)
+def test_network_matches_pytorch(tmp_path, alpha, size, batch, classes):
+    model, engine = reference_and_engine(tmp_path, alpha, size, classes, seed=int(alpha * 100) + size)
+    assert engine.arch.alpha == alpha and engine.arch.padding == "symmetric"
+    x = np.random.default_rng(size).uniform(-1, 1, (batch + 1, size, size, 3)).astype(np.float32)
+    ref = run_with_blocks(model, x)
+    # The comparison proves nothing if the reference maps every input to the same output.
+    final = ref["pooled"] if classes == 0 else ref["logits"]
+    assert np.abs(final[0] - final[1]).max() > 0.05 * np.abs(final).max()
+
+    got = engine.intermediates(x[:batch])
+    for name in [f"block{i}" for i in range(17)] + ["pooled"]:
+        close(got[name], ref[name][:batch])
+    close(got["logits"], final[:batch])
+    close(engine.forward(x[:batch]), final[:batch])

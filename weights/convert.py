@@ -1,0 +1,74 @@
+"""Pick a reader by a file's content, and write mnv2.h5 without ever clobbering a file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from mnv2engine.errors import EngineError, WeightFileError
+
+from .h5format import read_mnv2, write_mnv2
+from .weightset import WeightSet
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_format(path) -> str:
+    """'mnv2', 'hdf5' (another HDF5 file), 'torch' or 'tflite', from the first bytes."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightFileError(f"{path}: no such file")
+    if path.is_dir():
+        raise WeightFileError(f"{path}: is a directory, expected a weight file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise WeightFileError(f"{path}: empty file (0 bytes)")
+    if head == HDF5_SIGNATURE:
+        import h5py
+        try:
+            with h5py.File(path, "r") as f:
+                return "mnv2" if f.attrs.get("format") == "mnv2engine" else "hdf5"
+        except OSError as e:
+            raise WeightFileError(f"{path}: damaged HDF5 file ({e})") from None
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle
+        return "torch"
+    raise WeightFileError(f"{path}: unknown weight file format (expected mnv2.h5, a PyTorch "
+                          f".pth state_dict, a TFLite flatbuffer or a Keras .h5)")
+
+
+def read_any(path, size=None) -> WeightSet:
+    """Read any supported weight file into a validated WeightSet."""
+    fmt = detect_format(path)
+    if fmt == "mnv2":
+        return read_mnv2(path)
+    if fmt == "torch":
+        from .torchvision import read_torchvision
+        return read_torchvision(path, size=size or 224)
+    raise WeightFileError(f"{path}: {fmt} weight files are not supported yet")
+
+
+def convert(src, dst, *, force: bool = False, size=None) -> WeightSet:
+    """Convert any supported weight file to mnv2.h5 at `dst`.
+
+    Writes to a temporary file beside `dst` and renames it into place, so a failed or
+    interrupted conversion never leaves a half-written or clobbered destination.
+    Refuses to overwrite an existing `dst` unless `force`.
+    """
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise EngineError(f"{dst}: already exists (use --force / force=True to overwrite)")
+    if Path(src).resolve() == dst.resolve():
+        raise EngineError(f"{dst}: source and destination are the same file")
+    ws = read_any(src, size=size)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent or ".")
+    os.close(fd)
+    try:
+        write_mnv2(ws, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return ws

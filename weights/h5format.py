@@ -1,0 +1,101 @@
+"""mnv2.h5: the engine's weight file. Schema in weights/README.md."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from mnv2engine.errors import WeightFileError
+
+from .weightset import BatchNorm, Layer, WeightSet, validate
+
+FORMAT = "mnv2engine"
+SCHEMA_VERSION = 1
+
+
+def write_mnv2(ws: WeightSet, path) -> None:
+    """Write a validated WeightSet to `path` (overwrites; callers handle safety)."""
+    validate(ws)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, alpha=ws.alpha,
+                       input_size=np.asarray(ws.size, np.int64), classes=ws.classes,
+                       padding=ws.padding, source=ws.source)
+        pre = f.create_group("preprocess")
+        pre.create_dataset("scale", data=np.asarray(ws.scale, np.float32))
+        pre.create_dataset("offset", data=np.asarray(ws.offset, np.float32))
+        pre.attrs.update(channel_order="RGB", resize="bilinear")
+        if ws.labels is not None:
+            f.create_dataset("labels", data=np.array(ws.labels, dtype=h5py.string_dtype()))
+        layers = f.create_group("layers")
+        for name, layer in ws.layers.items():
+            g = layers.create_group(name)
+            for tname, arr in layer.tensors().items():
+                g.create_dataset(tname, data=arr)
+            if layer.bn is not None:
+                g["batchnorm"].attrs["epsilon"] = layer.bn.epsilon
+
+
+def is_mnv2(f: h5py.File) -> bool:
+    return f.attrs.get("format") == FORMAT
+
+
+def read_mnv2(path) -> WeightSet:
+    """Read and validate an mnv2.h5 file."""
+    try:
+        f = h5py.File(path, "r")
+    except FileNotFoundError:
+        raise WeightFileError(f"{path}: no such file") from None
+    except OSError as e:
+        raise WeightFileError(f"{path}: not a readable HDF5 file ({e})") from None
+    with f:
+        if not is_mnv2(f):
+            raise WeightFileError(f"{path}: an HDF5 file, but not an mnv2engine weight file "
+                                  "(convert it first: mnv2 convert SRC DST)")
+        try:
+            ws = _read_open(f)
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            raise WeightFileError(f"{path}: damaged or incomplete mnv2 file ({type(e).__name__}: {e})") from None
+    try:
+        validate(ws)
+    except WeightFileError as e:
+        raise WeightFileError(f"{path}: {e}") from None
+    return ws
+
+
+def _read_open(f: h5py.File) -> WeightSet:
+    version = int(f.attrs["schema_version"])
+    if version > SCHEMA_VERSION:
+        raise WeightFileError(f"schema version {version} is newer than this mnv2engine reads "
+                              f"({SCHEMA_VERSION}); upgrade mnv2engine")
+    layers = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Group) and "kernel" in obj:
+            layers[name] = _read_layer(obj)
+    f["layers"].visititems(visit)
+    _reject_stray_datasets(f["layers"], layers)
+    labels = None
+    if "labels" in f:
+        labels = [s.decode() if isinstance(s, bytes) else str(s) for s in f["labels"][()]]
+    size = tuple(int(s) for s in np.atleast_1d(f.attrs["input_size"]))
+    return WeightSet(alpha=float(f.attrs["alpha"]), size=size, classes=int(f.attrs["classes"]),
+                     padding=str(f.attrs["padding"]), layers=layers,
+                     scale=f["preprocess/scale"][()], offset=f["preprocess/offset"][()],
+                     labels=labels, source=str(f.attrs.get("source", "")))
+
+
+def _read_layer(g: h5py.Group) -> Layer:
+    bn = None
+    if "batchnorm" in g:
+        b = g["batchnorm"]
+        bn = BatchNorm(*(b[k][()] for k in BatchNorm.TENSORS), epsilon=float(b.attrs["epsilon"]))
+    return Layer(kernel=g["kernel"][()], bias=g["bias"][()] if "bias" in g else None, bn=bn)
+
+
+def _reject_stray_datasets(root: h5py.Group, layers: dict) -> None:
+    """A dataset that is not part of a layer we read would be silently ignored: refuse it."""
+    known = {f"{name}/{t}" for name, layer in layers.items() for t in layer.tensors()}
+    stray = []
+    root.visititems(lambda name, obj: stray.append(name)
+                    if isinstance(obj, h5py.Dataset) and name not in known else None)
+    if stray:
+        raise WeightFileError(f"unexpected tensor(s) in the file: {', '.join(stray[:5])}")

@@ -1,0 +1,109 @@
+"""Canonical tensors of one MobileNetV2, whatever framework they came from.
+
+Kernel layouts are the engine's (see `Architecture.tensor_shapes`): HWIO for the stem,
+[3, 3, C] for depthwise, [Cin, Cout] for 1x1 convs and the classifier. A layer carries a
+bias, a BatchNorm, or both (a bias before the BatchNorm), all float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mnv2engine.arch import Architecture
+from mnv2engine.errors import EngineError, WeightFileError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BatchNorm:
+    gamma: np.ndarray
+    beta: np.ndarray
+    mean: np.ndarray
+    var: np.ndarray
+    epsilon: float
+
+    TENSORS = ("gamma", "beta", "mean", "var")
+
+
+@dataclass
+class Layer:
+    kernel: np.ndarray
+    bias: np.ndarray | None = None
+    bn: BatchNorm | None = None
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        """Every array of the layer by its name in the file ('kernel', 'bias', 'batchnorm/gamma', ...)."""
+        out = {"kernel": self.kernel}
+        if self.bias is not None:
+            out["bias"] = self.bias
+        if self.bn is not None:
+            out.update({f"batchnorm/{k}": getattr(self.bn, k) for k in BatchNorm.TENSORS})
+        return out
+
+
+@dataclass
+class WeightSet:
+    """Everything a weight file holds: the architecture, the tensors, how to feed it."""
+    alpha: float
+    size: tuple[int, int]
+    classes: int
+    padding: str
+    layers: dict[str, Layer]
+    # x = pixel * scale + offset, per RGB channel, pixel in [0, 255]
+    scale: np.ndarray = field(default_factory=lambda: np.full(3, 1 / 127.5, np.float32))
+    offset: np.ndarray = field(default_factory=lambda: np.full(3, -1.0, np.float32))
+    labels: list[str] | None = None
+    source: str = ""
+
+    @property
+    def architecture(self) -> Architecture:
+        return Architecture(alpha=self.alpha, size=tuple(self.size), classes=self.classes, padding=self.padding)
+
+    def set_mean_std(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        """Preprocessing given as (pixel / 255 - mean) / std, stored as scale and offset."""
+        std = np.asarray(std, np.float64)
+        self.scale = (1 / (255 * std)).astype(np.float32)
+        self.offset = (-np.asarray(mean, np.float64) / std).astype(np.float32)
+
+
+def validate(ws: WeightSet) -> Architecture:
+    """Check every tensor against the architecture `ws` claims; name the first problem."""
+    try:
+        arch = ws.architecture
+    except EngineError as e:
+        raise WeightFileError(f"the weights describe an invalid architecture: {e}") from None
+    expected = arch.tensor_shapes()
+    missing = [name for name in expected if name not in ws.layers]
+    if missing:
+        raise WeightFileError(f"missing layer(s) {', '.join(missing)} for MobileNetV2 alpha={ws.alpha}")
+    extra = [name for name in ws.layers if name not in expected]
+    if extra:
+        raise WeightFileError(f"unexpected layer(s) {', '.join(extra)}: not part of MobileNetV2 "
+                              f"alpha={ws.alpha}, classes={ws.classes}")
+    for name, shape in expected.items():
+        layer = ws.layers[name]
+        for tname, arr in layer.tensors().items():
+            want = shape if tname == "kernel" else (shape[-1],)
+            if not isinstance(arr, np.ndarray) or arr.dtype != np.float32:
+                raise WeightFileError(f"{name}/{tname}: expected float32, got "
+                                      f"{getattr(arr, 'dtype', type(arr).__name__)}")
+            if arr.shape != want:
+                raise WeightFileError(f"{name}/{tname}: expected shape {want} for MobileNetV2 "
+                                      f"alpha={ws.alpha}, got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise WeightFileError(f"{name}/{tname}: contains NaN or infinite values")
+        if layer.bn is not None:
+            if not (np.isfinite(layer.bn.epsilon) and layer.bn.epsilon >= 0):
+                raise WeightFileError(f"{name}: BatchNorm epsilon must be >= 0, got {layer.bn.epsilon}")
+            if (layer.bn.var + layer.bn.epsilon <= 0).any():
+                raise WeightFileError(f"{name}: BatchNorm variance + epsilon must be positive")
+    for what in ("scale", "offset"):
+        arr = getattr(ws, what)
+        if np.shape(arr) != (3,) or not np.isfinite(arr).all():
+            raise WeightFileError(f"preprocessing {what} must be 3 finite numbers, got {arr!r}")
+    if ws.labels is not None and len(ws.labels) != ws.classes:
+        raise WeightFileError(f"{len(ws.labels)} labels for {ws.classes} classes")
+    return arch
