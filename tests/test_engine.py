@@ -1,0 +1,124 @@
+"""The public API: predict on every image form, input checks, settings, determinism."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnv2engine import Engine, EngineError, InputError
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)
+
+
+def reference_preprocess(engine, array):
+    """Independent of mnv2engine.preprocess: PIL bilinear resize, then x * scale + offset."""
+    img = Image.fromarray(array).resize((SIZE, SIZE), Image.BILINEAR)
+    return (np.asarray(img, np.float64) * engine.weights.scale + engine.weights.offset).astype(np.float32)
+
+
+def test_predict_matches_forward_on_reference_preprocessing(engine, photo):
+    logits = engine.forward(reference_preprocess(engine, photo)[None])[0]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    top = engine.predict(photo, top=3)
+    assert [i for i, _, _ in top] == list(np.argsort(-probs)[:3])
+    assert np.allclose([p for _, _, p in top], np.sort(probs)[::-1][:3], rtol=1e-5)
+    assert all(label == f"class {i}" for i, label, _ in top)
+
+
+def test_predict_takes_path_pil_array_and_lists(engine, photo, tmp_path):
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    by_array = engine.predict(photo)
+    assert engine.predict(str(tmp_path / "p.png")) == by_array
+    assert engine.predict(Image.fromarray(photo)) == by_array
+    both = engine.predict([photo, tmp_path / "p.png"])
+    assert both == [by_array, by_array]
+    gray = engine.predict(Image.fromarray(photo).convert("L"))
+    assert len(gray) == 5
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros((SIZE, SIZE, 3), np.float32), r"shape \(N, 64, 64, 3\)"),
+    (np.zeros((2, SIZE, SIZE, 4), np.float32), "shape"),
+    (np.zeros((1, SIZE + 1, SIZE, 3), np.float32), "shape"),
+    (np.zeros((0, SIZE, SIZE, 3), np.float32), "shape"),
+    (np.zeros((1, SIZE, SIZE, 3), np.float64), "float32"),
+    (np.zeros((1, SIZE, SIZE, 3), np.int64), "float32"),
+    (np.full((1, SIZE, SIZE, 3), np.nan, np.float32), "NaN"),
+    ([[0.0]], "numpy array"),
+])
+def test_forward_rejects_bad_input(engine, bad, message):
+    with pytest.raises(InputError, match=message):
+        engine.forward(bad)
+
+
+def test_forward_takes_any_float32_layout(engine):
+    x = np.random.default_rng(2).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32)
+    ref = engine.forward(x)
+    assert np.array_equal(engine.forward(x.astype(">f4")), ref)
+    strided = np.asfortranarray(x)
+    assert np.array_equal(engine.forward(strided), ref)
+
+
+@pytest.mark.parametrize("t", [0, -1, 1.5, "2", True, 10_000])
+def test_bad_t_is_refused(t):
+    with pytest.raises(EngineError, match="t"):
+        Engine.random(alpha=0.35, size=SIZE, classes=10, t=t)
+
+
+def test_t_list_needs_one_entry_per_block():
+    with pytest.raises(EngineError, match="one entry per block"):
+        Engine.random(alpha=0.35, size=SIZE, classes=10, t=[2, 2])
+
+
+@pytest.mark.parametrize("top", [0, 11, 2.0])
+def test_bad_top_is_refused(engine, photo, top):
+    with pytest.raises(EngineError, match="top"):
+        engine.predict(photo, top=top)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (np.zeros((10, 10, 2), np.uint8), "HxWx3"),
+    (np.zeros((10, 10, 3), np.float32), "uint8"),
+    (np.zeros((0, 10, 3), np.uint8), "empty"),
+    ("/nonexistent/cat.jpg", "no such image"),
+    (42, "path, a PIL image"),
+])
+def test_predict_rejects_bad_images(engine, bad, message):
+    with pytest.raises(InputError, match=message):
+        engine.predict(bad)
+
+
+def test_not_an_image_file(engine, tmp_path):
+    (tmp_path / "fake.jpg").write_text("not a jpeg")
+    with pytest.raises(InputError, match="not an image"):
+        engine.predict(tmp_path / "fake.jpg")
+    with pytest.raises(InputError, match="directory"):
+        engine.predict(tmp_path)
+
+
+def test_random_engine_is_seeded_and_deterministic():
+    x = np.random.default_rng(3).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
+    a = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=5)
+    b = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=5)
+    c = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=6)
+    assert np.array_equal(a.forward(x), b.forward(x))
+    assert np.array_equal(a.forward(x), a.forward(x))
+    assert not np.allclose(a.forward(x), c.forward(x))
+
+
+def test_headless_engine_returns_pooled_features():
+    e = Engine.random(alpha=0.35, size=SIZE, classes=0)
+    feats = e.forward(np.zeros((2, SIZE, SIZE, 3), np.float32))
+    assert feats.shape == (2, e.arch.last_channels) == (2, 1280)
+    with pytest.raises(EngineError, match="headless"):
+        e.predict(np.zeros((8, 8, 3), np.uint8))

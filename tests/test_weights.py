@@ -1,0 +1,129 @@
+"""mnv2.h5 round trips, format detection by content, and refusals that name the problem."""
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from mnv2engine import EngineError, WeightFileError, convert
+from mnv2engine.weights import detect_format, read_mnv2, write_mnv2
+from mnv2engine.weights.random import random_weightset
+
+from torch_reference import MobileNetV2, randomized
+
+
+@pytest.fixture(scope="module")
+def ws():
+    return random_weightset(alpha=0.5, size=64, classes=7, seed=3)
+
+
+@pytest.fixture
+def h5file(tmp_path, ws):
+    path = tmp_path / "m.h5"
+    write_mnv2(ws, path)
+    return path
+
+
+def test_write_then_read_is_bit_for_bit(ws, h5file):
+    back = read_mnv2(h5file)
+    assert (back.alpha, tuple(back.size), back.classes, back.padding) == (ws.alpha, tuple(ws.size), ws.classes, ws.padding)
+    assert back.labels == ws.labels
+    assert np.array_equal(back.scale, ws.scale) and np.array_equal(back.offset, ws.offset)
+    assert back.layers.keys() == ws.layers.keys()
+    for name, layer in ws.layers.items():
+        got = back.layers[name].tensors()
+        for tname, arr in layer.tensors().items():
+            assert got[tname].dtype == np.float32 and got[tname].tobytes() == arr.tobytes(), f"{name}/{tname}"
+        if layer.bn is not None:
+            assert back.layers[name].bn.epsilon == layer.bn.epsilon
+
+
+def test_format_is_detected_from_content_not_name(tmp_path, ws):
+    write_mnv2(ws, tmp_path / "weights.pth")  # an HDF5 file with a misleading name
+    assert detect_format(tmp_path / "weights.pth") == "mnv2"
+    torch.save(randomized(MobileNetV2(width_mult=0.35, num_classes=5), 0).state_dict(), tmp_path / "sd.h5")
+    assert detect_format(tmp_path / "sd.h5") == "torch"
+    out = convert(tmp_path / "sd.h5", tmp_path / "out.h5")
+    assert (out.alpha, out.classes, out.padding) == (0.35, 5, "symmetric")
+
+
+def _rewrite(path, fn):
+    with h5py.File(path, "r+") as f:
+        fn(f)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: f.attrs.__setitem__("schema_version", 99), "newer"),
+    (lambda f: f.attrs.__setitem__("alpha", 1.0), "expected shape"),
+    (lambda f: f.__delitem__("layers/block3/expand"), "missing layer"),
+    (lambda f: f.create_dataset("layers/block3/expand/extra", data=np.zeros(3, np.float32)), "unexpected tensor"),
+    (lambda f: f["layers/head/kernel"].__setitem__((0, 0), np.nan), "NaN"),
+    (lambda f: f.attrs.__setitem__("padding", "valid"), "padding"),
+])
+def test_damaged_files_are_refused_with_the_reason(h5file, damage, message):
+    _rewrite(h5file, damage)
+    with pytest.raises(WeightFileError, match=message):
+        read_mnv2(h5file)
+
+
+def test_tensor_of_wrong_shape_names_the_layer(h5file):
+    def swap(f):
+        del f["layers/block5/depthwise/kernel"]
+        f.create_dataset("layers/block5/depthwise/kernel", data=np.zeros((3, 3, 7), np.float32))
+    _rewrite(h5file, swap)
+    with pytest.raises(WeightFileError, match=r"block5/depthwise/kernel.*\(3, 3, 7\)"):
+        read_mnv2(h5file)
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "empty"), (b"\x00\x01garbage" * 100, "unknown weight file format"),
+    (b"\x89HDF\r\n\x1a\n" + b"\x00" * 50, "damaged HDF5"),
+])
+def test_unreadable_files(tmp_path, content, message):
+    (tmp_path / "bad.h5").write_bytes(content)
+    with pytest.raises(WeightFileError, match=message):
+        convert(tmp_path / "bad.h5", tmp_path / "out.h5")
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_foreign_hdf5_and_missing_paths(tmp_path):
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(WeightFileError, match="not an mnv2engine weight file"):
+        read_mnv2(tmp_path / "other.h5")
+    with pytest.raises(WeightFileError, match="no such file"):
+        convert(tmp_path / "nope.pth", tmp_path / "out.h5")
+    with pytest.raises(WeightFileError, match="directory"):
+        convert(tmp_path, tmp_path / "out.h5")
+
+
+def test_convert_refuses_to_overwrite_unless_forced(tmp_path, h5file):
+    dst = tmp_path / "dst.h5"
+    dst.write_bytes(b"precious")
+    with pytest.raises(EngineError, match="already exists"):
+        convert(h5file, dst)
+    assert dst.read_bytes() == b"precious"
+    convert(h5file, dst, force=True)
+    assert read_mnv2(dst).alpha == 0.5
+
+
+def test_torch_file_with_pickled_object_is_refused_without_running_it(tmp_path):
+    import pickle
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("open(%r, 'w').write('ran')" % str(tmp_path / "pwned"),))
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"features.0.0.weight": Boom()}))
+    with pytest.raises(WeightFileError, match="nothing is executed"):
+        convert(tmp_path / "evil.pth", tmp_path / "out.h5")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_torch_state_dict_with_extra_or_missing_tensors(tmp_path):
+    sd = randomized(MobileNetV2(width_mult=0.35, num_classes=5), 0).state_dict()
+    torch.save({**sd, "features.99.weight": torch.zeros(3)}, tmp_path / "extra.pth")
+    with pytest.raises(WeightFileError, match="features.99.weight"):
+        convert(tmp_path / "extra.pth", tmp_path / "a.h5")
+    del sd["features.5.conv.1.1.running_var"]
+    torch.save(sd, tmp_path / "missing.pth")
+    with pytest.raises(WeightFileError, match="block4/depthwise.*running_var"):
+        convert(tmp_path / "missing.pth", tmp_path / "b.h5")
