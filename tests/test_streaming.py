@@ -1,0 +1,108 @@
+"""The paper's Section 5: sliced and row-streamed blocks equal the materialized ones, and
+the memory the planner promises is the memory a forward call really takes."""
+import tracemalloc
+
+import numpy as np
+import pytest
+from numba.core.runtime import _nrt_python, rtsys
+
+from mnv2engine import Engine
+
+from conftest import close
+
+
+def modes(arch):
+    """t = 2, uneven slices, one channel per slice (t = expansion width), row streaming."""
+    return {"t=2": dict(t=2), "t=3": dict(t=3), "t=5": dict(t=5),
+            "t=width": dict(t=[b.hidden for b in arch.blocks]),
+            "rows": dict(rows=True), "rows,t=3": dict(rows=True, t=3)}
+
+
+@pytest.mark.parametrize("alpha", [0.35, 1.0, 1.4])
+def test_every_mode_equals_materialized_block_by_block(alpha):
+    size = 96
+    base = Engine.random(alpha=alpha, size=size, classes=20, seed=7)
+    x = np.random.default_rng(1).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+    ref = base.intermediates(x)
+    for label, kw in modes(base.arch).items():
+        got = Engine(base.weights, **kw).intermediates(x)
+        for name, want in ref.items():
+            try:
+                close(got[name], want, 1e-5)
+            except AssertionError as e:
+                raise AssertionError(f"{label}, {name}: {e}") from None
+
+
+def test_slices_may_differ_per_block():
+    e = Engine.random(alpha=0.35, size=64, classes=5, t=[1, 2, 3] * 5 + [4, 7])
+    assert [len(s.bounds) - 1 for s in e.plan().steps] == [1, 2, 3] * 5 + [4, 7]
+    # uneven: 3 slices of block1's 96... channels differ by at most one
+    sizes = np.diff(e.plan().steps[2].bounds)
+    assert sizes.max() - sizes.min() <= 1 and sizes.sum() == e.arch.blocks[2].hidden
+
+
+def forward_peak(engine, x):
+    engine.forward(x)  # compile and build the plan outside the measurement
+    tracemalloc.start()
+    try:
+        engine.forward(x)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("kw", [dict(t=1), dict(t=2), dict(t=4), dict(rows=True), dict(rows=True, t=4)],
+                         ids=str)
+def test_tracemalloc_peak_matches_the_planner(kw):
+    engine = Engine.random(alpha=1.0, size=224, **kw)
+    x = np.zeros((1, 224, 224, 3), np.float32)
+    planned = engine.memory_report().peak_bytes
+    measured = forward_peak(engine, x)
+    assert abs(measured - planned) <= 0.05 * planned and measured <= planned + 64 * 1024, \
+        f"tracemalloc peak {measured} vs planner {planned}"
+    if kw.get("t", 1) > 1 or kw.get("rows"):
+        # The peak bounds every single allocation: none is as large as the biggest full expansion.
+        full = max(b.in_size[0] * b.in_size[1] * b.hidden * 4 for b in engine.arch.blocks)
+        assert measured < full
+        for step in engine.plan().steps:
+            h, w = step.block.in_size
+            assert step.e.nbytes < h * w * step.block.hidden * 4, step.block.name
+
+
+def test_no_kernel_allocates_inside_numba():
+    """Numba's runtime counts every allocation. Per forward, the count must not depend on
+    t, rows or the batch size: then nothing is allocated per slice, row or image, and what
+    is counted is the fixed set of array arguments crossing into the kernels."""
+    _nrt_python.memsys_enable_stats()
+    counts = {}
+    for label, kw, batch in [("t=1", {}, 1), ("t=4", dict(t=4), 1), ("rows", dict(rows=True), 1),
+                             ("batch 3", dict(t=3), 3)]:
+        engine = Engine.random(alpha=0.35, size=64, classes=5, **kw)
+        x = np.zeros((batch, 64, 64, 3), np.float32)
+        engine.forward(x)
+        before = rtsys.get_allocation_stats()
+        engine.forward(x)
+        counts[label] = rtsys.get_allocation_stats().alloc - before.alloc
+    assert len(set(counts.values())) == 1, counts
+
+
+@pytest.mark.parametrize("kw", [dict(t=1), dict(t=3), dict(rows=True)], ids=str)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_planner_never_overlaps_live_buffers(kw, batch):
+    plan = Engine.random(alpha=0.75, size=100, classes=3, **kw).plan(batch)
+    bufs = plan.buffers
+    for i, a in enumerate(bufs):
+        assert a.offset % 64 == 0 and a.offset + a.nbytes <= plan.arena_bytes
+        for b in bufs[i + 1:]:
+            if a.first <= b.last and b.first <= a.last:
+                assert a.offset + a.nbytes <= b.offset or b.offset + b.nbytes <= a.offset, (a, b)
+
+
+def test_memory_report_lists_live_tensors_with_the_input():
+    report = Engine.random(alpha=1.0, size=224, t=1).memory_report()
+    block0 = report.steps[0]
+    assert ("input", (1, 224, 224, 3), 224 * 224 * 3 * 4) in block0.live
+    assert {n for n, _, _ in block0.live} == {"input", "block0/expanded", "block0/depthwise", "block0/output"}
+    assert report.peak_bytes == report.arena_bytes + 1000 * 4
+    assert report.ideal_bytes <= report.peak_bytes
+    assert "block1" in str(report) and "peak" in str(report)
