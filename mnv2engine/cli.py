@@ -60,7 +60,7 @@ def _demo_image(size):
 
 def cmd_convert(args) -> int:
     from .weights import convert
-    ws = convert(args.src, args.dst, force=args.force, size=args.size)
+    ws = convert(args.src, args.dst, force=args.force, size=args.size, labels=args.labels)
     print(f"wrote {args.dst}: MobileNetV2 alpha={ws.alpha}, size={ws.size[0]}x{ws.size[1]}, "
           f"classes={ws.classes}, padding={ws.padding} (from {ws.source})")
     return 0
@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.add_argument("--force", action="store_true", help="overwrite an existing destination")
     p.add_argument("--size", type=int, help="input size to record, where the source does not say (default 224)")
+    p.add_argument("--labels", help="class names, one per line, for sources that carry none")
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("predict", help="classify images")

@@ -8,7 +8,8 @@ from pathlib import Path
 from mnv2engine.errors import EngineError, WeightFileError
 
 from .h5format import read_mnv2, write_mnv2
-from .weightset import WeightSet
+from .labels import read_labels
+from .weightset import WeightSet, validate
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -39,18 +40,31 @@ def detect_format(path) -> str:
                           f".pth state_dict, a TFLite flatbuffer or a Keras .h5)")
 
 
-def read_any(path, size=None) -> WeightSet:
-    """Read any supported weight file into a validated WeightSet."""
+def read_any(path, size=None, labels=None) -> WeightSet:
+    """Read any supported weight file into a validated WeightSet.
+
+    `size` is the input size to record where the source does not say (default 224);
+    `labels` a text file of class names, for sources that carry none.
+    """
     fmt = detect_format(path)
     if fmt == "mnv2":
-        return read_mnv2(path)
-    if fmt == "torch":
+        ws = read_mnv2(path)
+    elif fmt == "torch":
         from .torchvision import read_torchvision
-        return read_torchvision(path, size=size or 224)
-    raise WeightFileError(f"{path}: {fmt} weight files are not supported yet")
+        ws = read_torchvision(path, size=size or 224)
+    elif fmt == "tflite":
+        from .tflite import read_tflite
+        ws = read_tflite(path)
+    else:  # another HDF5 file: the Keras formats are the ones we know
+        from .keras import read_keras
+        ws = read_keras(path, size=size or 224)
+    if labels is not None:
+        ws.labels = read_labels(labels, ws.classes)
+    validate(ws)
+    return ws
 
 
-def convert(src, dst, *, force: bool = False, size=None) -> WeightSet:
+def convert(src, dst, *, force: bool = False, size=None, labels=None) -> WeightSet:
     """Convert any supported weight file to mnv2.h5 at `dst`.
 
     Writes to a temporary file beside `dst` and renames it into place, so a failed or
@@ -62,7 +76,7 @@ def convert(src, dst, *, force: bool = False, size=None) -> WeightSet:
         raise EngineError(f"{dst}: already exists (use --force / force=True to overwrite)")
     if Path(src).resolve() == dst.resolve():
         raise EngineError(f"{dst}: source and destination are the same file")
-    ws = read_any(src, size=size)
+    ws = read_any(src, size=size, labels=labels)
     fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent or ".")
     os.close(fd)
     try:
