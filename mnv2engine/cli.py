@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -66,21 +68,102 @@ def cmd_convert(args) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+BATCH = 16
+
+
+def resolve_weights(given: str | None) -> Path:
+    """--weights, else $MNV2_WEIGHTS, else the per-user cache; say how to get weights otherwise."""
+    if given:
+        return Path(given)
+    if os.environ.get("MNV2_WEIGHTS"):
+        return Path(os.environ["MNV2_WEIGHTS"])
+    cached = default_weights_path()
+    if cached.exists():
+        return cached
+    raise EngineError(f"no weights: pass --weights FILE, set MNV2_WEIGHTS, or put an mnv2.h5 at {cached} "
+                      "(make one from a framework's file with: mnv2 convert SRC DST)")
+
+
+def default_weights_path() -> Path:
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("mnv2engine")) / "mnv2.h5"
+
+
+def expand_images(paths) -> list[Path]:
+    """Image paths, with each folder replaced by the image files in it (sorted)."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        else:
+            out.append(p)
+    return out
+
+
 def cmd_predict(args) -> int:
-    from .engine import Engine
-    if not args.weights:
-        raise EngineError("no weights: pass --weights FILE (convert a framework's file with mnv2 convert)")
-    engine = Engine.load(args.weights, t=args.t, rows=args.rows)
-    results = engine.predict(list(args.images), top=args.top)
-    if args.json:
-        print(json.dumps([{"image": str(img), "top": [{"index": i, "label": l, "probability": p}
-                                                        for i, l, p in res]}
-                          for img, res in zip(args.images, results)], indent=2))
-        return 0
-    for img, res in zip(args.images, results):
-        print(img)
-        for index, label, p in res:
-            print(f"  {p:7.4f}  {index:5d}  {label}")
+    from tqdm import tqdm
+
+    from .engine import Engine, softmax
+    from .preprocess import batch as preprocess_batch
+
+    engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows)
+    if not 1 <= args.top <= engine.arch.classes:
+        raise EngineError(f"--top must be from 1 to {engine.arch.classes}, got {args.top}")
+    images = expand_images(args.images)
+    if not images:
+        raise EngineError("no images found")
+    results, failed = {}, {}
+    ok = []  # (path, preprocessed image), flushed through the network BATCH at a time
+    progress = tqdm(images, unit="img", disable=len(images) < 8 or args.json, file=sys.stderr)
+
+    def flush():
+        if ok:
+            probs = softmax(engine.forward(np.stack([x for _, x in ok])))
+            for (path, _), p in zip(ok, probs):
+                idx = np.argsort(-p, kind="stable")[:args.top]
+                results[path] = [(int(i), engine.labels[i], float(p[i])) for i in idx]
+            ok.clear()
+
+    for path in progress:
+        try:
+            ok.append((path, preprocess_batch([path], engine.arch.size, engine.weights.scale,
+                                              engine.weights.offset)[0]))
+        except EngineError as e:
+            failed[path] = str(e)
+            print(f"mnv2: skipped {path}: {e}", file=sys.stderr)
+        if len(ok) == BATCH:
+            flush()
+    flush()
+    _print_predictions(images, results, failed, args.json)
+    return 1 if failed else 0
+
+
+def _print_predictions(images, results, failed, as_json: bool):
+    if as_json:
+        print(json.dumps([{"image": str(p), "error": failed[p]} if p in failed else
+                          {"image": str(p), "top": [{"index": i, "label": l, "probability": round(pr, 6)}
+                                                    for i, l, pr in results[p]]}
+                          for p in images], indent=2))
+        return
+    for path in images:
+        if path in results:
+            print(path)
+            for index, label, p in results[path]:
+                print(f"  {p:7.2%}  {index:5d}  {label}")
+    if failed:
+        print(f"{len(failed)} of {len(images)} images could not be read", file=sys.stderr)
+
+
+def cmd_summary(args) -> int:
+    from .arch import Architecture
+    from .summary import format_table
+    if args.weights:
+        from .weights import read_any
+        arch = read_any(args.weights).architecture
+    else:
+        arch = Architecture(alpha=args.alpha, size=args.size, classes=args.classes)
+    print(format_table(arch))
     return 0
 
 
@@ -104,13 +187,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="class names, one per line, for sources that carry none")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("predict", help="classify images")
+    p = sub.add_parser("predict", help="classify images (files or folders)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--weights", required=False)
+    p.add_argument("--weights", help="mnv2.h5 file; default $MNV2_WEIGHTS, then the per-user cache")
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_engine_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summary", help="per-layer table: shapes, parameters, multiply-adds")
+    p.add_argument("--weights", help="take the architecture from this weight file")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--classes", type=int, default=1000)
+    p.set_defaults(func=cmd_summary)
     return parser
 
 

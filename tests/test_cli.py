@@ -29,3 +29,34 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.h5")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mnv2: error:") and "no such file" in err and "Traceback" not in err
+
+
+def _model_and_images(tmp_path):
+    write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), tmp_path / "m.h5")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(folder / f"{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return tmp_path / "m.h5", folder
+
+
+def test_predict_folder_reports_bad_images_and_predicts_the_rest(tmp_path, capsys, monkeypatch):
+    weights, folder = _model_and_images(tmp_path)
+    monkeypatch.setenv("MNV2_WEIGHTS", str(weights))  # weight resolution from the environment
+    assert main(["predict", str(folder), "--top", "2", "--json"]) == 1
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert [r["image"].rsplit("/", 1)[-1] for r in result] == ["0.png", "1.png", "2.png", "broken.jpg"]
+    assert all(len(r["top"]) == 2 for r in result[:3]) and "error" in result[3]
+    assert "broken.jpg" in captured.err
+    assert main(["predict", str(folder / "0.png"), "--top", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "0.png" in table and "%" in table
+
+
+def test_predict_without_weights_says_how_to_get_them(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MNV2_WEIGHTS", raising=False)
+    monkeypatch.setattr("mnv2engine.cli.default_weights_path", lambda: tmp_path / "none.h5")
+    assert main(["predict", "x.jpg"]) == 2
+    assert "mnv2 convert" in capsys.readouterr().err
