@@ -8,7 +8,7 @@ Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReL
 """
 from .conv import conv3x3, depthwise3x3, pointwise
 from .pool import global_avg_pool, pointwise_avg_pool
-from .block import inverted_residual
+from .block import inverted_residual, pack_slices
 
 __all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
-           "inverted_residual"]
+           "inverted_residual", "pack_slices"]

@@ -2,8 +2,10 @@
 
 Each computes one output row (a [W, channels] slab) of one operator, so the same code
 serves the materialized evaluation (every row, one operator at a time) and the streamed
-one (rows produced only when the next operator needs them). Channel slices are given as
-offsets into the full weight arrays, so sliced evaluation needs no weight copies.
+one (rows produced only when the next operator needs them). Every weight argument is
+exactly the slice of channels being computed, as a C-contiguous array starting at
+index 0: with offsets inside the loops instead, LLVM vectorizes the GEMM half as well
+(measured: 2x slower expansion rows).
 """
 import numpy as np
 from numba import njit
@@ -15,12 +17,12 @@ FASTMATH = {"contract"}
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def fill_bias(out, b, c0):
-    """out[p, :] = b[c0:c0 + C] for every row p of out [P, C]."""
+def fill_bias(out, b):
+    """out[p, :] = b for every row p of out [P, C]."""
     P, C = out.shape
     for p in range(P):
         for c in range(C):
-            out[p, c] = b[c0 + c]
+            out[p, c] = b[c]
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -36,41 +38,53 @@ def clamp(out, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def matmul_acc(x, w, k0, c0, out):
-    """out[p, c] += sum_k x[p, k] * w[k0 + k, c0 + c]: the one GEMM of the engine.
+def matmul_acc(x, w, out):
+    """out[p, c] += sum_k x[p, k] * w[k, c]: the one GEMM of the engine.
 
-    x [P, K], w [Kfull, Cfull], out [P, C]. (k0, c0) select a block of w, which is how
-    an expansion slice (columns c0..) and its projection (rows k0..) are addressed.
+    x [P, K], w [K, C], out [P, C]. Four pixels share each load of a weight row: the inner loop is bound by loads and
+    stores, not FMAs, and this halves the weight traffic per FMA (about 2x over one pixel
+    at a time on AVX2). Each output still sums over k in order, so results do not
+    depend on the blocking.
     """
     P, K = x.shape
     C = out.shape[1]
-    for p in range(P):
+    p = 0
+    while p + 4 <= P:
+        for k in range(K):
+            x0, x1, x2, x3 = x[p, k], x[p + 1, k], x[p + 2, k], x[p + 3, k]
+            for c in range(C):
+                wv = w[k, c]
+                out[p, c] += x0 * wv
+                out[p + 1, c] += x1 * wv
+                out[p + 2, c] += x2 * wv
+                out[p + 3, c] += x3 * wv
+        p += 4
+    for p in range(p, P):
         for k in range(K):
             xv = x[p, k]
             for c in range(C):
-                out[p, c] += xv * w[k0 + k, c0 + c]
+                out[p, c] += xv * w[k, c]
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def pointwise_row(x, w, b, c0, lo, hi, out):
-    """out = clamp(x @ w[:, c0:c0+C] + b[c0:c0+C], lo, hi); x [P, Cin], out [P, C]."""
-    fill_bias(out, b, c0)
-    matmul_acc(x, w, 0, c0, out)
+def pointwise_row(x, w, b, lo, hi, out):
+    """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C], out [P, C]."""
+    fill_bias(out, b)
+    matmul_acc(x, w, out)
     clamp(out, lo, hi)
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def depthwise_row(e, H, oy, w, b, c0, stride, pad_top, pad_left, lo, hi, out):
+def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a 3x3 depthwise conv.
 
     e [R, W, C] holds input row iy at e[iy % R] (R = H for a whole tensor, 3 for a line
-    buffer); H is the input height; w [3, 3, Cfull], b [Cfull]; out [Wo, C] for channels
-    c0 .. c0 + C. Positions outside [0, H) x [0, W) are the zero padding; the bottom and
+    buffer); H is the input height; w [3, 3, C], b [C]; out [Wo, C]. Positions outside [0, H) x [0, W) are the zero padding; the bottom and
     right padding only show in how many output rows and columns the caller asks for.
     """
     R, W, C = e.shape
     Wo = out.shape[0]
-    fill_bias(out, b, c0)
+    fill_bias(out, b)
     for ky in range(3):
         iy = oy * stride - pad_top + ky
         if iy < 0 or iy >= H:
@@ -82,20 +96,20 @@ def depthwise_row(e, H, oy, w, b, c0, stride, pad_top, pad_left, lo, hi, out):
                 if ix < 0 or ix >= W:
                     continue
                 for c in range(C):
-                    out[ox, c] += row[ix, c] * w[ky, kx, c0 + c]
+                    out[ox, c] += row[ix, c] * w[ky, kx, c]
     clamp(out, lo, hi)
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def conv3x3_row(x, oy, w, b, c0, stride, pad_top, pad_left, lo, hi, out):
+def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a full 3x3 conv (the stem).
 
-    x [H, W, Cin] one image; w [9 * Cin, Cfull], the HWIO kernel flattened over
-    (ky, kx, ci); b [Cfull]; out [Wo, C] holds output channels c0 .. c0 + C.
+    x [H, W, Cin] one image; w [9 * Cin, C], the HWIO kernel flattened over
+    (ky, kx, ci); b [C]; out [Wo, C].
     """
     H, W, Cin = x.shape
     Wo, C = out.shape
-    fill_bias(out, b, c0)
+    fill_bias(out, b)
     for ox in range(Wo):
         for ky in range(3):
             iy = oy * stride - pad_top + ky
@@ -109,5 +123,5 @@ def conv3x3_row(x, oy, w, b, c0, stride, pad_top, pad_left, lo, hi, out):
                 for ci in range(Cin):
                     xv = x[iy, ix, ci]
                     for c in range(C):
-                        out[ox, c] += xv * w[k + ci, c0 + c]
+                        out[ox, c] += xv * w[k + ci, c]
     clamp(out, lo, hi)

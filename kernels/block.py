@@ -16,6 +16,7 @@ it, linearly, into the accumulated output. `bounds` holds the t + 1 slice edges.
 For the first block the expansion is the stem conv (`stem=True`): the paper's first-layer
 trick, so the stem's output is sliced and streamed like any other expansion.
 """
+import numpy as np
 from numba import njit
 
 from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, matmul_acc, pointwise_row
@@ -23,52 +24,60 @@ from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, matmul_acc, 
 RELU6 = (0.0, 6.0)
 
 
+def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Lay out the columns of w [..., hidden] slice by slice: w[..., c0:c1] for each slice,
+    each C-contiguous, one after the other, as a flat array. The block kernel then sees
+    each slice's weights as a plain contiguous array (see kernels/_rows.py for why)."""
+    w2 = w.reshape(-1, w.shape[-1])
+    return np.concatenate([w2[:, c0:c1].ravel() for c0, c1 in zip(bounds[:-1], bounds[1:])])
+
+
 @njit(cache=True, fastmath=FASTMATH)
-def _expand_row(x, n, iy, stem, we, be, c0, exp_stride, exp_pads, out):
-    """Row iy of expansion slice c0.. of image n: out [We, cs]."""
+def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out):
+    """Row iy of an expansion slice of image n: out [We, cs]."""
     if stem:
-        conv3x3_row(x[n], iy, we, be, c0, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], out)
+        conv3x3_row(x[n], iy, we, be, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], out)
     else:
-        pointwise_row(x[n, iy], we, be, c0, RELU6[0], RELU6[1], out)
+        pointwise_row(x[n, iy], we, be, RELU6[0], RELU6[1], out)
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _project_row(d, wp, bp, c0, first, use_residual, x_row, y_row):
-    """y_row [Wo, Cout] += d [Wo, cs] @ wp[c0:c0+cs]; the first slice starts from bias (+ x)."""
+def _project_row(d, wp, bp, first, use_residual, x_row, y_row):
+    """y_row [Wo, Cout] += d [Wo, cs] @ wp [cs, Cout]; the first slice starts from bias (+ x)."""
     if first:
-        fill_bias(y_row, bp, 0)
+        fill_bias(y_row, bp)
         if use_residual:
             Wo, C = y_row.shape
             for i in range(Wo):
                 for c in range(C):
                     y_row[i, c] += x_row[i, c]
-    matmul_acc(d, wp, c0, 0, y_row)
+    matmul_acc(d, wp, y_row)
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _phases(x, y, n0, n1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, c0, first, use_residual, e, d):
+            wp, bp, first, use_residual, e, d):
     """Materialized order for images n0..n1: expand all rows, then filter all, then project.
 
     e [n1 - n0, He, We, cs], d [n1 - n0, Ho, Wo, cs]. The phase order is what lets the
-    memory planner put E where x was and y where E was.
+    memory planner put D where x was and y where E was.
     """
     He, Ho = e.shape[1], d.shape[1]
     for n in range(n0, n1):
         for iy in range(He):
-            _expand_row(x, n, iy, stem, we, be, c0, exp_stride, exp_pads, e[n - n0, iy])
+            _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, e[n - n0, iy])
     for n in range(n0, n1):
         for oy in range(Ho):
-            depthwise_row(e[n - n0], He, oy, wd, bd, c0, dw_stride, dw_pads[0], dw_pads[2],
+            depthwise_row(e[n - n0], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2],
                           RELU6[0], RELU6[1], d[n - n0, oy])
     for n in range(n0, n1):
         for oy in range(Ho):
-            _project_row(d[n - n0, oy], wp, bp, c0, first, use_residual, x[n, oy], y[n, oy])
+            _project_row(d[n - n0, oy], wp, bp, first, use_residual, x[n, oy], y[n, oy])
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def _stream(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, c0, first, use_residual, e, d):
+            wp, bp, first, use_residual, e, d):
     """Row-streamed order for image n: e [3, We, cs] line buffer, d [Wo, cs] one row."""
     He = _expanded_height(x, stem, exp_stride, exp_pads)
     Ho = y.shape[1]
@@ -76,10 +85,10 @@ def _stream(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
     for oy in range(Ho):
         needed = min(oy * dw_stride - dw_pads[0] + 2, He - 1)
         while next_row <= needed:  # rows below `needed - 2` are no longer used: overwrite
-            _expand_row(x, n, next_row, stem, we, be, c0, exp_stride, exp_pads, e[next_row % 3])
+            _expand_row(x, n, next_row, stem, we, be, exp_stride, exp_pads, e[next_row % 3])
             next_row += 1
-        depthwise_row(e, He, oy, wd, bd, c0, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d)
-        _project_row(d, wp, bp, c0, first, use_residual, x[n, oy], y[n, oy])
+        depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d)
+        _project_row(d, wp, bp, first, use_residual, x[n, oy], y[n, oy])
 
 
 @njit(cache=True)
@@ -102,9 +111,11 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     """One inverted residual block, any t, materialized or row-streamed.
 
     x [N, H, W, Cin]        block input (the image when stem=True)
-    we, be                  expansion: [Cin, hidden] 1x1 conv, or [27, hidden] 3x3 stem
-                            conv (HWIO flattened) of exp_stride and exp_pads
-    wd [3, 3, hidden], bd   depthwise of dw_stride, dw_pads (top, bottom, left, right)
+    we, be                  expansion: a 1x1 conv [Cin, hidden], or the 3x3 stem conv
+                            [27, hidden] (HWIO flattened) of exp_stride and exp_pads;
+                            `we` packed by slices (pack_slices), be [hidden]
+    wd, bd                  depthwise [3, 3, hidden] packed by slices, of dw_stride and
+                            dw_pads (top, bottom, left, right)
     wp [hidden, Cout], bp   linear projection
     bounds int64 [t + 1]    slice i is channels bounds[i] .. bounds[i + 1]
     ebuf, dbuf              flat float32 scratch, sized by the planner for the mode
@@ -115,16 +126,20 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     We = _expanded_width(x, stem, exp_stride, exp_pads)
     Ho, Wo = y.shape[1], y.shape[2]
     t = len(bounds) - 1
+    K = we.size // bounds[t]  # expansion input depth: Cin, or 27 for the stem
     for s in range(t):
-        c0 = bounds[s]
-        cs = bounds[s + 1] - c0
+        c0, c1 = bounds[s], bounds[s + 1]
+        cs = c1 - c0
+        we_s = we[K * c0:K * c1].reshape((K, cs))
+        wd_s = wd[9 * c0:9 * c1].reshape((3, 3, cs))
+        be_s, bd_s, wp_s = be[c0:c1], bd[c0:c1], wp[c0:c1]
         first = s == 0
         if rows:
             e = ebuf[:3 * We * cs].reshape((3, We, cs))
             d = dbuf[:Wo * cs].reshape((Wo, cs))
             for n in range(N):
-                _stream(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-                        wp, bp, c0, first, use_residual, e, d)
+                _stream(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride,
+                        dw_pads, wp_s, bp, first, use_residual, e, d)
         else:
             # t = 1 runs each phase over the whole batch (the framework way); a slice
             # holds one image at a time, so its scratch is per image.
@@ -132,5 +147,5 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
             e = ebuf[:nb * He * We * cs].reshape((nb, He, We, cs))
             d = dbuf[:nb * Ho * Wo * cs].reshape((nb, Ho, Wo, cs))
             for n0 in range(0, N, nb):
-                _phases(x, y, n0, n0 + nb, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride,
-                        dw_pads, wp, bp, c0, first, use_residual, e, d)
+                _phases(x, y, n0, n0 + nb, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
+                        dw_stride, dw_pads, wp_s, bp, first, use_residual, e, d)

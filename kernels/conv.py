@@ -28,8 +28,8 @@ def pointwise(x, w, b, lo, hi, out, residual, accumulate):
             for c in range(Cout):
                 out[p, c] += b[c]
     else:
-        fill_bias(out, b, 0)
-    matmul_acc(x, w, 0, 0, out)
+        fill_bias(out, b)
+    matmul_acc(x, w, out)
     clamp(out, lo, hi)
     if residual.shape[0] > 0:
         for p in range(P):
@@ -44,7 +44,7 @@ def depthwise3x3(x, w, b, stride, pads, lo, hi, out):
     _check_out_size(H, W, stride, pads, out.shape[1], out.shape[2])
     for n in range(N):
         for oy in range(out.shape[1]):
-            depthwise_row(x[n], H, oy, w, b, 0, stride, pads[0], pads[2], lo, hi, out[n, oy])
+            depthwise_row(x[n], H, oy, w, b, stride, pads[0], pads[2], lo, hi, out[n, oy])
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -55,4 +55,4 @@ def conv3x3(x, w, b, stride, pads, lo, hi, out):
     w2 = w.reshape((9 * Cin, w.shape[3]))
     for n in range(N):
         for oy in range(out.shape[1]):
-            conv3x3_row(x[n], oy, w2, b, 0, stride, pads[0], pads[2], lo, hi, out[n, oy])
+            conv3x3_row(x[n], oy, w2, b, stride, pads[0], pads[2], lo, hi, out[n, oy])

@@ -36,7 +36,7 @@ def pointwise_avg_pool(x, w, b, lo, hi, scratch, out):
         for p0 in range(0, P, chunk):
             rows = min(chunk, P - p0)
             part = scratch[:rows]
-            pointwise_row(x[n, p0:p0 + rows], w, b, 0, lo, hi, part)
+            pointwise_row(x[n, p0:p0 + rows], w, b, lo, hi, part)
             for p in range(rows):
                 for c in range(Cout):
                     out[n, c] += part[p, c]

@@ -6,8 +6,8 @@ import numpy as np
 from . import preprocess
 from .errors import EngineError, InputError
 from .memory import view
-from .model import fold_all
-from .plan import build_plan, resolve_t
+from .model import block_weights, fold_all
+from .plan import build_plan, resolve_t, slice_bounds
 from .kernels import inverted_residual, pointwise, pointwise_avg_pool
 
 RELU6 = (0.0, 6.0)
@@ -26,6 +26,8 @@ class Engine:
         self.weights = weightset
         self.arch, self.convs = fold_all(weightset)
         self.t = resolve_t(self.arch, t)
+        bounds = [slice_bounds(b.hidden, tb) for b, tb in zip(self.arch.blocks, self.t)]
+        self.blocks = block_weights(self.arch, self.convs, bounds)
         if not isinstance(rows, (bool, np.bool_)):
             raise EngineError(f"rows must be True or False, got {rows!r}")
         self.rows = bool(rows)
@@ -53,7 +55,7 @@ class Engine:
     # -- running -------------------------------------------------------------------
     def plan(self, batch: int = 1):
         if batch not in self._plans:
-            self._plans[batch] = build_plan(self.arch, self.t, self.rows, batch)
+            self._plans[batch] = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch)
         return self._plans[batch]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -87,16 +89,13 @@ class Engine:
         # sees exactly this forward's activation memory.
         arena = np.empty(plan.arena_bytes, np.uint8)
         np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
-        for step in plan.steps:
+        stem_pads = self.arch.pads(self.arch.size, 2)
+        for step, w in zip(plan.steps, self.blocks):
             b = step.block
-            stem = b.index == 0
-            exp = self.convs["stem" if stem else f"{b.name}/expand"]
-            dw, proj = self.convs[f"{b.name}/depthwise"], self.convs[f"{b.name}/project"]
-            exp_pads = self.arch.pads(self.arch.size, 2)
             y = view(arena, step.y)
-            inverted_residual(view(arena, step.x), stem, exp.kernel, exp.bias, 2, exp_pads,
-                              dw.kernel, dw.bias, b.stride, self.arch.pads(b.in_size, b.stride),
-                              proj.kernel, proj.bias, step.bounds, b.use_residual, step.rows,
+            inverted_residual(view(arena, step.x), b.index == 0, w.expand, w.expand_bias, 2, stem_pads,
+                              w.depthwise, w.depthwise_bias, b.stride, self.arch.pads(b.in_size, b.stride),
+                              w.project, w.project_bias, w.bounds, b.use_residual, step.rows,
                               view(arena, step.e).reshape(-1), view(arena, step.d).reshape(-1), y)
             if observe:
                 observe(b.name, y)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arch import Architecture
+from .kernels import pack_slices
 
 
 @dataclass(frozen=True)
@@ -38,3 +39,26 @@ def fold_all(ws) -> tuple[Architecture, dict[str, Conv]]:
     stem = convs["stem"]
     convs["stem"] = Conv(stem.kernel.reshape(27, -1), stem.bias)
     return arch, convs
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """One inverted residual's folded weights, expansion and depthwise packed by slice."""
+    bounds: np.ndarray
+    expand: np.ndarray      # [Cin, hidden] (or the stem's [27, hidden]), packed
+    expand_bias: np.ndarray
+    depthwise: np.ndarray   # [3, 3, hidden], packed
+    depthwise_bias: np.ndarray
+    project: np.ndarray     # [hidden, Cout]
+    project_bias: np.ndarray
+
+
+def block_weights(arch: Architecture, convs: dict[str, Conv], bounds_per_block) -> list[BlockWeights]:
+    """The first block's expansion is the stem conv: the paper's first-layer trick."""
+    out = []
+    for b, bounds in zip(arch.blocks, bounds_per_block):
+        exp = convs["stem" if b.index == 0 else f"{b.name}/expand"]
+        dw, proj = convs[f"{b.name}/depthwise"], convs[f"{b.name}/project"]
+        out.append(BlockWeights(bounds, pack_slices(exp.kernel, bounds), exp.bias,
+                                pack_slices(dw.kernel, bounds), dw.bias, proj.kernel, proj.bias))
+    return out

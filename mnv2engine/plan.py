@@ -87,14 +87,14 @@ class Plan:
         return self.arena_bytes + self.output_bytes
 
 
-def build_plan(arch: Architecture, ts: list[int], rows: bool, batch: int) -> Plan:
+def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int) -> Plan:
+    """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block."""
     N = batch
     image = Buffer("input", (N, *arch.size, 3), first=0, last=0)
     x, steps = image, []
-    for block, t in zip(arch.blocks, ts):
+    for block, bounds in zip(arch.blocks, bounds_per_block):
         p0 = PHASES_PER_BLOCK * block.index
-        materialized = t == 1 and not rows
-        bounds = slice_bounds(block.hidden, t)
+        materialized = len(bounds) == 2 and not rows
         cs = int(np.max(np.diff(bounds)))
         (He, We), (Ho, Wo) = block.in_size, block.out_size
         # the expand phase reads x; the project phase reads it again for the residual
