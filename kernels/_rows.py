@@ -76,28 +76,53 @@ def pointwise_row(x, w, b, lo, hi, out):
 
 @njit(cache=True, fastmath=FASTMATH)
 def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
-    """Output row `oy` of a 3x3 depthwise conv.
+    """Output row `oy` of a 3x3 depthwise conv, with the clamp epilogue.
 
     e [R, W, C] holds input row iy at e[iy % R] (R = H for a whole tensor, 3 for a line
-    buffer); H is the input height; w [3, 3, C], b [C]; out [Wo, C]. Positions outside [0, H) x [0, W) are the zero padding; the bottom and
-    right padding only show in how many output rows and columns the caller asks for.
+    buffer); H is the input height; w [3, 3, C], b [C]; out [Wo, C]. Positions outside
+    [0, H) x [0, W) are the zero padding; the bottom and right padding only show in how
+    many output rows and columns the caller asks for.
     """
     R, W, C = e.shape
     Wo = out.shape[0]
-    fill_bias(out, b)
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    iy0 = oy * stride - pad_top
+    if iy0 >= 0 and iy0 + 2 < H:
+        r0, r1, r2 = e[iy0 % R], e[(iy0 + 1) % R], e[(iy0 + 2) % R]
+    else:
+        r0 = r1 = r2 = e[0]  # unused: every pixel of this row takes the padded path
+    for ox in range(Wo):
+        ix = ox * stride - pad_left
+        if iy0 >= 0 and iy0 + 2 < H and ix >= 0 and ix + 2 < W:
+            # Interior: all nine taps exist; one sum per channel, one store.
+            for c in range(C):
+                acc = (b[c] + r0[ix, c] * w[0, 0, c] + r0[ix + 1, c] * w[0, 1, c] + r0[ix + 2, c] * w[0, 2, c]
+                       + r1[ix, c] * w[1, 0, c] + r1[ix + 1, c] * w[1, 1, c] + r1[ix + 2, c] * w[1, 2, c]
+                       + r2[ix, c] * w[2, 0, c] + r2[ix + 1, c] * w[2, 1, c] + r2[ix + 2, c] * w[2, 2, c])
+                out[ox, c] = min(max(acc, lo32), hi32)
+        else:
+            _depthwise_padded_pixel(e, H, iy0, ix, w, b, lo32, hi32, out[ox])
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _depthwise_padded_pixel(e, H, iy0, ix0, w, b, lo, hi, out):
+    """One output pixel whose 3x3 window overlaps the zero padding: out [C]."""
+    R, W, C = e.shape
+    for c in range(C):
+        out[c] = b[c]
     for ky in range(3):
-        iy = oy * stride - pad_top + ky
+        iy = iy0 + ky
         if iy < 0 or iy >= H:
             continue
         row = e[iy % R]
-        for ox in range(Wo):
-            for kx in range(3):
-                ix = ox * stride - pad_left + kx
-                if ix < 0 or ix >= W:
-                    continue
-                for c in range(C):
-                    out[ox, c] += row[ix, c] * w[ky, kx, c]
-    clamp(out, lo, hi)
+        for kx in range(3):
+            ix = ix0 + kx
+            if ix < 0 or ix >= W:
+                continue
+            for c in range(C):
+                out[c] += row[ix, c] * w[ky, kx, c]
+    for c in range(C):
+        out[c] = min(max(out[c], lo), hi)
 
 
 @njit(cache=True, fastmath=FASTMATH)
