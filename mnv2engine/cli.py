@@ -167,6 +167,25 @@ def cmd_summary(args) -> int:
     return 0
 
 
+def cmd_memory(args) -> int:
+    from .engine import Engine
+    from .report import format_memory
+    if args.weights:
+        from .weights import read_any
+        ws = read_any(args.weights)
+        make = lambda **kw: Engine(ws, **kw)
+    else:
+        make = lambda **kw: Engine.random(alpha=args.alpha, size=args.size, **kw)
+    engines = {"materialized (t=1)": make(t=1)}
+    for t in sorted({args.t, 4} - {1}):
+        engines[f"sliced (t={t})"] = make(t=t)
+    engines["row-streamed"] = make(rows=True)
+    if args.t > 1:
+        engines[f"row-streamed, t={args.t}"] = make(rows=True, t=args.t)
+    print(format_memory(engines["materialized (t=1)"].arch, engines, args.bytes))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mnv2", description="MobileNetV2 inference in NumPy + Numba")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_engine_args(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("memory", help="the paper's Table 3 and the peak memory of each mode")
+    p.add_argument("--weights", help="take the architecture from this weight file")
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--t", type=_t_arg, default=4, help="slices for the sliced mode (default 4)")
+    p.add_argument("--bytes", type=int, choices=(2, 4), default=2,
+                   help="bytes per activation value: 2 as in the paper's Table 3, 4 for float32")
+    p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("summary", help="per-layer table: shapes, parameters, multiply-adds")
     p.add_argument("--weights", help="take the architecture from this weight file")

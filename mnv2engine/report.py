@@ -55,3 +55,48 @@ class MemoryReport:
 
 def _kib(n: int) -> str:
     return f"{n / 1024:,.1f} KiB"
+
+
+@dataclass
+class ResolutionRow:
+    size: tuple[int, int]
+    channels: int       # the widest bottleneck tensor at this resolution
+    nbytes: int
+    tensor: str         # which tensor it is
+
+
+def largest_per_resolution(arch, bytes_per_value: int = 2) -> list[ResolutionRow]:
+    """The paper's Table 3: per spatial resolution, the largest tensor that must exist.
+
+    With the streamed block, only the bottleneck tensors (block inputs and outputs) are
+    ever whole; the expansions never are, the stem output included (the first-layer
+    trick). The input image is not counted, as in the paper; the 1x1 row is the pooled
+    feature vector.
+    """
+    widest = {}
+    for b in arch.blocks:
+        if b.cout > widest.get(b.out_size, (0, ""))[0]:
+            widest[b.out_size] = (b.cout, f"{b.name} output")
+    widest[(1, 1)] = (arch.last_channels, "pooled features")
+    return [ResolutionRow(size, c, size[0] * size[1] * c * bytes_per_value, name)
+            for size, (c, name) in sorted(widest.items(), reverse=True)]
+
+
+def format_memory(arch, engines: dict, bytes_per_value: int) -> str:
+    """Table 3, then the planner's whole-run peak for each mode in `engines`."""
+    unit = {2: "16-bit", 4: "32-bit"}[bytes_per_value]
+    lines = [f"MobileNetV2 {arch.alpha}/{arch.size[0]}x{arch.size[1]}, {unit} activations",
+             "", "Largest tensor that must be materialized, per resolution (the paper's Table 3):",
+             f"{'resolution':>11} {'channels':>9} {'bytes':>10}  tensor"]
+    rows = largest_per_resolution(arch, bytes_per_value)
+    for r in rows:
+        lines.append(f"{r.size[0]:>5}x{r.size[1]:<5} {r.channels:>9} {r.nbytes:>10,}  {r.tensor}")
+    top = max(rows, key=lambda r: r.nbytes)
+    lines.append(f"{'max':>11} {'':>9} {top.nbytes:>10,}  = {top.nbytes / 1000:.0f}K "
+                 f"(paper, Table 3, MobileNetV2: 400K)")
+    lines += ["", "Peak activation memory of a whole forward pass, batch 1 (planner; input included):",
+              f"{'mode':<22} {'peak bytes':>12} {'MiB':>7}"]
+    for label, engine in engines.items():
+        peak = engine.memory_report().peak_bytes * bytes_per_value // 4
+        lines.append(f"{label:<22} {peak:>12,} {peak / 2**20:>7.2f}")
+    return "\n".join(lines)

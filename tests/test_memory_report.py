@@ -1,0 +1,32 @@
+"""`mnv2 memory`: the paper's Table 3 from the architecture, checked against the shapes a
+PyTorch model actually produces and against the paper's 400K maximum."""
+import torch
+
+from mnv2engine import Architecture
+from mnv2engine.cli import main
+from mnv2engine.report import largest_per_resolution
+
+from torch_reference import MobileNetV2
+
+
+def test_widest_bottleneck_per_resolution_matches_pytorch_shapes():
+    model = MobileNetV2().eval()
+    widest, h = {}, torch.zeros(1, 3, 224, 224)
+    with torch.no_grad():
+        h = model.features[0](h)
+        for block in model.features[1:-1]:
+            h = block(h)
+            size = tuple(h.shape[2:])
+            widest[size] = max(widest.get(size, 0), h.shape[1])
+    widest[(1, 1)] = model.last_channel
+    rows = largest_per_resolution(Architecture(), bytes_per_value=2)
+    assert {r.size: r.channels for r in rows} == widest
+
+
+def test_table3_maximum_is_the_papers_400K(capsys):
+    rows = largest_per_resolution(Architecture(), bytes_per_value=2)
+    top = max(rows, key=lambda r: r.nbytes)
+    assert top.size == (112, 112) and abs(top.nbytes - 400e3) / 400e3 < 0.01
+    assert main(["memory", "--alpha", "0.35", "--size", "96"]) == 0
+    out = capsys.readouterr().out
+    assert "Table 3" in out and "row-streamed" in out and "sliced (t=4)" in out
