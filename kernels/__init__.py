@@ -4,7 +4,8 @@ Pure functions: they know nothing of graphs, files or images, and never allocate
 activation memory: every output and scratch buffer is passed in by the caller.
 
 Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReLU6 and
-(-inf, inf) is linear.
+(-inf, inf) is linear. The entry points release the GIL (nogil), so calls from several
+Python threads run in parallel.
 """
 from .conv import conv3x3, depthwise3x3, pointwise
 from .pool import global_avg_pool, pointwise_avg_pool

@@ -105,7 +105,7 @@ def _expanded_width(x, stem, exp_stride, exp_pads):
     return x.shape[2]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
                       wp, bp, bounds, use_residual, rows, ebuf, dbuf, y):
     """One inverted residual block, any t, materialized or row-streamed.

@@ -14,7 +14,7 @@ def _check_out_size(H, W, stride, pads, Ho, Wo):
         raise ValueError("output shape does not match the input shape, stride and padding")
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def pointwise(x, w, b, lo, hi, out, residual, accumulate):
     """1x1 conv as a GEMM over pixels (also the dense classifier), with the epilogue.
 
@@ -37,7 +37,7 @@ def pointwise(x, w, b, lo, hi, out, residual, accumulate):
                 out[p, c] += residual[p, c]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def depthwise3x3(x, w, b, stride, pads, lo, hi, out):
     """3x3 depthwise conv: x [N, H, W, C], w [3, 3, C], b [C], out [N, Ho, Wo, C]."""
     N, H, W, C = x.shape
@@ -47,7 +47,7 @@ def depthwise3x3(x, w, b, stride, pads, lo, hi, out):
             depthwise_row(x[n], H, oy, w, b, stride, pads[0], pads[2], lo, hi, out[n, oy])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def conv3x3(x, w, b, stride, pads, lo, hi, out):
     """Full 3x3 conv (the stem): x [N, H, W, Cin], w [3, 3, Cin, Cout] (HWIO), out [N, Ho, Wo, Cout]."""
     N, H, W, Cin = x.shape

@@ -4,7 +4,7 @@ from numba import njit
 from ._rows import FASTMATH, pointwise_row
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def global_avg_pool(x, out):
     """out[n, c] = mean over (h, w) of x[n, h, w, c]; x [N, H, W, C], out [N, C]."""
     N, H, W, C = x.shape
@@ -20,7 +20,7 @@ def global_avg_pool(x, out):
             out[n, c] *= inv
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, nogil=True)
 def pointwise_avg_pool(x, w, b, lo, hi, scratch, out):
     """out[n] = mean over pixels of clamp(x[n] @ w + b, lo, hi), computed in chunks.
 

@@ -23,16 +23,17 @@ def _t_arg(text: str) -> int:
 def _add_engine_args(p):
     p.add_argument("--t", type=_t_arg, default=1, help="expansion slices per block (1 = materialized)")
     p.add_argument("--rows", action="store_true", help="row-streamed blocks (lowest memory)")
+    p.add_argument("--threads", type=int, default=1, help="split each batch across this many threads")
 
 
 def cmd_demo(args) -> int:
     from .engine import Engine
     t0 = time.perf_counter()
     if args.weights:
-        engine = Engine.load(args.weights, t=args.t, rows=args.rows)
+        engine = Engine.load(args.weights, t=args.t, rows=args.rows, threads=args.threads)
         what = args.weights
     else:
-        engine = Engine.random(alpha=args.alpha, size=args.size, t=args.t, rows=args.rows)
+        engine = Engine.random(alpha=args.alpha, size=args.size, t=args.t, rows=args.rows, threads=args.threads)
         what = f"a seeded random MobileNetV2 {args.alpha}/{args.size} (no weight file given)"
     print(f"model: {what}\n       {engine!r}")
     image = _demo_image(engine.arch.size)
@@ -107,7 +108,7 @@ def cmd_predict(args) -> int:
     from .engine import Engine, softmax
     from .preprocess import batch as preprocess_batch
 
-    engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows)
+    engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows, threads=args.threads)
     if not 1 <= args.top <= engine.arch.classes:
         raise EngineError(f"--top must be from 1 to {engine.arch.classes}, got {args.top}")
     images = expand_images(args.images)

@@ -1,6 +1,8 @@
 """The public API: Engine.load / Engine.random, forward, predict, memory_report."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from . import preprocess
@@ -20,9 +22,12 @@ class Engine:
 
     t: channel slices of each expansion (an int, or one per block); 1 = materialized.
     rows: stream each block row by row through a 3-row line buffer (lowest memory).
+    threads: a batch is split across this many threads, each with its own arena (the
+        kernels release the GIL). Calls from several threads at once are safe: every
+        call allocates its own arena.
     """
 
-    def __init__(self, weightset, t=None, rows: bool = False):
+    def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1):
         self.weights = weightset
         self.arch, self.convs = fold_all(weightset)
         self.t = resolve_t(self.arch, t)
@@ -31,21 +36,24 @@ class Engine:
         if not isinstance(rows, (bool, np.bool_)):
             raise EngineError(f"rows must be True or False, got {rows!r}")
         self.rows = bool(rows)
+        if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+            raise EngineError(f"threads must be a positive integer, got {threads!r}")
+        self.threads = int(threads)
         self.labels = weightset.labels or [f"class {i}" for i in range(self.arch.classes)]
         self._plans = {}
 
     @classmethod
-    def load(cls, path, t=None, rows: bool = False) -> "Engine":
+    def load(cls, path, t=None, rows: bool = False, threads: int = 1) -> "Engine":
         """Load an mnv2.h5 file (or any weight file the converters read)."""
         from .weights import read_any
-        return cls(read_any(path), t=t, rows=rows)
+        return cls(read_any(path), t=t, rows=rows, threads=threads)
 
     @classmethod
     def random(cls, alpha=1.0, size=224, classes=1000, seed=0, padding="same", t=None,
-               rows: bool = False) -> "Engine":
+               rows: bool = False, threads: int = 1) -> "Engine":
         """A seeded, randomly initialised network: for benchmarks and demos."""
         from .weights.random import random_weightset
-        return cls(random_weightset(alpha, size, classes, seed, padding), t=t, rows=rows)
+        return cls(random_weightset(alpha, size, classes, seed, padding), t=t, rows=rows, threads=threads)
 
     def __repr__(self):
         a = self.arch
@@ -61,7 +69,13 @@ class Engine:
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
         (pooled features [N, last_channels] for a headless model)."""
-        return self._run(self._check_input(x))
+        x = self._check_input(x)
+        workers = min(self.threads, len(x))
+        if workers == 1:
+            return self._run(x)
+        chunks = np.array_split(np.arange(len(x)), workers)
+        with ThreadPoolExecutor(workers) as pool:
+            return np.concatenate(list(pool.map(lambda idx: self._run(x[idx[0]:idx[-1] + 1]), chunks)))
 
     def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Copies of every block's output, the pooled features and the logits: to find

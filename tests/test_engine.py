@@ -122,3 +122,21 @@ def test_headless_engine_returns_pooled_features():
     assert feats.shape == (2, e.arch.last_channels) == (2, 1280)
     with pytest.raises(EngineError, match="headless"):
         e.predict(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_concurrent_calls_from_threads_match_sequential_ones(engine):
+    from concurrent.futures import ThreadPoolExecutor
+    xs = [np.random.default_rng(i).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32) for i in range(8)]
+    sequential = [engine.forward(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(engine.forward, xs))
+    assert all(np.array_equal(a, b) for a, b in zip(sequential, parallel))
+
+
+def test_threads_split_a_batch_without_changing_results():
+    x = np.random.default_rng(4).uniform(-1, 1, (5, SIZE, SIZE, 3)).astype(np.float32)
+    one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+    two = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1, threads=2)
+    assert np.array_equal(one.forward(x), two.forward(x))
+    with pytest.raises(EngineError, match="threads"):
+        Engine.random(alpha=0.35, size=SIZE, classes=10, threads=0)
