@@ -41,19 +41,18 @@ def is_mnv2(f: h5py.File) -> bool:
 def read_mnv2(path) -> WeightSet:
     """Read and validate an mnv2.h5 file."""
     try:
-        f = h5py.File(path, "r")
+        with h5py.File(path, "r") as f:
+            if not is_mnv2(f):
+                raise WeightFileError(f"{path}: an HDF5 file, but not an mnv2engine weight file "
+                                      "(convert it first: mnv2 convert SRC DST)")
+            ws = _read_open(f)
     except FileNotFoundError:
         raise WeightFileError(f"{path}: no such file") from None
-    except OSError as e:
-        raise WeightFileError(f"{path}: not a readable HDF5 file ({e})") from None
-    with f:
-        if not is_mnv2(f):
-            raise WeightFileError(f"{path}: an HDF5 file, but not an mnv2engine weight file "
-                                  "(convert it first: mnv2 convert SRC DST)")
-        try:
-            ws = _read_open(f)
-        except (KeyError, ValueError, TypeError, OSError) as e:
-            raise WeightFileError(f"{path}: damaged or incomplete mnv2 file ({type(e).__name__}: {e})") from None
+    except WeightFileError as e:
+        raise WeightFileError(f"{path}: {e}" if not str(e).startswith(str(path)) else str(e)) from None
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        # h5py reports a damaged file with any of these, at open or at first access
+        raise WeightFileError(f"{path}: damaged or incomplete mnv2 file ({type(e).__name__}: {e})") from None
     try:
         validate(ws)
     except WeightFileError as e:
