@@ -6,6 +6,11 @@ from pathlib import Path
 from mnv2engine.errors import EngineError
 
 
+def parse_labels(text: str) -> list[str]:
+    """One label per non-blank line, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def read_labels(path, classes: int) -> list[str]:
     """Labels for `classes` outputs from a file with one label per line.
 
@@ -13,10 +18,9 @@ def read_labels(path, classes: int) -> list[str]:
     without its first line, 1000-class ones.
     """
     try:
-        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        lines = parse_labels(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise EngineError(f"{path}: cannot read labels ({e})") from None
-    lines = [line for line in lines if line]
     if len(lines) == classes + 1 and lines[0].lower() == "background":
         lines = lines[1:]
     if len(lines) != classes:
