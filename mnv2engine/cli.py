@@ -83,7 +83,8 @@ def resolve_weights(given: str | None) -> Path:
     if cached.exists():
         return cached
     raise EngineError(f"no weights: pass --weights FILE, set MNV2_WEIGHTS, or put an mnv2.h5 at {cached} "
-                      "(make one from a framework's file with: mnv2 convert SRC DST)")
+                      "(mnv2 fetch-weights downloads one; or make one from a framework's file with: "
+                      "mnv2 convert SRC DST)")
 
 
 def default_weights_path() -> Path:
@@ -156,6 +157,14 @@ def _print_predictions(images, results, failed, as_json: bool):
         print(f"{len(failed)} of {len(images)} images could not be read", file=sys.stderr)
 
 
+def cmd_fetch(args) -> int:
+    from .fetch import fetch_weights
+    dst = Path(args.dest) if args.dest else default_weights_path()
+    ws = fetch_weights(dst, url=args.url, sha256=args.sha256, labels=args.labels, force=args.force)
+    print(f"wrote {dst}: MobileNetV2 alpha={ws.alpha}, classes={ws.classes} (from {args.url})")
+    return 0
+
+
 def cmd_summary(args) -> int:
     from .arch import Architecture
     from .summary import format_table
@@ -223,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bytes", type=int, choices=(2, 4), default=2,
                    help="bytes per activation value: 2 as in the paper's Table 3, 4 for float32")
     p.set_defaults(func=cmd_memory)
+
+    from .fetch import OFFICIAL_SHA256, OFFICIAL_URL
+    p = sub.add_parser("fetch-weights", help="download the official Keras 1.0/224 weights into the user cache")
+    p.add_argument("--url", default=OFFICIAL_URL)
+    p.add_argument("--sha256", default=OFFICIAL_SHA256, help="expected digest of the downloaded file")
+    p.add_argument("--labels", help="class names, one per line (the Keras file carries none)")
+    p.add_argument("--dest", help="where to write mnv2.h5 (default: the per-user cache)")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+    p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("summary", help="per-layer table: shapes, parameters, multiply-adds")
     p.add_argument("--weights", help="take the architecture from this weight file")

@@ -206,3 +206,57 @@ def test_foreign_hdf5_is_refused(tmp_path):
     with h5py.File(tmp_path / "data.h5", "w") as f:
         f["x"] = np.zeros(3)
     refused(tmp_path / "data.h5", tmp_path, "not a Keras weight file")
+
+
+# -- mnv2 fetch-weights, against a local HTTP server ------------------------------------------
+@pytest.fixture
+def served(official_file):
+    """Serve the official-layout file on 127.0.0.1; yields its URL and sha256."""
+    import functools
+    import hashlib
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(official_file.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield (f"http://127.0.0.1:{server.server_address[1]}/{official_file.name}",
+               hashlib.sha256(official_file.read_bytes()).hexdigest())
+    finally:
+        server.shutdown()
+
+
+def test_fetch_weights_downloads_checks_and_converts(served, tmp_path, capsys):
+    from mnv2engine.cli import main
+    url, digest = served
+    dest = tmp_path / "cache" / "mnv2.h5"
+    assert main(["fetch-weights", "--url", url, "--sha256", digest, "--dest", str(dest)]) == 0
+    assert Engine.load(dest).arch.alpha == 0.35
+    assert main(["fetch-weights", "--url", url, "--sha256", digest, "--dest", str(dest)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_fetch_weights_refuses_a_wrong_checksum(served, tmp_path, capsys):
+    from mnv2engine.cli import main
+    url, _ = served
+    dest = tmp_path / "mnv2.h5"
+    assert main(["fetch-weights", "--url", url, "--sha256", "0" * 64, "--dest", str(dest)]) == 2
+    assert "does not match" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+
+
+def test_fetch_weights_without_network_says_how_to_convert_instead(tmp_path, capsys):
+    import socket
+
+    from mnv2engine.cli import main
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["fetch-weights", "--url", f"http://127.0.0.1:{port}/x.h5", "--sha256", "0" * 64,
+                 "--dest", str(tmp_path / "m.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "could not download" in err and "mnv2 convert" in err
+    assert main(["fetch-weights", "--dest", str(tmp_path / "m.h5")]) == 2  # no pinned digest yet
+    assert "--sha256" in capsys.readouterr().err
