@@ -7,7 +7,7 @@ import numpy as np
 
 from . import preprocess
 from .errors import EngineError, InputError
-from .memory import view
+from .memory import allocate, view
 from .model import block_weights, fold_all
 from .plan import build_plan, resolve_t, slice_bounds
 from .kernels import inverted_residual, pointwise, pointwise_avg_pool
@@ -101,7 +101,7 @@ class Engine:
         plan = self.plan(x.shape[0])
         # One arena per call, dropped on return: calls are independent, and tracemalloc
         # sees exactly this forward's activation memory.
-        arena = np.empty(plan.arena_bytes, np.uint8)
+        arena = allocate(plan.arena_bytes)
         np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
         stem_pads = self.arch.pads(self.arch.size, 2)
         for step, w in zip(plan.steps, self.blocks):
