@@ -1,0 +1,364 @@
+"""Latency of the engine vs ONNX Runtime vs PyTorch eager, same weights, one run.
+
+A seeded PyTorch MobileNetV2 (tests/torch_reference.py, torchvision's layout) is saved as a
+state_dict, converted to mnv2.h5 and loaded by the engine in four modes (t=1 materialized,
+t=4 sliced, rows row-streamed, rows with t=4); the same model is exported to ONNX for ONNX
+Runtime. The engine's logits are checked against PyTorch's first. Then every runtime is
+timed at batch 1 and 32 with 1 and 2 threads, round-robin over runs (the order rotated
+each run) so a noisy moment hits all of them alike; medians are reported. A table on
+stdout and a bar chart, latency.png.
+
+    python benchmarks/latency.py [--runs 30] [--big-runs 5] [--quick] [--blocked] [--out benchmarks/out]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = (1, 2)
+BATCHES = (1, 32)
+ENGINE_MODES = (("engine t=1", dict(t=1)), ("engine t=4", dict(t=4)),
+                ("engine rows", dict(rows=True)), ("engine rows,t=4", dict(rows=True, t=4)))
+ORT, TORCH = "onnxruntime", "pytorch eager"
+
+
+def load_torch_reference():
+    spec = importlib.util.spec_from_file_location("torch_reference", ROOT / "tests" / "torch_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cpu_name() -> str:
+    name = None
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        name = next((l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("Model name")), None)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if not name:
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), None)
+        except OSError:
+            pass
+    return name or platform.processor() or "unknown CPU"
+
+
+def cores_text() -> str:
+    """'2 cores' from lscpu (cores per socket x sockets), else the logical CPU count."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        f = {k.strip(): v.strip() for k, v in (l.split(":", 1) for l in out.splitlines() if ":" in l)}
+        cores = int(f["Core(s) per socket"]) * int(f["Socket(s)"])
+        threads = cores * int(f.get("Thread(s) per core", "1"))
+        return f"{cores} cores" + (f", {threads} threads" if threads != cores else "")
+    except (OSError, subprocess.SubprocessError, KeyError, ValueError):
+        return f"{os.cpu_count()} logical CPUs"
+
+
+def engine_is_multithreaded() -> bool:
+    """True if any of the engine's Numba kernels is compiled with parallel=True."""
+    import numba
+    from mnv2engine import kernels
+    from mnv2engine.kernels import _rows, block, conv, pool
+    for mod in (kernels, _rows, block, conv, pool):
+        for obj in vars(mod).values():
+            if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.targetoptions.get("parallel"):
+                return True
+    return False
+
+
+def export_onnx(model, path: Path, size: int) -> str:
+    """NCHW input with a dynamic batch axis, opset 17; falls back to the legacy exporter."""
+    import torch
+    x = torch.zeros(1, 3, size, size)
+    kw = dict(input_names=["input"], output_names=["logits"], opset_version=17,
+              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    try:
+        torch.onnx.export(model, (x,), str(path), **kw)
+        return "default exporter"
+    except Exception as e:  # the dynamo exporter needs onnxscript, absent here
+        first = (str(e).splitlines() or [type(e).__name__])[0][:100]
+        with warnings.catch_warnings():  # "legacy TorchScript-based exporter" deprecation
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (x,), str(path), dynamo=False, **kw)
+        return f"legacy exporter (dynamo=False; default failed: {type(e).__name__}: {first})"
+
+
+def ort_session(onnx_model: bytes, threads: int):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(onnx_model, so, providers=["CPUExecutionProvider"])
+
+
+def busy_seconds() -> tuple[float, float]:
+    """(CPU seconds all processes spent busy, CPU seconds this process spent) so far;
+    their difference over an interval is the load other processes put on the machine."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq steal: busy = all but idle and iowait
+        busy = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return float("nan"), float("nan")
+    t = os.times()
+    return busy, t.user + t.system
+
+
+def set_threads(n: int):
+    """numba first, then torch: numba's first set_num_threads starts its OpenMP layer,
+    which shares torch's libgomp and resets its thread count to all cores."""
+    import numba
+    import torch
+    numba.set_num_threads(n)
+    torch.set_num_threads(n)
+    if torch.get_num_threads() != n or numba.get_num_threads() != n:
+        raise RuntimeError(f"asked for {n} threads, got torch {torch.get_num_threads()}, "
+                           f"numba {numba.get_num_threads()}")
+
+
+def rel_diff(got, ref) -> tuple[float, float]:
+    return float(np.abs(got.astype(np.float64) - ref).max()), float(np.abs(ref).max())
+
+
+SETTLE = 0.05  # seconds of sleep before each runtime's turn (see time_round_robin)
+
+
+def time_round_robin(fns: dict, runs: int, warmup: int, turn_warmup: int = 0,
+                     interleave: bool = True) -> dict[str, list[float]]:
+    """Seconds of each timed call of each fn. Each run gives every fn one turn, the order
+    rotated each run, so a noisy moment hits all of them alike.
+
+    A turn is: sleep SETTLE, `turn_warmup` untimed calls, one timed call. Without this,
+    interleaving measures the runtimes disturbing each other, not themselves: after a
+    call, ONNX Runtime's pool workers and torch's OpenMP workers keep spinning for a few
+    ms, and on 2 cores that halves the next runtime's speed (torch at 2 threads measured
+    25-33 ms after ONNX Runtime, 12-13 ms back to back). The sleep lets the previous
+    runtime's workers park; the untimed call wakes this runtime's own workers, as a loop
+    of back-to-back calls would have them. It also absorbs a memory effect: torch's eager
+    batch-32 call maps and unmaps ~2 GB (500k page faults), and the next large
+    allocation in the process (the engine's 184 MiB t=1 arena, which numpy backs with
+    transparent huge pages) then pays 0.3-0.5 s of kernel compaction, once.
+    interleave=False: each fn's runs back to back instead, to see what interleaving changes.
+    """
+    names = list(fns)
+    if not interleave:
+        return {n: time_round_robin({n: fns[n]}, runs, warmup, 0)[n] for n in names}
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times = {n: [] for n in names}
+    for r in range(runs):
+        k = r % len(names)
+        for n in names[k:] + names[:k]:
+            if len(names) > 1:
+                time.sleep(SETTLE)
+                for _ in range(turn_warmup):
+                    fns[n]()
+            t0 = time.perf_counter()
+            fns[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30, help="timed runs at batch 1 (default 30)")
+    ap.add_argument("--big-runs", type=int, default=5, help="timed runs at batch 32 (default 5)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: 3 runs at batch 1, 1 at batch 32")
+    ap.add_argument("--blocked", action="store_true",
+                    help="time each runtime's runs back to back instead of round-robin")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.runs, args.big_runs = 3, 1
+    start = time.perf_counter()
+
+    import numba
+    import onnxruntime as ort
+    import torch
+    from mnv2engine import Engine, convert
+    from mnv2engine.summary import layer_table
+
+    size, ncpu = 224, os.cpu_count()
+    tr = load_torch_reference()
+    model = tr.randomized(tr.MobileNetV2(num_classes=1000, width_mult=1.0), seed=0)
+    engines = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        torch.save(model.state_dict(), tmp / "mnv2.pth")
+        convert(tmp / "mnv2.pth", tmp / "mnv2.h5", size=size)
+        for name, kw in ENGINE_MODES:
+            engines[name] = Engine.load(tmp / "mnv2.h5", **kw)
+        exporter = export_onnx(model, tmp / "mnv2.onnx", size)
+        onnx_model = (tmp / "mnv2.onnx").read_bytes()
+
+    arch = engines["engine t=1"].arch
+    macs = sum(r.macs for r in layer_table(arch))
+    print(f"MobileNetV2 {arch.alpha}/{arch.size[0]}, {arch.classes} classes, padding {arch.padding}: "
+          f"{macs / 1e6:.1f}M multiply-adds per image (mnv2engine.summary.layer_table)")
+    print(f"CPU: {cpu_name()}, {cores_text()}; python {platform.python_version()}, numpy {np.__version__}, "
+          f"numba {numba.__version__}, torch {torch.__version__}, onnxruntime {ort.__version__}")
+    print(f"ONNX: opset 17, NCHW, {exporter}")
+
+    # -- correctness: a speed comparison of different results means nothing ------------
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, *arch.size, 3)).astype(np.float32)
+    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    with torch.inference_mode():
+        ref = model(torch.from_numpy(x_nchw)).numpy().astype(np.float64)
+    assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max(), "reference ignores its input"
+    checks = {name: e.forward(x) for name, e in engines.items()}
+    checks[ORT] = ort_session(onnx_model, 1).run(None, {"input": x_nchw})[0]
+    ok = True
+    print("check vs PyTorch logits (batch 2), tolerance max |diff| <= 1e-4 * max |ref|:")
+    for name, got in checks.items():
+        diff, scale = rel_diff(got, ref)
+        good = diff <= 1e-4 * scale
+        ok &= good
+        print(f"  {name:<16} max |diff| {diff:.3g}  max |ref| {scale:.3g}  "
+              f"ratio {diff / scale:.2g}  {'OK' if good else 'FAIL'}")
+    if not ok:
+        sys.exit("results differ from PyTorch: timings would be meaningless")
+    del checks, x, x_nchw
+
+    multithreaded = engine_is_multithreaded()
+    set_threads(THREADS[0])
+    print(f"numba threading layer: {numba.threading_layer()}; engine kernels "
+          f"{'use' if multithreaded else 'do not use'} parallel=True")
+    # -- timing --------------------------------------------------------------------------
+    results = {}  # (name, threads, batch) -> median seconds
+    background = {}  # (threads, batch) -> CPUs used by other processes while timing
+    spread = {}  # (name, threads, batch) -> (10th, 90th percentile) seconds
+    for threads in THREADS:
+        set_threads(threads)
+        sess = ort_session(onnx_model, threads)  # one at a time: each keeps a memory arena
+        for batch in BATCHES:
+            x = rng.uniform(-1, 1, (batch, *arch.size, 3)).astype(np.float32)
+            x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            x_torch = torch.from_numpy(x_nchw)
+
+            def run_torch():
+                with torch.inference_mode():
+                    model(x_torch)
+
+            fns = {ORT: lambda: sess.run(None, {"input": x_nchw}), TORCH: run_torch}
+            fns.update({name: (lambda e=e: e.forward(x)) for name, e in engines.items()})
+            runs, warmup = (args.runs, 3) if batch == 1 else (args.big_runs, 1)
+            (busy0, own0), wall0 = busy_seconds(), time.perf_counter()
+            for name, secs in time_round_robin(fns, runs, warmup, 1, not args.blocked).items():
+                results[name, threads, batch] = float(np.median(secs))
+                spread[name, threads, batch] = (np.percentile(secs, 10), np.percentile(secs, 90))
+            (busy1, own1), wall = busy_seconds(), time.perf_counter() - wall0
+            other = ((busy1 - busy0) - (own1 - own0)) / wall
+            background[threads, batch] = other
+            print(f"  timed threads={threads} batch={batch}: {runs} runs after {warmup} warm-up in {wall:.0f} s; "
+                  f"other processes used {max(other, 0):.2f} of {ncpu} CPUs meanwhile "
+                  f"({time.perf_counter() - start:.0f} s elapsed)", flush=True)
+            del fns, x, x_nchw, x_torch
+        del sess
+
+    report(results, spread, macs, args, multithreaded)
+    if max(background.values()) > 0.1:
+        print(f"WARNING: other processes used up to {max(background.values()):.2f} CPUs during the timing; "
+              f"the numbers (above all the 2-thread ones) are disturbed: rerun on a quiet machine")
+    plot(results, args, cpu_name(), cores_text(), multithreaded)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of the process: {peak_mib:.0f} MiB; total time {time.perf_counter() - start:.1f} s")
+
+
+def report(results, spread, macs, args, multithreaded):
+    names = [ORT, TORCH] + [n for n, _ in ENGINE_MODES]
+    print()
+    print(f"median latency; batch 1: {args.runs} runs, batch 32: {args.big_runs} runs, "
+          f"{'back to back' if args.blocked else 'interleaved round-robin'} after warm-up")
+    if not args.blocked:
+        print(f"each turn: {1e3 * SETTLE:.0f} ms sleep, one untimed call, the timed call")
+    print("x ORT / x torch / x best engine = this latency divided by theirs (>1 = slower)")
+    head = (f"{'runtime/mode':<16} {'thr':>3} {'batch':>5} {'median ms':>10} {'p10-p90 ms':>15} {'images/s':>9} "
+            f"{'GMAC/s':>7} {'x ORT':>7} {'x torch':>8} {'x best engine':>14}")
+    print(head)
+    print("-" * len(head))
+    for threads in THREADS:
+        for batch in BATCHES:
+            best_engine = min(results[n, threads, batch] for n, _ in ENGINE_MODES)
+            for name in names:
+                sec = results[name, threads, batch]
+                lo, hi = spread[name, threads, batch]
+                line = (f"{name:<16} {threads:>3} {batch:>5} {1e3 * sec:>10.2f} {f'{1e3 * lo:.1f}-{1e3 * hi:.1f}':>15} "
+                        f"{batch / sec:>9.1f} "
+                        f"{macs * batch / sec / 1e9:>7.2f}")
+                if name.startswith("engine"):
+                    line += (f" {sec / results[ORT, threads, batch]:>6.2f}x "
+                             f"{sec / results[TORCH, threads, batch]:>7.2f}x {sec / best_engine:>13.2f}x")
+                print(line)
+            print()
+    print("engine's best mode per setting:")
+    for threads in THREADS:
+        for batch in BATCHES:
+            name = min((n for n, _ in ENGINE_MODES), key=lambda n: results[n, threads, batch])
+            sec = results[name, threads, batch]
+            print(f"  threads={threads} batch={batch:>2}: {name:<16} {1e3 * sec / batch:7.2f} ms/image  "
+                  f"{macs * batch / sec / 1e9:6.2f} GMAC/s  "
+                  f"({sec / results[ORT, threads, batch]:.2f}x ORT, {sec / results[TORCH, threads, batch]:.2f}x torch)")
+    # (the engine's rows only when it can use threads: otherwise 1 vs 2 differ by noise alone)
+    for name in [ORT, TORCH] + [n for n, _ in ENGINE_MODES if multithreaded]:
+        for batch in BATCHES:
+            speedup = results[name, 1, batch] / results[name, 2, batch]
+            if speedup < 0.95:
+                print(f"note: {name} at batch {batch} is slower with 2 threads than 1 ({speedup:.2f}x speed-up)")
+    if not multithreaded:
+        print("note: the engine's Numba kernels are single-threaded (none compiled with parallel=True); "
+              "numba.set_num_threads(2) has no effect, so its 2-thread rows measure 1 thread")
+
+
+def plot(results, args, cpu, cores, multithreaded):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [ORT, TORCH] + [n for n, _ in ENGINE_MODES]
+    colors = ["tab:green", "tab:orange", "tab:blue", "tab:cyan", "tab:purple", "tab:pink"]
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    width = 0.8 / len(names)
+    for i, (name, color) in enumerate(zip(names, colors)):
+        xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(THREADS))]
+        ms = [1e3 * results[name, t, 1] for t in THREADS]
+        label = name + (" (1 thread used)" if name.startswith("engine") and not multithreaded else "")
+        bars = ax.bar(xs, ms, width * 0.95, label=label, color=color)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    ax.set_xticks(range(len(THREADS)), [f"{t} thread{'s' * (t > 1)}" for t in THREADS])
+    ax.set_xlabel("threads per runtime (intra-op / torch.set_num_threads / numba.set_num_threads)")
+    ax.set_ylabel("median latency, batch 1 (ms)")
+    ax.set_ylim(0, 1.4 * max(1e3 * results[n, t, 1] for n in names for t in THREADS))  # room for the legend
+    ax.set_title(f"MobileNetV2 1.0/224 float32, batch 1, median of {args.runs} {'back-to-back' if args.blocked else 'interleaved'} runs\n"
+                 f"{cpu}, {cores}")
+    ax.legend(fontsize=9, loc="upper left", ncols=2)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
