@@ -2,9 +2,12 @@
 
     y = project(relu6(depthwise(relu6(expand(x))))) (+ x)
 
-Section 5 of the paper writes it as F(x) = sum_i (A_i o N o B_i)(x) over t channel slices:
-B_i expands slice i (1x1 conv + ReLU6), N filters it depthwise (+ ReLU6) and A_i projects
-it, linearly, into the accumulated output. `bounds` holds the t + 1 slice edges.
+Section 5 of the paper writes the block as F(x) = [A o N o B] x, composed in the order
+applied: A is the linear expansion, N the per-channel non-linearity with the depthwise
+filter (ReLU6, depthwise, ReLU6) and B the linear projection. Slicing the expanded
+channels into t groups gives F(x) = sum_i (A_i o N o B_i)(x): expand slice i (here with
+the bias and ReLU6 of the expansion conv), filter it depthwise, project it and accumulate
+into the output. The sum is exact because B is linear. `bounds` holds the t + 1 edges.
 
   materialized  (t = 1, rows=False) expand everything, then filter, then project:
                 E [N, He, We, hidden] and D [N, Ho, Wo, hidden] exist whole.

@@ -92,8 +92,8 @@ def format_memory(arch, engines: dict, bytes_per_value: int) -> str:
     for r in rows:
         lines.append(f"{r.size[0]:>5}x{r.size[1]:<5} {r.channels:>9} {r.nbytes:>10,}  {r.tensor}")
     top = max(rows, key=lambda r: r.nbytes)
-    lines.append(f"{'max':>11} {'':>9} {top.nbytes:>10,}  = {top.nbytes / 1000:.0f}K "
-                 f"(paper, Table 3, MobileNetV2: 400K)")
+    paper = " (paper, Table 3, MobileNetV2 at 16 bits: 400K)" if bytes_per_value == 2 else ""
+    lines.append(f"{'max':>11} {'':>9} {top.nbytes:>10,}  = {top.nbytes / 1000:.0f}K{paper}")
     lines += ["", "Peak activation memory of a whole forward pass, batch 1 (planner; input included):",
               f"{'mode':<22} {'peak bytes':>12} {'MiB':>7}"]
     for label, engine in engines.items():
