@@ -130,23 +130,55 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a full 3x3 conv (the stem).
 
     x [H, W, Cin] one image; w [9 * Cin, C], the HWIO kernel flattened over
-    (ky, kx, ci); b [C]; out [Wo, C].
+    (ky, kx, ci); b [C]; out [Wo, C]. As in matmul_acc, four output pixels whose windows
+    lie wholly inside the image share each load of a weight row; pixels touching the
+    padding take the checked path.
     """
     H, W, Cin = x.shape
     Wo, C = out.shape
     fill_bias(out, b)
-    for ox in range(Wo):
-        for ky in range(3):
-            iy = oy * stride - pad_top + ky
-            if iy < 0 or iy >= H:
-                continue
-            for kx in range(3):
-                ix = ox * stride - pad_left + kx
-                if ix < 0 or ix >= W:
-                    continue
-                k = (ky * 3 + kx) * Cin
-                for ci in range(Cin):
-                    xv = x[iy, ix, ci]
-                    for c in range(C):
-                        out[ox, c] += xv * w[k + ci, c]
+    iy0 = oy * stride - pad_top
+    rows_inside = iy0 >= 0 and iy0 + 2 < H
+    ox = 0
+    while ox < Wo:
+        ix0 = ox * stride - pad_left
+        if rows_inside and ox + 4 <= Wo and ix0 >= 0 and ix0 + 3 * stride + 2 < W:
+            for ky in range(3):
+                for kx in range(3):
+                    k = (ky * 3 + kx) * Cin
+                    for ci in range(Cin):
+                        row = x[iy0 + ky]
+                        ix = ix0 + kx
+                        x0, x1 = row[ix, ci], row[ix + stride, ci]
+                        x2, x3 = row[ix + 2 * stride, ci], row[ix + 3 * stride, ci]
+                        for c in range(C):
+                            wv = w[k + ci, c]
+                            out[ox, c] += x0 * wv
+                            out[ox + 1, c] += x1 * wv
+                            out[ox + 2, c] += x2 * wv
+                            out[ox + 3, c] += x3 * wv
+            ox += 4
+        else:
+            _conv3x3_padded_pixel(x, iy0, ix0, w, out[ox])
+            ox += 1
     clamp(out, lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _conv3x3_padded_pixel(x, iy0, ix0, w, out):
+    """Accumulate one output pixel whose window may overlap the zero padding: out [C]."""
+    H, W, Cin = x.shape
+    C = out.shape[0]
+    for ky in range(3):
+        iy = iy0 + ky
+        if iy < 0 or iy >= H:
+            continue
+        for kx in range(3):
+            ix = ix0 + kx
+            if ix < 0 or ix >= W:
+                continue
+            k = (ky * 3 + kx) * Cin
+            for ci in range(Cin):
+                xv = x[iy, ix, ci]
+                for c in range(C):
+                    out[c] += xv * w[k + ci, c]
