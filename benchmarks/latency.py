@@ -249,6 +249,8 @@ def main(argv=None):
     spread = {}  # (name, threads, batch) -> (10th, 90th percentile) seconds
     for threads in THREADS:
         set_threads(threads)
+        for engine in engines.values():  # the engine's threads split a batch (Engine(threads=n))
+            engine.threads = threads
         sess = ort_session(onnx_model, threads)  # one at a time: each keeps a memory arena
         for batch in BATCHES:
             x = rng.uniform(-1, 1, (batch, *arch.size, 3)).astype(np.float32)
@@ -325,8 +327,9 @@ def report(results, spread, macs, args, multithreaded):
             if speedup < 0.95:
                 print(f"note: {name} at batch {batch} is slower with 2 threads than 1 ({speedup:.2f}x speed-up)")
     if not multithreaded:
-        print("note: the engine's Numba kernels are single-threaded (none compiled with parallel=True); "
-              "numba.set_num_threads(2) has no effect, so its 2-thread rows measure 1 thread")
+        print("note: the engine's kernels are single-threaded (none compiled with parallel=True); with "
+              "2 threads the engine splits a batch across two Python threads (nogil kernels), so at "
+              "batch 1 its 2-thread rows measure 1 thread")
 
 
 def plot(results, args, cpu, cores, multithreaded):
