@@ -23,6 +23,8 @@ def to_pil(image) -> Image.Image:
                 return img.convert("RGB")
         except UnidentifiedImageError:
             raise InputError(f"{path}: not an image file Pillow can read") from None
+        except Image.DecompressionBombError as e:
+            raise InputError(f"{path}: refused, too many pixels to decode safely ({e})") from None
         except (OSError, SyntaxError, ValueError) as e:
             raise InputError(f"{path}: damaged or truncated image ({e})") from None
     if isinstance(image, Image.Image):

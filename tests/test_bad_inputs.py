@@ -143,3 +143,10 @@ def test_interrupted_conversion_leaves_the_destination_alone(weights_file, tmp_p
 def test_convert_refuses_to_write_over_its_source(weights_file):
     with pytest.raises(EngineError, match="same file"):
         convert(weights_file, weights_file, force=True)
+
+
+def test_a_decompression_bomb_is_refused(engine, tmp_path, monkeypatch):
+    Image.fromarray(rgb(200, 200)).save(tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 200x200 is then past twice the limit
+    with pytest.raises(InputError, match="too many pixels"):
+        engine.predict(tmp_path / "bomb.png")
