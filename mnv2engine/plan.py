@@ -54,10 +54,6 @@ class BlockStep:
     e: Buffer   # expansion scratch: whole E, one slice of it, or a 3-row line buffer
     d: Buffer   # depthwise scratch: whole D, one slice, or one row
 
-    @property
-    def materialized(self) -> bool:
-        return not self.rows and len(self.bounds) == 2
-
 
 @dataclass
 class Plan:
