@@ -33,6 +33,8 @@ class Engine:
         self.t = resolve_t(self.arch, t)
         bounds = [slice_bounds(b.hidden, tb) for b, tb in zip(self.arch.blocks, self.t)]
         self.blocks = block_weights(self.arch, self.convs, bounds)
+        self._stem_pads = self.arch.pads(self.arch.size, 2)
+        self._dw_pads = [self.arch.pads(b.in_size, b.stride) for b in self.arch.blocks]
         if not isinstance(rows, (bool, np.bool_)):
             raise EngineError(f"rows must be True or False, got {rows!r}")
         self.rows = bool(rows)
@@ -103,12 +105,11 @@ class Engine:
         # sees exactly this forward's activation memory.
         arena = allocate(plan.arena_bytes)
         np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
-        stem_pads = self.arch.pads(self.arch.size, 2)
-        for step, w in zip(plan.steps, self.blocks):
+        for step, w, dw_pads in zip(plan.steps, self.blocks, self._dw_pads):
             b = step.block
             y = view(arena, step.y)
-            inverted_residual(view(arena, step.x), b.index == 0, w.expand, w.expand_bias, 2, stem_pads,
-                              w.depthwise, w.depthwise_bias, b.stride, self.arch.pads(b.in_size, b.stride),
+            inverted_residual(view(arena, step.x), b.index == 0, w.expand, w.expand_bias, 2, self._stem_pads,
+                              w.depthwise, w.depthwise_bias, b.stride, dw_pads,
                               w.project, w.project_bias, w.bounds, b.use_residual, step.rows,
                               view(arena, step.e).reshape(-1), view(arena, step.d).reshape(-1), y)
             if observe:

@@ -14,6 +14,7 @@ are consecutive, which makes their colours distinct.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,7 +33,7 @@ class Buffer:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape)) * 4  # float32
+        return math.prod(self.shape) * 4  # float32
 
     def live_at(self, phase: int) -> bool:
         return self.first <= phase <= self.last
