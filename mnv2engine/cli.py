@@ -106,12 +106,10 @@ def expand_images(paths) -> list[Path]:
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
-    from .engine import Engine, softmax
-    from .preprocess import batch as preprocess_batch
+    from .engine import Engine
 
     engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows, threads=args.threads)
-    if not 1 <= args.top <= engine.arch.classes:
-        raise EngineError(f"--top must be from 1 to {engine.arch.classes}, got {args.top}")
+    engine.check_top(args.top)  # fail before reading any image
     images = expand_images(args.images)
     if not images:
         raise EngineError("no images found")
@@ -121,16 +119,13 @@ def cmd_predict(args) -> int:
 
     def flush():
         if ok:
-            probs = softmax(engine.forward(np.stack([x for _, x in ok])))
-            for (path, _), p in zip(ok, probs):
-                idx = np.argsort(-p, kind="stable")[:args.top]
-                results[path] = [(int(i), engine.labels[i], float(p[i])) for i in idx]
+            top = engine.classify(np.stack([x for _, x in ok]), args.top)
+            results.update(zip([path for path, _ in ok], top))
             ok.clear()
 
     for path in progress:
         try:
-            ok.append((path, preprocess_batch([path], engine.arch.size, engine.weights.scale,
-                                              engine.weights.offset)[0]))
+            ok.append((path, engine.preprocess(path)))
         except EngineError as e:
             failed[path] = str(e)
             print(f"mnv2: skipped {path}: {e}", file=sys.stderr)

@@ -135,19 +135,31 @@ class Engine:
         An image is a path, a PIL image or an HWC uint8 array. Returns, per image, a list
         of (index, label, probability); a single image gives a single list.
         """
+        single = not isinstance(images, (list, tuple))
+        self.check_top(top)
+        batch = np.stack([self.preprocess(image) for image in ([images] if single else images)])
+        results = self.classify(batch, top)
+        return results[0] if single else results
+
+    def preprocess(self, image) -> np.ndarray:
+        """One image as the network's float32 [H, W, 3] input, as the weight file says."""
+        return preprocess.to_input(image, self.arch.size, self.weights.scale, self.weights.offset)
+
+    def classify(self, batch: np.ndarray, top: int = 5):
+        """Per image of a preprocessed batch, the top (index, label, probability)."""
+        self.check_top(top)
+        results = []
+        for p in softmax(self.forward(batch)):
+            idx = np.argsort(-p, kind="stable")[:top]
+            results.append([(int(i), self.labels[i], float(p[i])) for i in idx])
+        return results
+
+    def check_top(self, top):
+        """Refuse a headless model or a top outside 1..classes, naming the range."""
         if self.arch.headless:
             raise EngineError("this model is headless (no classifier): use forward() for features")
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
             raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
-        single = not isinstance(images, (list, tuple))
-        batch = preprocess.batch([images] if single else list(images), self.arch.size,
-                                 self.weights.scale, self.weights.offset)
-        probs = softmax(self.forward(batch))
-        results = []
-        for p in probs:
-            idx = np.argsort(-p, kind="stable")[:top]
-            results.append([(int(i), self.labels[i], float(p[i])) for i in idx])
-        return results[0] if single else results
 
     def memory_report(self, batch: int = 1):
         from .report import MemoryReport

@@ -47,11 +47,8 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
 
 
-def batch(images, size, scale, offset) -> np.ndarray:
-    """A float32 [N, H, W, 3] batch of preprocessed images."""
+def to_input(image, size, scale, offset) -> np.ndarray:
+    """One image as the network's float32 [H, W, 3] input."""
     H, W = size
-    out = np.empty((len(images), H, W, 3), np.float32)
-    for i, image in enumerate(images):
-        img = to_pil(image).resize((W, H), Image.BILINEAR)
-        out[i] = np.asarray(img, np.float32) * scale + offset
-    return out
+    img = to_pil(image).resize((W, H), Image.BILINEAR)
+    return (np.asarray(img, np.float32) * scale + offset).astype(np.float32)
