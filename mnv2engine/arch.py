@@ -148,10 +148,6 @@ class Architecture:
             layers["classifier"] = (self.last_channels, self.classes)
         return layers
 
-    @property
-    def layer_names(self) -> list[str]:
-        return list(self.tensor_shapes())
-
     def pads(self, in_size: tuple[int, int], stride: int) -> tuple[int, int, int, int]:
         """Explicit (top, bottom, left, right) padding of a 3x3 conv under this model's convention."""
         return conv_padding(in_size[0], stride, self.padding) + conv_padding(in_size[1], stride, self.padding)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mnv2engine.errors import EngineError, WeightFileError
 
-from .h5format import read_mnv2, write_mnv2
+from .h5format import is_mnv2, read_mnv2, write_mnv2
 from .labels import read_labels
 from .weightset import WeightSet, validate
 
@@ -29,7 +29,7 @@ def detect_format(path) -> str:
         import h5py
         try:
             with h5py.File(path, "r") as f:
-                return "mnv2" if f.attrs.get("format") == "mnv2engine" else "hdf5"
+                return "mnv2" if is_mnv2(f) else "hdf5"
         except OSError as e:
             raise WeightFileError(f"{path}: damaged HDF5 file ({e})") from None
     if head[4:8] == b"TFL3":
