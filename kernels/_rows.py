@@ -10,10 +10,7 @@ index 0: with offsets inside the loops instead, LLVM vectorizes the GEMM half as
 import numpy as np
 from numba import njit
 
-# 'contract' lets LLVM fuse a*b+c into one FMA: faster, and one rounding instead of two.
-# No reassociation flags: every inner loop runs over independent output channels, so it
-# vectorizes without reordering any sum, and results do not depend on the SIMD width.
-FASTMATH = {"contract"}
+from .gemm import FASTMATH, gemm
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -38,58 +35,9 @@ def clamp(out, lo, hi):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def matmul_acc(x, w, out):
-    """out[p, c] += sum_k x[p, k] * w[k, c]: the one GEMM of the engine.
-
-    x [P, K], w [K, C], out [P, C]. Several pixels share each load of a weight row: the
-    inner loop is bound by loads and stores, not FMAs. Four pixels at a time roughly
-    doubles the speed over one; for narrow outputs (C <= 64, the slices and the
-    projections) eight at a time gains another 10-40%, while for wide ones it loses
-    (measured on AVX-512). Each output still sums over k in order, so results do not
-    depend on the blocking.
-    """
-    P, K = x.shape
-    C = out.shape[1]
-    p = 0
-    if C <= 64:
-        while p + 8 <= P:
-            for k in range(K):
-                x0, x1, x2, x3 = x[p, k], x[p + 1, k], x[p + 2, k], x[p + 3, k]
-                x4, x5, x6, x7 = x[p + 4, k], x[p + 5, k], x[p + 6, k], x[p + 7, k]
-                for c in range(C):
-                    wv = w[k, c]
-                    out[p, c] += x0 * wv
-                    out[p + 1, c] += x1 * wv
-                    out[p + 2, c] += x2 * wv
-                    out[p + 3, c] += x3 * wv
-                    out[p + 4, c] += x4 * wv
-                    out[p + 5, c] += x5 * wv
-                    out[p + 6, c] += x6 * wv
-                    out[p + 7, c] += x7 * wv
-            p += 8
-    while p + 4 <= P:
-        for k in range(K):
-            x0, x1, x2, x3 = x[p, k], x[p + 1, k], x[p + 2, k], x[p + 3, k]
-            for c in range(C):
-                wv = w[k, c]
-                out[p, c] += x0 * wv
-                out[p + 1, c] += x1 * wv
-                out[p + 2, c] += x2 * wv
-                out[p + 3, c] += x3 * wv
-        p += 4
-    for p in range(p, P):
-        for k in range(K):
-            xv = x[p, k]
-            for c in range(C):
-                out[p, c] += xv * w[k, c]
-
-
-@njit(cache=True, fastmath=FASTMATH)
 def pointwise_row(x, w, b, lo, hi, out):
     """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C], out [P, C]."""
-    fill_bias(out, b)
-    matmul_acc(x, w, out)
-    clamp(out, lo, hi)
+    gemm(x, w, b, False, lo, hi, out)
 
 
 @njit(cache=True, fastmath=FASTMATH)

@@ -22,7 +22,8 @@ trick, so the stem's output is sliced and streamed like any other expansion.
 import numpy as np
 from numba import njit
 
-from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, matmul_acc, pointwise_row
+from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, pointwise_row
+from .gemm import gemm
 
 RELU6 = (0.0, 6.0)
 
@@ -54,7 +55,7 @@ def _project_row(d, wp, bp, first, use_residual, x_row, y_row):
             for i in range(Wo):
                 for c in range(C):
                     y_row[i, c] += x_row[i, c]
-    matmul_acc(d, wp, y_row)
+    gemm(d, wp, bp, True, -np.inf, np.inf, y_row)
 
 
 @njit(cache=True, fastmath=FASTMATH)

@@ -5,7 +5,8 @@ Shapes: x [N, H, W, Cin] float32, C-contiguous; outputs are passed in. Padding i
 """
 from numba import njit
 
-from ._rows import FASTMATH, clamp, conv3x3_row, depthwise_row, fill_bias, matmul_acc
+from ._rows import FASTMATH, conv3x3_row, depthwise_row
+from .gemm import gemm
 
 
 @njit(cache=True)
@@ -27,10 +28,7 @@ def pointwise(x, w, b, lo, hi, out, residual, accumulate):
         for p in range(P):
             for c in range(Cout):
                 out[p, c] += b[c]
-    else:
-        fill_bias(out, b)
-    matmul_acc(x, w, out)
-    clamp(out, lo, hi)
+    gemm(x, w, b, accumulate, lo, hi, out)
     if residual.shape[0] > 0:
         for p in range(P):
             for c in range(Cout):

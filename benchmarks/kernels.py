@@ -1,0 +1,143 @@
+"""Per-layer speed of the engine's kernels, in GMAC/s against this core's measured FMA peak.
+
+Every conv of MobileNetV2 runs alone, materialized, through the whole-tensor kernels
+(`kernels.pointwise`, `depthwise3x3`, `conv3x3`), on random data of its real shape; the
+median time of each gives its multiply-add rate. The peak is measured, not assumed: a
+loop of independent 16-lane FMAs on registers only, built with the same SIMD intrinsics
+as the GEMM. A table per layer (with --layers) and per kind of kernel on stdout.
+
+    python benchmarks/kernels.py [--alpha 1.0] [--size 224] [--runs 20] [--layers]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kernels import conv3x3, depthwise3x3, pointwise  # noqa: E402
+from kernels.simd import LANES, vfma, vsplat, vstore  # noqa: E402
+from mnv2engine.arch import Architecture  # noqa: E402
+
+RELU6 = (0.0, 6.0)
+
+
+@njit(cache=True)
+def _fma_loop(n, a, out):
+    """n iterations of 12 independent vector FMAs (enough chains to hide FMA latency);
+    the results are combined into out [16] so that none of the work is dead code."""
+    m = vsplat(np.float32(0.999))
+    v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v8 = v9 = v10 = v11 = vsplat(a)
+    for _ in range(n):
+        v0, v1, v2, v3 = vfma(v0, m, m), vfma(v1, m, m), vfma(v2, m, m), vfma(v3, m, m)
+        v4, v5, v6, v7 = vfma(v4, m, m), vfma(v5, m, m), vfma(v6, m, m), vfma(v7, m, m)
+        v8, v9, v10, v11 = vfma(v8, m, m), vfma(v9, m, m), vfma(v10, m, m), vfma(v11, m, m)
+    for v in (v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11):
+        v0 = vfma(v, m, v0)
+    vstore(out, (0,), LANES, v0)
+
+
+def fma_peak() -> float:
+    """Single-core FP32 multiply-adds per second, best of a few runs."""
+    out = np.empty(LANES, np.float32)
+    _fma_loop(10, np.float32(1.0), out)
+    n = 1_000_000
+    best = 0.0
+    for _ in range(5):
+        t0 = time.perf_counter()
+        _fma_loop(n, np.float32(1.0), out)
+        best = max(best, n * 12 * LANES / (time.perf_counter() - t0))
+    return best
+
+
+def median_seconds(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def layer_calls(arch: Architecture, rng):
+    """(name, kind, multiply-adds, call) for every conv of the network, batch 1."""
+    def rand(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    def pw(P, cin, cout, lo, hi):
+        x, w, b, out = rand(P, cin), rand(cin, cout), rand(cout), np.empty((P, cout), np.float32)
+        none = np.empty((0, cout), np.float32)
+        return lambda: pointwise(x, w, b, lo, hi, out, none, False)
+
+    def dw(hw, c, stride):
+        H, W = hw
+        x, w, b = rand(1, H, W, c), rand(3, 3, c), rand(c)
+        pads = np.array(arch.pads(hw, stride), np.int64)
+        Ho, Wo = -(-H // stride), -(-W // stride)
+        out = np.empty((1, Ho, Wo, c), np.float32)
+        return lambda: depthwise3x3(x, w, b, stride, pads, *RELU6, out), Ho * Wo * 9 * c
+
+    H, W = arch.size
+    c0 = arch.stem_channels
+    x, w, b = rand(1, H, W, 3), rand(3, 3, 3, c0), rand(c0)
+    pads = np.array(arch.pads(arch.size, 2), np.int64)
+    Ho, Wo = arch.stem_out_size
+    out = np.empty((1, Ho, Wo, c0), np.float32)
+    yield "stem", "conv3x3", Ho * Wo * 27 * c0, lambda: conv3x3(x, w, b, 2, pads, *RELU6, out)
+    for blk in arch.blocks:
+        P_in = blk.in_size[0] * blk.in_size[1]
+        P_out = blk.out_size[0] * blk.out_size[1]
+        if blk.expansion != 1:
+            yield f"{blk.name}/expand", "expand 1x1", P_in * blk.cin * blk.hidden, pw(P_in, blk.cin, blk.hidden, *RELU6)
+        call, macs = dw(blk.in_size, blk.hidden, blk.stride)
+        yield f"{blk.name}/depthwise s{blk.stride}", f"depthwise s{blk.stride}", macs, call
+        yield f"{blk.name}/project", "project 1x1", P_out * blk.hidden * blk.cout, pw(P_out, blk.hidden, blk.cout, -np.inf, np.inf)
+    P = arch.blocks[-1].out_size[0] * arch.blocks[-1].out_size[1]
+    yield "head", "head 1x1", P * arch.blocks[-1].cout * arch.last_channels, pw(P, arch.blocks[-1].cout, arch.last_channels, *RELU6)
+    yield "classifier", "classifier", arch.last_channels * arch.classes, pw(1, arch.last_channels, arch.classes, -np.inf, np.inf)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals per kind")
+    args = ap.parse_args(argv)
+
+    arch = Architecture(alpha=args.alpha, size=args.size)
+    peak = fma_peak()
+    rows, kinds = [], {}
+    for name, kind, macs, call in layer_calls(arch, np.random.default_rng(0)):
+        sec = median_seconds(call, args.runs)
+        rows.append((name, macs, sec))
+        k = kinds.setdefault(kind, [0, 0.0])
+        k[0] += macs
+        k[1] += sec
+
+    print(f"MobileNetV2 {args.alpha}/{args.size}, batch 1, 1 thread, median of {args.runs} runs per layer")
+    print(f"measured FMA peak: {peak / 1e9:.1f} GMAC/s (fp32, one core)")
+    if args.layers:
+        print(f"\n{'layer':26} {'MMAC':>8} {'ms':>7} {'GMAC/s':>7} {'% peak':>7}")
+        for name, macs, sec in rows:
+            print(f"{name:26} {macs / 1e6:8.2f} {sec * 1e3:7.3f} {macs / sec / 1e9:7.1f} {100 * macs / sec / peak:6.0f}%")
+    total_macs = sum(m for m, _ in kinds.values())
+    total_sec = sum(s for _, s in kinds.values())
+    print(f"\n{'kernel':16} {'MMAC':>8} {'ms':>7} {'share':>6} {'GMAC/s':>7} {'% peak':>7}")
+    for kind, (macs, sec) in kinds.items():
+        print(f"{kind:16} {macs / 1e6:8.1f} {sec * 1e3:7.2f} {100 * sec / total_sec:5.0f}% "
+              f"{macs / sec / 1e9:7.1f} {100 * macs / sec / peak:6.0f}%")
+    print(f"{'all layers':16} {total_macs / 1e6:8.1f} {total_sec * 1e3:7.2f} {'100%':>6} "
+          f"{total_macs / total_sec / 1e9:7.1f} {100 * total_macs / total_sec / peak:6.0f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""Explicit SIMD for Numba: a vector of 16 float32 lanes as a Numba type, and the few
+operations the GEMM needs, each one LLVM instruction or intrinsic.
+
+Why: LLVM's auto-vectorizer turns `out[p, c] += x[p, k] * w[k, c]` into vector code,
+but it cannot keep `out` in registers across k (it cannot prove `out` does not alias
+`w`), so every multiply-add also loads and stores its accumulator. Written with these
+vectors, the accumulators of a tile are SSA values: they live in registers for the
+whole k loop (register blocking), and the loop is bound by FMAs instead of memory.
+
+16 lanes is one AVX-512 register. On narrower hardware LLVM splits each vector into
+two AVX2 (or four SSE) registers, so the code stays correct everywhere.
+
+Loads and stores take a lane count n: lanes >= n are neither read nor written (masked),
+so a tile can end anywhere in a row without touching memory past it.
+"""
+import llvmlite.ir as ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+LANES = 16
+_F32 = ir.FloatType()
+_VEC = ir.VectorType(_F32, LANES)
+_MASK = ir.VectorType(ir.IntType(1), LANES)
+_I32 = ir.IntType(32)
+
+
+class F32x16(types.Type):
+    def __init__(self):
+        super().__init__(name="f32x16")
+
+
+f32x16 = F32x16()
+
+
+@register_model(F32x16)
+class _F32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _vector_pointer(context, builder, arrty, arr, index_type, index):
+    """Pointer to arr[index] (no bounds check, no negative wraparound), as <16 x float>*."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    indices = cgutils.unpack_tuple(builder, index, len(index_type))
+    indices = [context.cast(builder, i, t, types.intp) for i, t in zip(indices, index_type)]
+    shape = cgutils.unpack_tuple(builder, ary.shape, arrty.ndim)
+    strides = cgutils.unpack_tuple(builder, ary.strides, arrty.ndim)
+    ptr = cgutils.get_item_pointer2(context, builder, ary.data, shape, strides, arrty.layout, indices)
+    return builder.bitcast(ptr, _VEC.as_pointer())
+
+
+def _splat(builder, value, vector_type):
+    undef = ir.Constant(vector_type, ir.Undefined)
+    first = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _lane_mask(builder, n):
+    """<16 x i1>: lane l is on when l < n."""
+    lanes = ir.VectorType(ir.IntType(64), LANES)
+    return builder.icmp_signed("<", ir.Constant(lanes, list(range(LANES))), _splat(builder, n, lanes))
+
+
+def _check_index(arr, index):
+    if not (isinstance(arr, types.Array) and arr.dtype == types.float32 and arr.layout in "CA"):
+        raise TypeError("expected a float32 array")
+    if not (isinstance(index, types.UniTuple) and index.count == arr.ndim
+            and isinstance(index.dtype, types.Integer)):
+        raise TypeError("expected a tuple of one integer index per dimension")
+
+
+@intrinsic
+def vload(typingctx, arr, index, n):
+    """The n floats from arr[index] along the last axis in lanes 0..n-1 (n <= 16), zeros
+    after; nothing past them is read. The last axis must be contiguous."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        fnty = ir.FunctionType(_VEC, [_VEC.as_pointer(), _I32, _MASK, _VEC])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16f32.p0")
+        mask = _lane_mask(builder, context.cast(builder, args[2], sig.args[2], types.int64))
+        return builder.call(fn, [ptr, ir.Constant(_I32, 4), mask, ir.Constant(_VEC, None)])
+    return f32x16(arr, index, n), codegen
+
+
+@intrinsic
+def vstore(typingctx, arr, index, n, v):
+    """Write lanes 0..n-1 of v to arr[index] along the last axis; nothing past them."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        fnty = ir.FunctionType(ir.VoidType(), [_VEC, _VEC.as_pointer(), _I32, _MASK])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.store.v16f32.p0")
+        mask = _lane_mask(builder, context.cast(builder, args[2], sig.args[2], types.int64))
+        builder.call(fn, [args[3], ptr, ir.Constant(_I32, 4), mask])
+        return context.get_dummy_value()
+    return types.none(arr, index, n, f32x16), codegen
+
+
+@intrinsic
+def vsplat(typingctx, x):
+    """All 16 lanes = x (as float32)."""
+    if not isinstance(x, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), _VEC)
+    return f32x16(x), codegen
+
+
+@intrinsic
+def vfma(typingctx, a, b, c):
+    """a * b + c in each lane, with one rounding."""
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fma.v16f32")
+        return builder.call(fn, args)
+    return f32x16(f32x16, f32x16, f32x16), codegen
+
+
+@intrinsic
+def vclamp(typingctx, v, lo, hi):
+    """min(max(v, lo), hi) in each lane; lo, hi = -inf, inf leaves v as it is."""
+    def codegen(context, builder, sig, args):
+        lo = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32), _VEC)
+        hi = _splat(builder, context.cast(builder, args[2], sig.args[2], types.float32), _VEC)
+        above = builder.select(builder.fcmp_ordered(">", args[0], lo), args[0], lo)
+        return builder.select(builder.fcmp_ordered("<", above, hi), above, hi)
+    return f32x16(f32x16, types.float32, types.float32), codegen
