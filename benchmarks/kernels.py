@@ -12,19 +12,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 from numba import njit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from kernels import conv3x3, depthwise3x3, pointwise  # noqa: E402
-from kernels.simd import LANES, vfma, vsplat, vstore  # noqa: E402
-from mnv2engine.arch import Architecture  # noqa: E402
+from mnv2engine.kernels import conv3x3, depthwise3x3, pointwise
+from mnv2engine.kernels.simd import LANES, vfma, vsplat, vstore
+from mnv2engine.arch import Architecture
 
 RELU6 = (0.0, 6.0)
 

@@ -7,9 +7,13 @@ Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReL
 (-inf, inf) is linear. The entry points release the GIL (nogil), so calls from several
 Python threads run in parallel.
 """
-from .conv import conv3x3, depthwise3x3, pointwise
-from .pool import global_avg_pool, pointwise_avg_pool
-from .block import inverted_residual, pack_slices
+from ._cache import drop_stale_cache
+
+drop_stale_cache()  # before any kernel is loaded from the cache
+
+from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
+from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402
+from .block import inverted_residual, pack_slices  # noqa: E402
 
 __all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
            "inverted_residual", "pack_slices"]

@@ -9,8 +9,10 @@ index 0: with offsets inside the loops instead, LLVM vectorizes the GEMM half as
 """
 import numpy as np
 from numba import njit
+from numpy.lib.stride_tricks import as_strided
 
 from .gemm import FASTMATH, gemm
+from .simd import LANES, vclamp, vfma, vload, vsplat, vstore
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -48,85 +50,112 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     buffer); H is the input height; w [3, 3, C], b [C]; out [Wo, C]. Positions outside
     [0, H) x [0, W) are the zero padding; the bottom and right padding only show in how
     many output rows and columns the caller asks for.
+
+    Vectorized over 16 channels at a time, the nine weights and the bias in registers,
+    four output pixels at a time in the interior (four independent FMA chains, so the
+    FMA latency is hidden). A tap on the padding reads the nearest real row or column
+    instead and multiplies it by a zero weight, so the edges run the same FMAs with no
+    branch per tap. (The rows and columns read are always ones already computed: they
+    hold finite values, and the product is exactly 0.)
     """
     R, W, C = e.shape
     Wo = out.shape[0]
     lo32, hi32 = np.float32(lo), np.float32(hi)
     iy0 = oy * stride - pad_top
-    if iy0 >= 0 and iy0 + 2 < H:
-        r0, r1, r2 = e[iy0 % R], e[(iy0 + 1) % R], e[(iy0 + 2) % R]
-    else:
-        r0 = r1 = r2 = e[0]  # unused: every pixel of this row takes the padded path
-    for ox in range(Wo):
-        ix = ox * stride - pad_left
-        if iy0 >= 0 and iy0 + 2 < H and ix >= 0 and ix + 2 < W:
-            # Interior: all nine taps exist; one sum per channel, one store.
-            for c in range(C):
-                acc = (b[c] + r0[ix, c] * w[0, 0, c] + r0[ix + 1, c] * w[0, 1, c] + r0[ix + 2, c] * w[0, 2, c]
-                       + r1[ix, c] * w[1, 0, c] + r1[ix + 1, c] * w[1, 1, c] + r1[ix + 2, c] * w[1, 2, c]
-                       + r2[ix, c] * w[2, 0, c] + r2[ix + 1, c] * w[2, 1, c] + r2[ix + 2, c] * w[2, 2, c])
-                out[ox, c] = min(max(acc, lo32), hi32)
-        else:
-            _depthwise_padded_pixel(e, H, iy0, ix, w, b, lo32, hi32, out[ox])
+    r0, r1, r2 = _nearest(iy0, H) % R, _nearest(iy0 + 1, H) % R, _nearest(iy0 + 2, H) % R
+    top, bottom = iy0 >= 0, iy0 + 2 < H
+    zero = vsplat(0.0)
+    for c in range(0, C, LANES):
+        n = min(LANES, C - c)
+        bias = vload(b, (c,), n)
+        w00, w01, w02 = _tap(w, 0, 0, c, n, top), _tap(w, 0, 1, c, n, top), _tap(w, 0, 2, c, n, top)
+        w10, w11, w12 = _tap(w, 1, 0, c, n, True), _tap(w, 1, 1, c, n, True), _tap(w, 1, 2, c, n, True)
+        w20, w21, w22 = _tap(w, 2, 0, c, n, bottom), _tap(w, 2, 1, c, n, bottom), _tap(w, 2, 2, c, n, bottom)
+        ox = 0
+        while ox < Wo:
+            ix = ox * stride - pad_left
+            if ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
+                a0 = a1 = a2 = a3 = bias
+                a0, a1, a2, a3 = _taps4(e, r0, ix, stride, c, n, w00, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r0, ix + 1, stride, c, n, w01, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r0, ix + 2, stride, c, n, w02, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r1, ix, stride, c, n, w10, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r1, ix + 1, stride, c, n, w11, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r1, ix + 2, stride, c, n, w12, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r2, ix, stride, c, n, w20, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r2, ix + 1, stride, c, n, w21, a0, a1, a2, a3)
+                a0, a1, a2, a3 = _taps4(e, r2, ix + 2, stride, c, n, w22, a0, a1, a2, a3)
+                vstore(out, (ox, c), n, vclamp(a0, lo32, hi32))
+                vstore(out, (ox + 1, c), n, vclamp(a1, lo32, hi32))
+                vstore(out, (ox + 2, c), n, vclamp(a2, lo32, hi32))
+                vstore(out, (ox + 3, c), n, vclamp(a3, lo32, hi32))
+                ox += 4
+            else:  # one pixel; its left or right column of taps may be on the padding
+                x0, x2 = _nearest(ix, W), _nearest(ix + 2, W)
+                left, right = ix >= 0, ix + 2 < W
+                x1 = _nearest(ix + 1, W)
+                a = vfma(vload(e, (r0, x0, c), n), w00 if left else zero, bias)
+                a = vfma(vload(e, (r0, x1, c), n), w01, a)
+                a = vfma(vload(e, (r0, x2, c), n), w02 if right else zero, a)
+                a = vfma(vload(e, (r1, x0, c), n), w10 if left else zero, a)
+                a = vfma(vload(e, (r1, x1, c), n), w11, a)
+                a = vfma(vload(e, (r1, x2, c), n), w12 if right else zero, a)
+                a = vfma(vload(e, (r2, x0, c), n), w20 if left else zero, a)
+                a = vfma(vload(e, (r2, x1, c), n), w21, a)
+                a = vfma(vload(e, (r2, x2, c), n), w22 if right else zero, a)
+                vstore(out, (ox, c), n, vclamp(a, lo32, hi32))
+                ox += 1
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _depthwise_padded_pixel(e, H, iy0, ix0, w, b, lo, hi, out):
-    """One output pixel whose 3x3 window overlaps the zero padding: out [C]."""
-    R, W, C = e.shape
-    for c in range(C):
-        out[c] = b[c]
-    for ky in range(3):
-        iy = iy0 + ky
-        if iy < 0 or iy >= H:
-            continue
-        row = e[iy % R]
-        for kx in range(3):
-            ix = ix0 + kx
-            if ix < 0 or ix >= W:
-                continue
-            for c in range(C):
-                out[c] += row[ix, c] * w[ky, kx, c]
-    for c in range(C):
-        out[c] = min(max(out[c], lo), hi)
+def _taps4(e, r, ix, stride, c, n, wk, a0, a1, a2, a3):
+    """One tap of four neighbouring output pixels: a_i += e[r, ix + i * stride, c:c + n] * wk."""
+    return (vfma(vload(e, (r, ix, c), n), wk, a0),
+            vfma(vload(e, (r, ix + stride, c), n), wk, a1),
+            vfma(vload(e, (r, ix + 2 * stride, c), n), wk, a2),
+            vfma(vload(e, (r, ix + 3 * stride, c), n), wk, a3))
+
+
+@njit(cache=True)
+def _nearest(i, size):
+    """The index in [0, size) nearest to i."""
+    return min(max(i, 0), size - 1)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _tap(w, ky, kx, c, n, inside):
+    """Weights w[ky, kx, c:c + n] as a vector, or zeros when that tap is on the padding."""
+    return vload(w, (ky, kx, c), n if inside else 0)
 
 
 @njit(cache=True, fastmath=FASTMATH)
 def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a full 3x3 conv (the stem).
 
-    x [H, W, Cin] one image; w [9 * Cin, C], the HWIO kernel flattened over
-    (ky, kx, ci); b [C]; out [Wo, C]. As in matmul_acc, four output pixels whose windows
-    lie wholly inside the image share each load of a weight row; pixels touching the
-    padding take the checked path.
+    x [H, W, Cin] one image, C-contiguous; w [9 * Cin, C], the HWIO kernel flattened
+    over (ky, kx, ci); b [C]; out [Wo, C]. For one kernel row ky, the windows of the
+    output pixels are overlapping runs of 3 * Cin consecutive floats of image row
+    iy + ky, `stride * Cin` apart: a strided view makes them the rows of a matrix
+    [pixels, 3 * Cin] (no copy), and the conv is three register-blocked GEMMs
+    accumulating into out. Pixels whose window overlaps the padding take the checked path.
     """
     H, W, Cin = x.shape
     Wo, C = out.shape
     fill_bias(out, b)
     iy0 = oy * stride - pad_top
-    rows_inside = iy0 >= 0 and iy0 + 2 < H
-    ox = 0
-    while ox < Wo:
-        ix0 = ox * stride - pad_left
-        if rows_inside and ox + 4 <= Wo and ix0 >= 0 and ix0 + 3 * stride + 2 < W:
-            for ky in range(3):
-                for kx in range(3):
-                    k = (ky * 3 + kx) * Cin
-                    for ci in range(Cin):
-                        row = x[iy0 + ky]
-                        ix = ix0 + kx
-                        x0, x1 = row[ix, ci], row[ix + stride, ci]
-                        x2, x3 = row[ix + 2 * stride, ci], row[ix + 3 * stride, ci]
-                        for c in range(C):
-                            wv = w[k + ci, c]
-                            out[ox, c] += x0 * wv
-                            out[ox + 1, c] += x1 * wv
-                            out[ox + 2, c] += x2 * wv
-                            out[ox + 3, c] += x3 * wv
-            ox += 4
-        else:
-            _conv3x3_padded_pixel(x, iy0, ix0, w, out[ox])
-            ox += 1
+    ox_lo = -(-pad_left // stride)  # first pixel whose window starts inside the image
+    ox_hi = max(min(Wo, (W - 3 + pad_left) // stride + 1), ox_lo)  # ... and ends inside
+    taps = 3 * Cin
+    for ky in range(3):
+        iy = iy0 + ky
+        if iy < 0 or iy >= H or ox_hi == ox_lo:
+            continue
+        row = x[iy].reshape(W * Cin)[(ox_lo * stride - pad_left) * Cin:]
+        windows = as_strided(row, shape=(ox_hi - ox_lo, taps), strides=(stride * Cin * 4, 4))
+        gemm(windows, w[ky * taps:(ky + 1) * taps], b, True, -np.inf, np.inf, out[ox_lo:ox_hi])
+    for ox in range(Wo):
+        if ox < ox_lo or ox >= ox_hi:
+            _conv3x3_padded_pixel(x, iy0, ox * stride - pad_left, w, out[ox])
     clamp(out, lo, hi)
 
 

@@ -1,0 +1,30 @@
+"""Keep Numba's on-disk cache honest across edits of the kernel sources.
+
+Numba checks a cached function against the timestamp of its own source file only. A
+kernel in block.py that calls (and inlines) one from _rows.py keeps running the old
+code after _rows.py changes, until block.py changes too. So: one digest of all the
+kernel sources, stored beside the cache; when it differs, every cached kernel is dropped.
+"""
+import hashlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / "__pycache__"  # where Numba puts cache files when the package is writable
+STAMP = CACHE / "kernel-sources.sha256"
+
+
+def drop_stale_cache() -> None:
+    sources = b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))
+    digest = hashlib.sha256(sources).hexdigest()
+    try:
+        if STAMP.read_text() == digest:
+            return
+    except OSError:
+        pass
+    try:
+        for f in CACHE.glob("*.nb[ic]"):
+            f.unlink(missing_ok=True)
+        CACHE.mkdir(exist_ok=True)
+        STAMP.write_text(digest)
+    except OSError:
+        pass  # a read-only install: Numba caches elsewhere (NUMBA_CACHE_DIR), or not at all
