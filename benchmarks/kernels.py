@@ -17,7 +17,7 @@ import time
 import numpy as np
 from numba import njit
 
-from mnv2engine.kernels import conv3x3, depthwise3x3, pointwise
+from mnv2engine.kernels import conv3x3, depthwise3x3, pack_panels, pointwise
 from mnv2engine.kernels.simd import LANES, vfma, vsplat, vstore
 from mnv2engine.arch import Architecture
 
@@ -68,7 +68,7 @@ def layer_calls(arch: Architecture, rng):
         return rng.standard_normal(shape, dtype=np.float32)
 
     def pw(P, cin, cout, lo, hi):
-        x, w, b, out = rand(P, cin), rand(cin, cout), rand(cout), np.empty((P, cout), np.float32)
+        x, w, b, out = rand(P, cin), pack_panels(rand(cin, cout)), rand(cout), np.empty((P, cout), np.float32)
         none = np.empty((0, cout), np.float32)
         return lambda: pointwise(x, w, b, lo, hi, out, none, False)
 

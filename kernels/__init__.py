@@ -13,7 +13,8 @@ drop_stale_cache()  # before any kernel is loaded from the cache
 
 from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
 from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402
-from .block import inverted_residual, pack_slices  # noqa: E402
+from .block import inverted_residual, pack_slice_panels, pack_slices  # noqa: E402
+from .gemm import pack_panels  # noqa: E402
 
 __all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
-           "inverted_residual", "pack_slices"]
+           "inverted_residual", "pack_slices", "pack_slice_panels", "pack_panels"]

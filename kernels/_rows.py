@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
-from .gemm import FASTMATH, gemm
+from .gemm import FASTMATH, PANEL, gemm
 from .simd import LANES, vclamp, vfma, vload, vsplat, vstore
 
 
@@ -38,7 +38,7 @@ def clamp(out, lo, hi):
 
 @njit(cache=True, fastmath=FASTMATH)
 def pointwise_row(x, w, b, lo, hi, out):
-    """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C], out [P, C]."""
+    """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C] as panels, out [P, C]."""
     gemm(x, w, b, False, lo, hi, out)
 
 
@@ -132,8 +132,8 @@ def _tap(w, ky, kx, c, n, inside):
 def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a full 3x3 conv (the stem).
 
-    x [H, W, Cin] one image, C-contiguous; w [9 * Cin, C], the HWIO kernel flattened
-    over (ky, kx, ci); b [C]; out [Wo, C]. For one kernel row ky, the windows of the
+    x [H, W, Cin] one image, C-contiguous; w the HWIO kernel flattened to [9 * Cin, C]
+    over (ky, kx, ci), as panels (gemm.pack_panels); b [C]; out [Wo, C]. For one kernel row ky, the windows of the
     output pixels are overlapping runs of 3 * Cin consecutive floats of image row
     iy + ky, `stride * Cin` apart: a strided view makes them the rows of a matrix
     [pixels, 3 * Cin] (no copy), and the conv is three register-blocked GEMMs
@@ -152,7 +152,7 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
             continue
         row = x[iy].reshape(W * Cin)[(ox_lo * stride - pad_left) * Cin:]
         windows = as_strided(row, shape=(ox_hi - ox_lo, taps), strides=(stride * Cin * 4, 4))
-        gemm(windows, w[ky * taps:(ky + 1) * taps], b, True, -np.inf, np.inf, out[ox_lo:ox_hi])
+        gemm(windows, w[:, ky * taps:(ky + 1) * taps], b, True, -np.inf, np.inf, out[ox_lo:ox_hi])
     for ox in range(Wo):
         if ox < ox_lo or ox >= ox_hi:
             _conv3x3_padded_pixel(x, iy0, ox * stride - pad_left, w, out[ox])
@@ -176,4 +176,4 @@ def _conv3x3_padded_pixel(x, iy0, ix0, w, out):
             for ci in range(Cin):
                 xv = x[iy, ix, ci]
                 for c in range(C):
-                    out[c] += xv * w[k + ci, c]
+                    out[c] += xv * w[c // PANEL, k + ci, c % PANEL]

@@ -6,7 +6,7 @@ Shapes: x [N, H, W, Cin] float32, C-contiguous; outputs are passed in. Padding i
 from numba import njit
 
 from ._rows import FASTMATH, conv3x3_row, depthwise_row
-from .gemm import gemm
+from .gemm import gemm, pack_panels
 
 
 @njit(cache=True)
@@ -20,7 +20,7 @@ def pointwise(x, w, b, lo, hi, out, residual, accumulate):
     """1x1 conv as a GEMM over pixels (also the dense classifier), with the epilogue.
 
     out = clamp((out if accumulate else 0) + x @ w + b, lo, hi) + residual
-    x [P, Cin], w [Cin, Cout], b [Cout], out [P, Cout];
+    x [P, Cin], w [Cin, Cout] as panels (pack_panels), b [Cout], out [P, Cout];
     residual [P, Cout], or an empty [0, Cout] array for none.
     """
     P, Cout = out.shape
@@ -50,7 +50,7 @@ def conv3x3(x, w, b, stride, pads, lo, hi, out):
     """Full 3x3 conv (the stem): x [N, H, W, Cin], w [3, 3, Cin, Cout] (HWIO), out [N, Ho, Wo, Cout]."""
     N, H, W, Cin = x.shape
     _check_out_size(H, W, stride, pads, out.shape[1], out.shape[2])
-    w2 = w.reshape((9 * Cin, w.shape[3]))
+    w2 = pack_panels(w.reshape((9 * Cin, w.shape[3])))
     for n in range(N):
         for oy in range(out.shape[1]):
             conv3x3_row(x[n], oy, w2, b, stride, pads[0], pads[2], lo, hi, out[n, oy])

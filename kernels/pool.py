@@ -24,7 +24,7 @@ def global_avg_pool(x, out):
 def pointwise_avg_pool(x, w, b, lo, hi, scratch, out):
     """out[n] = mean over pixels of clamp(x[n] @ w + b, lo, hi), computed in chunks.
 
-    x [N, P, Cin] (pixels flattened), w [Cin, Cout], scratch [chunk, Cout], out [N, Cout].
+    x [N, P, Cin] (pixels flattened), w [Cin, Cout] as panels (pack_panels), scratch [chunk, Cout], out [N, Cout].
     The conv output exists only `chunk` pixels at a time: the last conv's 7x7x1280
     tensor is never whole unless the scratch is sized for all pixels.
     """

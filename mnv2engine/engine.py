@@ -8,7 +8,7 @@ import numpy as np
 from . import preprocess
 from .errors import EngineError, InputError
 from .memory import allocate, view
-from .model import block_weights, fold_all
+from .model import block_weights, fold_all, packed
 from .plan import build_plan, resolve_t, slice_bounds
 from .kernels import inverted_residual, pointwise, pointwise_avg_pool
 
@@ -33,6 +33,8 @@ class Engine:
         self.t = resolve_t(self.arch, t)
         bounds = [slice_bounds(b.hidden, tb) for b, tb in zip(self.arch.blocks, self.t)]
         self.blocks = block_weights(self.arch, self.convs, bounds)
+        self._head = packed(self.convs["head"])
+        self._classifier = None if self.arch.headless else packed(self.convs["classifier"])
         self._stem_pads = self.arch.pads(self.arch.size, 2)
         self._dw_pads = [self.arch.pads(b.in_size, b.stride) for b in self.arch.blocks]
         if not isinstance(rows, (bool, np.bool_)):
@@ -114,7 +116,7 @@ class Engine:
                               view(arena, step.e).reshape(-1), view(arena, step.d).reshape(-1), y)
             if observe:
                 observe(b.name, y)
-        head = self.convs["head"]
+        head = self._head
         hx = view(arena, plan.head_x)
         pooled = view(arena, plan.pooled)
         pointwise_avg_pool(hx.reshape(hx.shape[0], -1, hx.shape[3]), head.kernel, head.bias, *RELU6,
@@ -124,7 +126,7 @@ class Engine:
         if self.arch.headless:
             return pooled.copy()
         out = np.empty(plan.output_shape, np.float32)
-        cls = self.convs["classifier"]
+        cls = self._classifier
         pointwise(pooled, cls.kernel, cls.bias, *LINEAR, out, _NO_RESIDUAL, False)
         return out
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arch import Architecture
-from .kernels import pack_slices
+from .kernels import pack_panels, pack_slice_panels, pack_slices
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,11 @@ def fold(layer) -> Conv:
     return Conv(np.ascontiguousarray(kernel, np.float32), np.ascontiguousarray(bias, np.float32))
 
 
+def packed(conv: Conv) -> Conv:
+    """A 1x1 conv or dense layer with its kernel as GEMM panels."""
+    return Conv(pack_panels(conv.kernel), conv.bias)
+
+
 def fold_all(ws) -> tuple[Architecture, dict[str, Conv]]:
     """All layers of a validated WeightSet, folded; the stem kernel flattened to [27, C]."""
     arch = ws.architecture
@@ -43,13 +48,13 @@ def fold_all(ws) -> tuple[Architecture, dict[str, Conv]]:
 
 @dataclass(frozen=True)
 class BlockWeights:
-    """One inverted residual's folded weights, expansion and depthwise packed by slice."""
+    """One inverted residual's folded weights, packed for the block kernel."""
     bounds: np.ndarray
-    expand: np.ndarray      # [Cin, hidden] (or the stem's [27, hidden]), packed
+    expand: np.ndarray      # [Cin, hidden] (or the stem's [27, hidden]), GEMM panels per slice
     expand_bias: np.ndarray
-    depthwise: np.ndarray   # [3, 3, hidden], packed
+    depthwise: np.ndarray   # [3, 3, hidden], packed by slice
     depthwise_bias: np.ndarray
-    project: np.ndarray     # [hidden, Cout]
+    project: np.ndarray     # [hidden, Cout] as GEMM panels
     project_bias: np.ndarray
 
 
@@ -59,6 +64,6 @@ def block_weights(arch: Architecture, convs: dict[str, Conv], bounds_per_block) 
     for b, bounds in zip(arch.blocks, bounds_per_block):
         exp = convs["stem" if b.index == 0 else f"{b.name}/expand"]
         dw, proj = convs[f"{b.name}/depthwise"], convs[f"{b.name}/project"]
-        out.append(BlockWeights(bounds, pack_slices(exp.kernel, bounds), exp.bias,
-                                pack_slices(dw.kernel, bounds), dw.bias, proj.kernel, proj.bias))
+        out.append(BlockWeights(bounds, pack_slice_panels(exp.kernel, bounds), exp.bias,
+                                pack_slices(dw.kernel, bounds), dw.bias, pack_panels(proj.kernel), proj.bias))
     return out

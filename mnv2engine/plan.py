@@ -84,11 +84,44 @@ class Plan:
 
 
 def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int) -> Plan:
-    """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block."""
+    """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block.
+
+    With `rows`, the plan has the peak of streaming every block row by row, but streams
+    only the blocks that need it for that peak. Row streaming buys memory where the
+    expanded tensor is large (the early, high-resolution blocks); in the late 14x14 and
+    7x7 blocks it only costs time, since every row streams the block's weights through
+    the cache again (1.5x slower there, measured). So, from the last block back, a block
+    runs whole (or sliced, for t > 1) wherever that leaves the peak as it was; the head's
+    1x1 conv likewise runs on all pixels at once, not row by row, if that fits.
+    """
+    n = len(arch.blocks)
+    (h, w) = arch.blocks[-1].out_size
+    if not rows:
+        return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch)
+    streamed = [True] * n
+    plan = layout_plan(arch, bounds_per_block, streamed, w, batch)
+    budget = plan.arena_bytes
+    for head_chunk in (h * w, w):  # all pixels, else one row
+        trial = layout_plan(arch, bounds_per_block, streamed, head_chunk, batch)
+        if trial.arena_bytes <= budget:
+            plan = trial
+            break
+    for i in reversed(range(n)):
+        trial_streamed = streamed[:i] + [False] + streamed[i + 1:]
+        trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch)
+        if trial.arena_bytes <= budget:
+            streamed, plan = trial_streamed, trial
+    return plan
+
+
+def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed: list[bool],
+            head_chunk: int, batch: int) -> Plan:
+    """The plan for given choices: which blocks are row-streamed, and how many pixels of
+    the head's conv output exist at once."""
     N = batch
     image = Buffer("input", (N, *arch.size, 3), first=0, last=0)
     x, steps = image, []
-    for block, bounds in zip(arch.blocks, bounds_per_block):
+    for block, bounds, rows in zip(arch.blocks, bounds_per_block, streamed):
         p0 = PHASES_PER_BLOCK * block.index
         materialized = len(bounds) == 2 and not rows
         cs = int(np.max(np.diff(bounds)))
@@ -108,9 +141,7 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
         x = y
     head_phase = PHASES_PER_BLOCK * len(arch.blocks)
     x.last = head_phase
-    (h, w), cin = arch.blocks[-1].out_size, arch.blocks[-1].cout
-    chunk = w if rows else h * w
-    head_scratch = Buffer("head/conv", (chunk, arch.last_channels), head_phase, head_phase)
+    head_scratch = Buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase)
     pooled = Buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
     plan = Plan(N, steps, x, head_scratch, pooled, image, 0,
                 (N, arch.last_channels if arch.headless else arch.classes))

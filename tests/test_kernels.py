@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from mnv2engine.arch import conv_padding
-from mnv2engine.kernels import conv3x3, depthwise3x3, global_avg_pool, pointwise, pointwise_avg_pool
+from mnv2engine.kernels import conv3x3, depthwise3x3, global_avg_pool, pack_panels, pointwise, pointwise_avg_pool
 
 import naive
 from conftest import close
@@ -85,7 +85,7 @@ def test_pointwise(P, cin, cout, residual, accumulate):
     prev = rand(rng, P, cout)
     lo, hi = RELU6 if cout % 2 else LINEAR
     out = prev.copy()
-    pointwise(x, w, b, lo, hi, out, res if residual else NONE, accumulate)
+    pointwise(x, pack_panels(w), b, lo, hi, out, res if residual else NONE, accumulate)
     close(out, naive.pointwise(x, w, b, lo, hi, res, prev if accumulate else None), 1e-5)
     if not accumulate:  # same thing as a 1x1 conv in torch
         ref = torch_conv(x[None, :, None, :], w.T[:, :, None, None].copy(), b, 1, (0, 0, 0, 0), 1, lo, hi)[0, :, 0]
@@ -107,6 +107,6 @@ def test_pointwise_avg_pool_equals_conv_then_pool(chunk):
     N, H, W, cin, cout = 2, 5, 3, 8, 19
     x, w, b = rand(rng, N, H, W, cin), rand(rng, cin, cout), rand(rng, cout)
     out = np.empty((N, cout), np.float32)
-    pointwise_avg_pool(x.reshape(N, H * W, cin), w, b, *RELU6, np.empty((chunk, cout), np.float32), out)
+    pointwise_avg_pool(x.reshape(N, H * W, cin), pack_panels(w), b, *RELU6, np.empty((chunk, cout), np.float32), out)
     conv = naive.pointwise(x.reshape(-1, cin), w, b, *RELU6).reshape(N, H, W, cout)
     close(out, naive.global_avg_pool(conv), 1e-6)
