@@ -15,6 +15,8 @@ for 10 loads, where the plain loop did one load and one store per FMA.
                blocks) the padding to a multiple of 6 costs more than that gains, so
                those use 4 (measured on AVX-512: 6 is 10-50% faster from 28 pixels up,
                10-40% slower at 7 and 14).
+  mid tile     6 pixels x 48 channels (3 vectors): a last chunk of 33-48 channels
+               (slices such as 144 / 4 = 36; the wide tile would waste a quarter or more)
   narrow tile  8 pixels x 32 channels (2 vectors): the narrow outputs (16-32 channels:
                the early projections, and slices) and the last <= 32 channels of a row
 
@@ -37,7 +39,7 @@ from .simd import vclamp, vfma, vload, vsplat, vstore
 # No reassociation flags: every loop runs over independent output channels, so nothing
 # reorders a sum, and results do not depend on the SIMD width.
 FASTMATH = {"contract"}
-WIDE, NARROW = 64, 32  # channels per tile
+WIDE, MID, NARROW = 64, 48, 32  # channels per tile
 PANEL = WIDE
 SHORT_ROW = 24  # fewer pixels than this: 4-pixel wide tiles
 
@@ -64,7 +66,7 @@ def gemm(x, w, b, accumulate, lo, hi, out):
     c = 0
     while c < C:
         width = C - c
-        if width > NARROW:
+        if width > MID:
             n0, n1, n2, n3 = _lanes(width, 0), _lanes(width, 1), _lanes(width, 2), _lanes(width, 3)
             if P < SHORT_ROW:
                 for p in range(0, P, 4):
@@ -73,6 +75,10 @@ def gemm(x, w, b, accumulate, lo, hi, out):
                 for p in range(0, P, 6):
                     _wide_tile6(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3)
             c += WIDE
+        elif width > NARROW:
+            for p in range(0, P, 6):
+                _mid_tile(x, w, init, step, lo, hi, out, p, c, _lanes(width, 2))
+            c += MID
         else:
             for p in range(0, P, 8):
                 _narrow_tile(x, w, init, step, lo, hi, out, p, c, _lanes(width, 0), _lanes(width, 1))
@@ -139,6 +145,35 @@ def _wide_tile6(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
 
 
 @njit(cache=True, fastmath=FASTMATH)
+def _mid_tile(x, w, init, step, lo, hi, out, p, c, n2):
+    """Pixels p..p+5 x channels c..c+47; the first two vectors full, n2 live lanes in the third."""
+    P, K = x.shape
+    last = P - 1
+    p1, p2, p3, p4, p5 = min(p + 1, last), min(p + 2, last), min(p + 3, last), min(p + 4, last), min(p + 5, last)
+    a00, a01, a02 = _start3(init, p * step, c, n2)
+    a10, a11, a12 = _start3(init, p1 * step, c, n2)
+    a20, a21, a22 = _start3(init, p2 * step, c, n2)
+    a30, a31, a32 = _start3(init, p3 * step, c, n2)
+    a40, a41, a42 = _start3(init, p4 * step, c, n2)
+    a50, a51, a52 = _start3(init, p5 * step, c, n2)
+    i = c // PANEL
+    for k in range(K):
+        w0, w1, w2 = vload(w, (i, k, 0), 16), vload(w, (i, k, 16), 16), vload(w, (i, k, 32), n2)
+        a00, a01, a02 = _fma3(x[p, k], w0, w1, w2, a00, a01, a02)
+        a10, a11, a12 = _fma3(x[p1, k], w0, w1, w2, a10, a11, a12)
+        a20, a21, a22 = _fma3(x[p2, k], w0, w1, w2, a20, a21, a22)
+        a30, a31, a32 = _fma3(x[p3, k], w0, w1, w2, a30, a31, a32)
+        a40, a41, a42 = _fma3(x[p4, k], w0, w1, w2, a40, a41, a42)
+        a50, a51, a52 = _fma3(x[p5, k], w0, w1, w2, a50, a51, a52)
+    _store3(out, p, c, n2, lo, hi, a00, a01, a02)
+    _store3(out, p1, c, n2, lo, hi, a10, a11, a12)
+    _store3(out, p2, c, n2, lo, hi, a20, a21, a22)
+    _store3(out, p3, c, n2, lo, hi, a30, a31, a32)
+    _store3(out, p4, c, n2, lo, hi, a40, a41, a42)
+    _store3(out, p5, c, n2, lo, hi, a50, a51, a52)
+
+
+@njit(cache=True, fastmath=FASTMATH)
 def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n0, n1):
     """Pixels p..p+7 x channels c..c+31; n0, n1 live lanes in each of the 2 vectors."""
     P, K = x.shape
@@ -198,6 +233,25 @@ def _store4(out, p, c, n0, n1, n2, n3, lo, hi, v0, v1, v2, v3):
     vstore(out, (p, c + 16), n1, vclamp(v1, lo32, hi32))
     vstore(out, (p, c + 32), n2, vclamp(v2, lo32, hi32))
     vstore(out, (p, c + 48), n3, vclamp(v3, lo32, hi32))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _start3(init, i, c, n2):
+    return vload(init, (i, c), 16), vload(init, (i, c + 16), 16), vload(init, (i, c + 32), n2)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fma3(xv, w0, w1, w2, a0, a1, a2):
+    s = vsplat(xv)
+    return vfma(s, w0, a0), vfma(s, w1, a1), vfma(s, w2, a2)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _store3(out, p, c, n2, lo, hi, v0, v1, v2):
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    vstore(out, (p, c), 16, vclamp(v0, lo32, hi32))
+    vstore(out, (p, c + 16), 16, vclamp(v1, lo32, hi32))
+    vstore(out, (p, c + 32), n2, vclamp(v2, lo32, hi32))
 
 
 @njit(cache=True, fastmath=FASTMATH)
