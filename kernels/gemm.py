@@ -17,8 +17,10 @@ for 10 loads, where the plain loop did one load and one store per FMA.
                10-40% slower at 7 and 14).
   mid tile     6 pixels x 48 channels (3 vectors): a last chunk of 33-48 channels
                (slices such as 144 / 4 = 36; the wide tile would waste a quarter or more)
-  narrow tile  8 pixels x 32 channels (2 vectors): the narrow outputs (16-32 channels:
-               the early projections, and slices) and the last <= 32 channels of a row
+  narrow tile  8 pixels x 32 channels (2 vectors): the narrow outputs (17-32 channels:
+               the early projections, and slices) and the last 17-32 channels of a row
+  thin tile    12 pixels x 16 channels (1 vector): the last <= 16 channels (the 16-channel
+               projection, the stem's and other slices of t >= 4)
 
 Edges: lanes past the end of a row are masked (neither read nor written); pixels past
 the last one recompute the last pixel, whose stores then write the same values twice.
@@ -39,7 +41,7 @@ from .simd import vclamp, vfma, vload, vsplat, vstore
 # No reassociation flags: every loop runs over independent output channels, so nothing
 # reorders a sum, and results do not depend on the SIMD width.
 FASTMATH = {"contract"}
-WIDE, MID, NARROW = 64, 48, 32  # channels per tile
+WIDE, MID, NARROW, THIN = 64, 48, 32, 16  # channels per tile
 PANEL = WIDE
 SHORT_ROW = 24  # fewer pixels than this: 4-pixel wide tiles
 
@@ -63,7 +65,7 @@ def gemm(x, w, b, accumulate, lo, hi, out):
     # them 3-4x slower whenever it was not a compile-time constant.)
     init = out if accumulate else b.reshape((1, C))
     step = 1 if accumulate else 0
-    c = 0
+    c = 0  # always a multiple of 64 (a panel's start): only a row's last chunk is narrower
     while c < C:
         width = C - c
         if width > MID:
@@ -79,10 +81,14 @@ def gemm(x, w, b, accumulate, lo, hi, out):
             for p in range(0, P, 6):
                 _mid_tile(x, w, init, step, lo, hi, out, p, c, _lanes(width, 2))
             c += MID
-        else:
+        elif width > THIN:
             for p in range(0, P, 8):
-                _narrow_tile(x, w, init, step, lo, hi, out, p, c, _lanes(width, 0), _lanes(width, 1))
+                _narrow_tile(x, w, init, step, lo, hi, out, p, c, _lanes(width, 1))
             c += NARROW
+        else:
+            for p in range(0, P, 12):
+                _thin_tile(x, w, init, step, lo, hi, out, p, c, width)
+            c += THIN
 
 
 @njit(cache=True)
@@ -174,8 +180,9 @@ def _mid_tile(x, w, init, step, lo, hi, out, p, c, n2):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n0, n1):
-    """Pixels p..p+7 x channels c..c+31; n0, n1 live lanes in each of the 2 vectors."""
+def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n1):
+    """Pixels p..p+7 x channels c..c+31; the first vector full, n1 live lanes in the second."""
+    n0 = 16
     P, K = x.shape
     last = P - 1
     p1, p2, p3 = min(p + 1, last), min(p + 2, last), min(p + 3, last)
@@ -206,6 +213,49 @@ def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n0, n1):
     _store2(out, p5, c, n0, n1, lo, hi, a50, a51)
     _store2(out, p6, c, n0, n1, lo, hi, a60, a61)
     _store2(out, p7, c, n0, n1, lo, hi, a70, a71)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _thin_tile(x, w, init, step, lo, hi, out, p, c, n):
+    """Pixels p..p+11 x channels c..c+15; n live lanes."""
+    P, K = x.shape
+    last = P - 1
+    p1, p2, p3, p4, p5 = min(p + 1, last), min(p + 2, last), min(p + 3, last), min(p + 4, last), min(p + 5, last)
+    p6, p7, p8, p9 = min(p + 6, last), min(p + 7, last), min(p + 8, last), min(p + 9, last)
+    p10, p11 = min(p + 10, last), min(p + 11, last)
+    a0, a1, a2, a3 = _start_pixels4(init, step, p, p1, p2, p3, c, n)
+    a4, a5, a6, a7 = _start_pixels4(init, step, p4, p5, p6, p7, c, n)
+    a8, a9, a10, a11 = _start_pixels4(init, step, p8, p9, p10, p11, c, n)
+    i = c // PANEL
+    for k in range(K):
+        wv = vload(w, (i, k, 0), n)
+        a0, a1, a2, a3 = _fma_pixels4(x, k, p, p1, p2, p3, wv, a0, a1, a2, a3)
+        a4, a5, a6, a7 = _fma_pixels4(x, k, p4, p5, p6, p7, wv, a4, a5, a6, a7)
+        a8, a9, a10, a11 = _fma_pixels4(x, k, p8, p9, p10, p11, wv, a8, a9, a10, a11)
+    _store_pixels4(out, p, p1, p2, p3, c, n, lo, hi, a0, a1, a2, a3)
+    _store_pixels4(out, p4, p5, p6, p7, c, n, lo, hi, a4, a5, a6, a7)
+    _store_pixels4(out, p8, p9, p10, p11, c, n, lo, hi, a8, a9, a10, a11)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _start_pixels4(init, step, q0, q1, q2, q3, c, n):
+    return (vload(init, (q0 * step, c), n), vload(init, (q1 * step, c), n),
+            vload(init, (q2 * step, c), n), vload(init, (q3 * step, c), n))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _fma_pixels4(x, k, q0, q1, q2, q3, wv, a0, a1, a2, a3):
+    return (vfma(vsplat(x[q0, k]), wv, a0), vfma(vsplat(x[q1, k]), wv, a1),
+            vfma(vsplat(x[q2, k]), wv, a2), vfma(vsplat(x[q3, k]), wv, a3))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _store_pixels4(out, q0, q1, q2, q3, c, n, lo, hi, v0, v1, v2, v3):
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    vstore(out, (q0, c), n, vclamp(v0, lo32, hi32))
+    vstore(out, (q1, c), n, vclamp(v1, lo32, hi32))
+    vstore(out, (q2, c), n, vclamp(v2, lo32, hi32))
+    vstore(out, (q3, c), n, vclamp(v3, lo32, hi32))
 
 
 @njit(cache=True, fastmath=FASTMATH)

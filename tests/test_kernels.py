@@ -76,7 +76,7 @@ def test_conv_rejects_output_of_wrong_shape():
         conv3x3(x, np.zeros((3, 3, 3, 4), np.float32), np.zeros(4, np.float32), 2, (0, 1, 0, 1), *LINEAR, out)
 
 
-@pytest.mark.parametrize("P,cin,cout", [(1, 3, 5), (37, 16, 24), (50, 13, 7), (9, 96, 1000), (30, 20, 100), (13, 8, 45)])
+@pytest.mark.parametrize("P,cin,cout", [(1, 3, 5), (37, 16, 24), (50, 13, 7), (9, 96, 1000), (30, 20, 100), (13, 8, 45), (25, 9, 80)])
 @pytest.mark.parametrize("residual,accumulate", [(False, False), (True, False), (False, True)])
 def test_pointwise(P, cin, cout, residual, accumulate):
     rng = np.random.default_rng(P + cin)
