@@ -35,7 +35,7 @@ A row range of a panel array, w[:, k0:k1], is again valid: the GEMM over those i
 import numpy as np
 from numba import njit
 
-from .simd import vclamp, vfma, vload, vsplat, vstore
+from .simd import prefetch, vclamp, vfma, vload, vsplat, vstore
 
 # 'contract' lets LLVM fuse a*b+c into one FMA: faster, and one rounding instead of two.
 # No reassociation flags: every loop runs over independent output channels, so nothing
@@ -110,7 +110,10 @@ def _wide_tile4(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
     a10, a11, a12, a13 = _start4(init, p1 * step, c, n0, n1, n2, n3)
     a20, a21, a22, a23 = _start4(init, p2 * step, c, n0, n1, n2, n3)
     a30, a31, a32, a33 = _start4(init, p3 * step, c, n0, n1, n2, n3)
+    ahead = p == 0 and c + PANEL < out.shape[1]  # the first tile of a chunk fetches the next panel
     for k in range(K):
+        if ahead:
+            _prefetch_row(w, c // PANEL + 1, k)
         w0, w1, w2, w3 = _weights4(w, k, c, n0, n1, n2, n3)
         a00, a01, a02, a03 = _fma4(x[p, k], w0, w1, w2, w3, a00, a01, a02, a03)
         a10, a11, a12, a13 = _fma4(x[p1, k], w0, w1, w2, w3, a10, a11, a12, a13)
@@ -134,7 +137,10 @@ def _wide_tile6(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
     a30, a31, a32, a33 = _start4(init, p3 * step, c, n0, n1, n2, n3)
     a40, a41, a42, a43 = _start4(init, p4 * step, c, n0, n1, n2, n3)
     a50, a51, a52, a53 = _start4(init, p5 * step, c, n0, n1, n2, n3)
+    ahead = p == 0 and c + PANEL < out.shape[1]  # the first tile of a chunk fetches the next panel
     for k in range(K):
+        if ahead:
+            _prefetch_row(w, c // PANEL + 1, k)
         w0, w1, w2, w3 = _weights4(w, k, c, n0, n1, n2, n3)
         a00, a01, a02, a03 = _fma4(x[p, k], w0, w1, w2, w3, a00, a01, a02, a03)
         a10, a11, a12, a13 = _fma4(x[p1, k], w0, w1, w2, w3, a10, a11, a12, a13)
@@ -261,6 +267,15 @@ def _store_pixels4(out, q0, q1, q2, q3, c, n, lo, hi, v0, v1, v2, v3):
 @njit(cache=True, fastmath=FASTMATH)
 def _start4(init, i, c, n0, n1, n2, n3):
     return vload(init, (i, c), n0), vload(init, (i, c + 16), n1), vload(init, (i, c + 32), n2), vload(init, (i, c + 48), n3)
+
+
+@njit(cache=True)
+def _prefetch_row(w, i, k):
+    """The four cache lines of row k of panel i."""
+    prefetch(w, (i, k, 0))
+    prefetch(w, (i, k, 16))
+    prefetch(w, (i, k, 32))
+    prefetch(w, (i, k, 48))
 
 
 @njit(cache=True, fastmath=FASTMATH)

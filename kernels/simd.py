@@ -129,3 +129,18 @@ def vclamp(typingctx, v, lo, hi):
         above = builder.select(builder.fcmp_ordered(">", args[0], lo), args[0], lo)
         return builder.select(builder.fcmp_ordered("<", above, hi), above, hi)
     return f32x16(f32x16, types.float32, types.float32), codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Ask for the cache line holding arr[index] (no bounds check; a hint, never a fault)."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, _I32, _I32, _I32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.none(arr, index), codegen
