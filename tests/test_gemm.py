@@ -1,0 +1,61 @@
+"""The register-blocked GEMM: panels, tile edges, and that it writes nothing but its output."""
+import numpy as np
+import pytest
+
+from mnv2engine.kernels import _cache, pack_panels
+from mnv2engine.kernels.gemm import gemm
+
+import naive
+from conftest import close
+
+
+def test_pack_panels_lays_out_64_column_blocks():
+    w = np.arange(5 * 70, dtype=np.float32).reshape(5, 70)
+    p = pack_panels(w)
+    assert p.shape == (2, 5, 64)
+    np.testing.assert_array_equal(p[0], w[:, :64])
+    np.testing.assert_array_equal(p[1, :, :6], w[:, 64:])
+    assert not p[1, :, 6:].any()
+
+
+# Widths that end in each tile (4 or 6 pixel wide, mid, narrow, thin) and pixel counts
+# below and above the short-row threshold, none a multiple of the tile height.
+@pytest.mark.parametrize("P", [1, 7, 23, 31])
+@pytest.mark.parametrize("C", [5, 16, 27, 40, 64, 100, 131])
+def test_gemm_writes_exactly_its_output(P, C):
+    """The output is a window of a larger array filled with a sentinel: every value in the
+    window matches NumPy, and nothing around it (lanes or pixels past the edges) changes."""
+    rng = np.random.default_rng(P * 1000 + C)
+    K = 19
+    x = rng.standard_normal((P, K)).astype(np.float32)
+    w = rng.standard_normal((K, C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    big = np.full((P + 2, C + 40), 7.5, np.float32)
+    out = big[1:P + 1, 3:C + 3]
+    gemm(x, pack_panels(w), b, False, 0.0, 6.0, out)
+    close(out, naive.pointwise(x, w, b, 0.0, 6.0), 1e-5)
+    outside = np.ones(big.shape, bool)
+    outside[1:P + 1, 3:C + 3] = False
+    assert (big[outside] == 7.5).all()
+    prev = out.copy()
+    gemm(x, pack_panels(w), b, True, -np.inf, np.inf, out)  # accumulate onto the output
+    close(out, prev + x.astype(np.float64) @ w, 1e-5)
+    assert (big[outside] == 7.5).all()
+
+
+def test_stale_kernel_cache_is_dropped_when_a_source_changes(tmp_path, monkeypatch):
+    src, cache = tmp_path / "src", tmp_path / "src" / "__pycache__"
+    cache.mkdir(parents=True)
+    (src / "a.py").write_text("x = 1\n")
+    monkeypatch.setattr(_cache, "HERE", src)
+    monkeypatch.setattr(_cache, "CACHE", cache)
+    monkeypatch.setattr(_cache, "STAMP", cache / "kernel-sources.sha256")
+    (cache / "a.f-1.py311.nbi").write_bytes(b"old")
+    _cache.drop_stale_cache()  # no stamp yet: the cache cannot be trusted
+    assert not list(cache.glob("*.nbi"))
+    (cache / "a.f-1.py311.nbi").write_bytes(b"new")
+    _cache.drop_stale_cache()  # sources unchanged: kept
+    assert list(cache.glob("*.nbi"))
+    (src / "a.py").write_text("x = 2\n")
+    _cache.drop_stale_cache()  # a source changed: dropped
+    assert not list(cache.glob("*.nbi"))
