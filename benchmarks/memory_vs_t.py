@@ -2,7 +2,8 @@
 
 For each t (and the row-streamed mode): the planner's peak, the tracemalloc peak of one
 real forward call, the paper's formula max over blocks of |x| + |y| + |E|/t, and the
-median latency; a table on stdout and a PNG plot.
+median latency; a table on stdout and a PNG plot. The modes are timed round-robin, the
+order rotated each run, so that a noisy moment of the machine hits all of them alike.
 
     python benchmarks/memory_vs_t.py [--alpha 1.0] [--size 224] [--runs 15] [--out benchmarks/out]
 """
@@ -32,19 +33,23 @@ def paper_formula(arch, t: int) -> int:
     return int(worst)
 
 
-def measure(engine: Engine, runs: int) -> tuple[int, float]:
-    x = np.random.default_rng(0).uniform(-1, 1, (1, *engine.arch.size, 3)).astype(np.float32)
+def traced_peak(engine: Engine, x: np.ndarray) -> int:
     engine.forward(x)  # compile, plan
     tracemalloc.start()
     engine.forward(x)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        engine.forward(x)
-        times.append(time.perf_counter() - t0)
-    return peak, float(np.median(times))
+    return peak
+
+
+def interleaved_medians(engines: list[Engine], x: np.ndarray, runs: int) -> list[float]:
+    times = [[] for _ in engines]
+    for run in range(runs):
+        for i in np.roll(np.arange(len(engines)), run):
+            t0 = time.perf_counter()
+            engines[i].forward(x)
+            times[i].append(time.perf_counter() - t0)
+    return [float(np.median(t)) for t in times]
 
 
 def main(argv=None):
@@ -55,15 +60,16 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args(argv)
 
-    rows = []
     modes = [(f"t={t}", dict(t=t), t) for t in TS] + [("rows", dict(rows=True), None),
                                                      ("rows,t=4", dict(rows=True, t=4), None)]
-    for label, kw, t in modes:
-        engine = Engine.random(alpha=args.alpha, size=args.size, **kw)
-        planned = engine.memory_report().peak_bytes
-        traced, latency = measure(engine, args.runs)
+    engines = [Engine.random(alpha=args.alpha, size=args.size, **kw) for _, kw, _ in modes]
+    x = np.random.default_rng(0).uniform(-1, 1, (1, *engines[0].arch.size, 3)).astype(np.float32)
+    traced = [traced_peak(engine, x) for engine in engines]
+    latencies = interleaved_medians(engines, x, args.runs)
+    rows = []
+    for (label, _, t), engine, peak, latency in zip(modes, engines, traced, latencies):
         formula = paper_formula(engine.arch, t) if t else None
-        rows.append((label, t, planned, traced, formula, latency))
+        rows.append((label, t, engine.memory_report().peak_bytes, peak, formula, latency))
 
     fastest = min(r[5] for r in rows)
     print(f"MobileNetV2 {args.alpha}/{args.size}, batch 1, float32 activations; "

@@ -21,7 +21,8 @@ class Engine:
     """A MobileNetV2 ready to run: folded weights, and a plan per batch size.
 
     t: channel slices of each expansion (an int, or one per block); 1 = materialized.
-    rows: stream each block row by row through a 3-row line buffer (lowest memory).
+    rows: the lowest memory: stream blocks row by row through a 3-row line buffer where
+        the peak needs it, and run the others whole (see plan.build_plan).
     threads: a batch is split across this many threads, each with its own arena (the
         kernels release the GIL). Calls from several threads at once are safe: every
         call allocates its own arena.
