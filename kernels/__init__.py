@@ -6,6 +6,10 @@ activation memory: every output and scratch buffer is passed in by the caller.
 Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReLU6 and
 (-inf, inf) is linear. The entry points release the GIL (nogil), so calls from several
 Python threads run in parallel.
+
+The arithmetic is written with explicit 16-lane float32 vectors (simd.py); every 1x1 conv
+is one register-blocked GEMM (gemm.py), whose weights are packed once into 64-column
+panels (pack_panels, pack_slice_panels).
 """
 from ._cache import drop_stale_cache
 

@@ -30,8 +30,8 @@ RELU6 = (0.0, 6.0)
 
 def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Lay out the columns of w [..., hidden] slice by slice: w[..., c0:c1] for each slice,
-    each C-contiguous, one after the other, as a flat array. The block kernel then sees
-    each slice's weights as a plain contiguous array (see kernels/_rows.py for why)."""
+    each C-contiguous, one after the other, as a flat array: the block kernel then sees
+    each slice's depthwise weights as one contiguous [3, 3, cs] array."""
     w2 = w.reshape(-1, w.shape[-1])
     return np.concatenate([w2[:, c0:c1].ravel() for c0, c1 in zip(bounds[:-1], bounds[1:])])
 
