@@ -321,7 +321,6 @@ def _annotate_sliced(ax, m, outside):
 
 
 def _annotate_rows(ax, m, outside, Rectangle):
-    ymax = ax.get_ylim()[1]
     n = len(m.steps)
     # a zoom on the small buffers: offsets from the top of x to the top of the stack
     lo = min(bx.offset for bx in m.boxes.values() if bx.role != "x") / KIB

@@ -76,8 +76,7 @@ def _phases(x, y, n0, n1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride,
     image at once, so the weights stream through the GEMM once per image, not once
     per row (which made the 7x7 blocks 1.6x slower).
     """
-    He, We, cs = e.shape[1], e.shape[2], e.shape[3]
-    Ho, Wo = d.shape[1], d.shape[2]
+    He, Ho = e.shape[1], d.shape[1]
     for n in range(n0, n1):
         if stem:
             for iy in range(He):

@@ -1,9 +1,6 @@
 """Property-based tests: the kernels' shape and padding arithmetic on arbitrary shapes, and
 the weight-file loader on mutated files (a clear WeightFileError or a correct load, never
 anything else)."""
-import io
-
-import h5py
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
