@@ -146,10 +146,10 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a full 3x3 conv (the stem).
 
     x [H, W, Cin] one image, C-contiguous; w the HWIO kernel flattened to [9 * Cin, C]
-    over (ky, kx, ci), as panels (gemm.pack_panels); b [C]; out [Wo, C]. For one kernel row ky, the windows of the
-    output pixels are overlapping runs of 3 * Cin consecutive floats of image row
-    iy + ky, `stride * Cin` apart: a strided view makes them the rows of a matrix
-    [pixels, 3 * Cin] (no copy), and the conv is three register-blocked GEMMs
+    over (ky, kx, ci), as panels (gemm.pack_panels); b [C]; out [Wo, C]. For one kernel
+    row ky, the windows of the output pixels are overlapping runs of 3 * Cin consecutive
+    floats of image row iy + ky, `stride * Cin` apart: a strided view makes them the rows
+    of a matrix [pixels, 3 * Cin] (no copy), and the conv is three register-blocked GEMMs
     accumulating into out. Pixels whose window overlaps the padding take the checked path.
     """
     H, W, Cin = x.shape

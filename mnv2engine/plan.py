@@ -101,11 +101,9 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
     streamed = [True] * n
     plan = layout_plan(arch, bounds_per_block, streamed, w, batch)
     budget = plan.arena_bytes
-    for head_chunk in (h * w, w):  # all pixels, else one row
-        trial = layout_plan(arch, bounds_per_block, streamed, head_chunk, batch)
-        if trial.arena_bytes <= budget:
-            plan = trial
-            break
+    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch)  # head on all pixels
+    if trial.arena_bytes <= budget:
+        plan = trial
     for i in reversed(range(n)):
         trial_streamed = streamed[:i] + [False] + streamed[i + 1:]
         trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch)
@@ -115,7 +113,7 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
 
 
 def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed: list[bool],
-            head_chunk: int, batch: int) -> Plan:
+                head_chunk: int, batch: int) -> Plan:
     """The plan for given choices: which blocks are row-streamed, and how many pixels of
     the head's conv output exist at once."""
     N = batch
