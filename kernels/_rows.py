@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
-from .gemm import FASTMATH, PANEL, gemm
+from .gemm import FASTMATH, PANEL, _fma_pixels4, _store_pixels4, gemm
 from .simd import LANES, vclamp, vfma, vload, vsplat, vstore
 
 
@@ -148,28 +148,63 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     x [H, W, Cin] one image, C-contiguous; w the HWIO kernel flattened to [9 * Cin, C]
     over (ky, kx, ci), as panels (gemm.pack_panels); b [C]; out [Wo, C]. For one kernel
     row ky, the windows of the output pixels are overlapping runs of 3 * Cin consecutive
-    floats of image row iy + ky, `stride * Cin` apart: a strided view makes them the rows
-    of a matrix [pixels, 3 * Cin] (no copy), and the conv is three register-blocked GEMMs
-    accumulating into out. Pixels whose window overlaps the padding take the checked path.
+    floats of image row iy + ky, `stride * Cin` apart, and the three image rows are
+    W * Cin floats apart: a strided view [3, pixels, 3 * Cin] holds every window (no
+    copy). Pixels whose window lies inside the image sum all 27 taps in registers
+    (_stem_tile); pixels whose window overlaps the padding take the checked path.
     """
     H, W, Cin = x.shape
     Wo, C = out.shape
-    fill_bias(out, b)
     iy0 = oy * stride - pad_top
     ox_lo = -(-pad_left // stride)  # first pixel whose window starts inside the image
     ox_hi = max(min(Wo, (W - 3 + pad_left) // stride + 1), ox_lo)  # ... and ends inside
-    taps = 3 * Cin
-    for ky in range(3):
-        iy = iy0 + ky
-        if iy < 0 or iy >= H or ox_hi == ox_lo:
-            continue
-        row = x[iy].reshape(W * Cin)[(ox_lo * stride - pad_left) * Cin:]
-        windows = as_strided(row, shape=(ox_hi - ox_lo, taps), strides=(stride * Cin * 4, 4))
-        gemm(windows, w[:, ky * taps:(ky + 1) * taps], b, True, -np.inf, np.inf, out[ox_lo:ox_hi])
+    ox_lo = min(ox_lo, ox_hi)
+    rows_inside = iy0 >= 0 and iy0 + 2 < H
+    if rows_inside and ox_hi > ox_lo:
+        taps = 3 * Cin
+        first = x[iy0:iy0 + 3].reshape(3 * W * Cin)[(ox_lo * stride - pad_left) * Cin:]
+        windows = as_strided(first, shape=(3, ox_hi - ox_lo, taps),
+                             strides=(W * Cin * 4, stride * Cin * 4, 4))
+        inside = out[ox_lo:ox_hi]
+        for c in range(0, C, LANES):
+            for p in range(0, ox_hi - ox_lo, 12):
+                _stem_tile(windows, w, b, lo, hi, inside, p, c, min(LANES, C - c))
+    else:
+        ox_lo = ox_hi = 0  # a row on the padding: every pixel takes the checked path
     for ox in range(Wo):
         if ox < ox_lo or ox >= ox_hi:
-            _conv3x3_padded_pixel(x, iy0, ox * stride - pad_left, w, out[ox])
-    clamp(out, lo, hi)
+            pixel = out[ox:ox + 1]
+            fill_bias(pixel, b)
+            _conv3x3_padded_pixel(x, iy0, ox * stride - pad_left, w, pixel[0])
+            clamp(pixel, lo, hi)
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _stem_tile(windows, w, b, lo, hi, out, p, c, n):
+    """Pixels p..p+11 x channels c..c+n-1 (n <= 16) of clamp(b + windows . w).
+
+    windows [3, P, 3 * Cin]: per kernel row, each pixel's window; w as panels. The twelve
+    accumulators stay in registers over all 27 taps (3 passes of a GEMM instead made
+    each of them load and store the output row again: 3x slower for 8-channel slices).
+    """
+    P, taps = windows.shape[1], windows.shape[2]
+    last = P - 1
+    p1, p2, p3, p4, p5 = min(p + 1, last), min(p + 2, last), min(p + 3, last), min(p + 4, last), min(p + 5, last)
+    p6, p7, p8, p9 = min(p + 6, last), min(p + 7, last), min(p + 8, last), min(p + 9, last)
+    p10, p11 = min(p + 10, last), min(p + 11, last)
+    bias = vload(b, (c,), n)
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = bias
+    i, lane = c // PANEL, c % PANEL
+    for ky in range(3):
+        x = windows[ky]
+        for j in range(taps):
+            wv = vload(w, (i, ky * taps + j, lane), n)
+            a0, a1, a2, a3 = _fma_pixels4(x, j, p, p1, p2, p3, wv, a0, a1, a2, a3)
+            a4, a5, a6, a7 = _fma_pixels4(x, j, p4, p5, p6, p7, wv, a4, a5, a6, a7)
+            a8, a9, a10, a11 = _fma_pixels4(x, j, p8, p9, p10, p11, wv, a8, a9, a10, a11)
+    _store_pixels4(out, p, p1, p2, p3, c, n, lo, hi, a0, a1, a2, a3)
+    _store_pixels4(out, p4, p5, p6, p7, c, n, lo, hi, a4, a5, a6, a7)
+    _store_pixels4(out, p8, p9, p10, p11, c, n, lo, hi, a8, a9, a10, a11)
 
 
 @njit(cache=True, fastmath=FASTMATH)
