@@ -24,6 +24,7 @@ from numba import njit
 
 from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, pointwise_row
 from .gemm import PANEL, gemm, pack_panels
+from .sync import barrier, share
 
 RELU6 = (0.0, 6.0)
 
@@ -68,27 +69,36 @@ def _project(d, wp, bp, first, use_residual, x_row, y_row):
 
 @njit(cache=True, fastmath=FASTMATH)
 def _phases(x, y, n0, n1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, first, use_residual, e, d):
+            wp, bp, first, use_residual, e, d, tid, threads, sync):
     """Materialized order for images n0..n1: expand all rows, then filter all, then project.
 
     e [n1 - n0, He, We, cs], d [n1 - n0, Ho, Wo, cs]. The phase order is what lets the
     memory planner put D where x was and y where E was. The 1x1 convs run on a whole
     image at once, so the weights stream through the GEMM once per image, not once
     per row (which made the 7x7 blocks 1.6x slower).
+
+    With threads > 1, thread tid does its share of the rows (or pixels) of each phase,
+    and the threads meet between phases: each phase reads what all of them wrote.
     """
-    He, Ho = e.shape[1], d.shape[1]
+    He, We, Ho, Wo = e.shape[1], e.shape[2], d.shape[1], d.shape[2]
     for n in range(n0, n1):
         if stem:
-            for iy in range(He):
+            r0, r1 = share(He, tid, threads)
+            for iy in range(r0, r1):
                 _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, e[n - n0, iy])
         else:
-            pointwise_row(_pixels(x[n]), we, be, RELU6[0], RELU6[1], _pixels(e[n - n0]))
+            p0, p1 = share(He * We, tid, threads)
+            pointwise_row(_pixels(x[n])[p0:p1], we, be, RELU6[0], RELU6[1], _pixels(e[n - n0])[p0:p1])
+    barrier(sync, tid, threads)
+    r0, r1 = share(Ho, tid, threads)
     for n in range(n0, n1):
-        for oy in range(Ho):
+        for oy in range(r0, r1):
             depthwise_row(e[n - n0], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2],
                           RELU6[0], RELU6[1], d[n - n0, oy])
+    barrier(sync, tid, threads)
+    p0, p1 = share(Ho * Wo, tid, threads)
     for n in range(n0, n1):
-        _project(_pixels(d[n - n0]), wp, bp, first, use_residual, _pixels(x[n]), _pixels(y[n]))
+        _project(_pixels(d[n - n0])[p0:p1], wp, bp, first, use_residual, _pixels(x[n])[p0:p1], _pixels(y[n])[p0:p1])
 
 
 @njit(cache=True)
@@ -99,13 +109,13 @@ def _pixels(image):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _stream(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+def _stream(x, y, n, oy0, oy1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
             wp, bp, first, use_residual, e, d):
-    """Row-streamed order for image n: e [3, We, cs] line buffer, d [Wo, cs] one row."""
+    """Row-streamed order for output rows oy0..oy1 of image n: e [3, We, cs] line buffer,
+    d [Wo, cs] one row. Row iy of the expansion lives in e[iy % 3]."""
     He = _expanded_height(x, stem, exp_stride, exp_pads)
-    Ho = y.shape[1]
-    next_row = 0
-    for oy in range(Ho):
+    next_row = max(oy0 * dw_stride - dw_pads[0], 0)  # the first expansion row these rows need
+    for oy in range(oy0, oy1):
         needed = min(oy * dw_stride - dw_pads[0] + 2, He - 1)
         while next_row <= needed:  # rows below `needed - 2` are no longer used: overwrite
             _expand_row(x, n, next_row, stem, we, be, exp_stride, exp_pads, e[next_row % 3])
@@ -130,7 +140,7 @@ def _expanded_width(x, stem, exp_stride, exp_pads):
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y):
+                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync):
     """One inverted residual block, any t, materialized or row-streamed.
 
     x [N, H, W, Cin]        block input (the image when stem=True)
@@ -141,8 +151,11 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                             dw_stride and dw_pads (top, bottom, left, right)
     wp, bp                  linear projection [hidden, Cout], as panels (pack_panels)
     bounds int64 [t + 1]    slice i is channels bounds[i] .. bounds[i + 1]
-    ebuf, dbuf              flat float32 scratch, sized by the planner for the mode
+    ebuf, dbuf              flat float32 scratch, sized by the planner for the mode (and,
+                            row-streamed, one line buffer per thread)
     y [N, Ho, Wo, Cout]     output; must not overlap x
+    tid, threads, sync      this call is thread tid of `threads` that compute the block
+                            together (sync.py); every thread makes the same call
     """
     N = x.shape[0]
     He = _expanded_height(x, stem, exp_stride, exp_pads)
@@ -161,10 +174,13 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
         be_s, bd_s, wp_s = be[c0:c1], bd[c0:c1], wp[:, c0:c1]
         first = s == 0
         if rows:
-            e = ebuf[:3 * We * cs].reshape((3, We, cs))
-            d = dbuf[:Wo * cs].reshape((Wo, cs))
+            # each thread streams its own band of output rows through its own line buffer
+            e_len, d_len = 3 * We * cs, Wo * cs
+            e = ebuf[tid * e_len:(tid + 1) * e_len].reshape((3, We, cs))
+            d = dbuf[tid * d_len:(tid + 1) * d_len].reshape((Wo, cs))
+            oy0, oy1 = share(Ho, tid, threads)
             for n in range(N):
-                _stream(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride,
+                _stream(x, y, n, oy0, oy1, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride,
                         dw_pads, wp_s, bp, first, use_residual, e, d)
         else:
             # t = 1 runs each phase over the whole batch (the framework way); a slice
@@ -174,4 +190,5 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
             d = dbuf[:nb * Ho * Wo * cs].reshape((nb, Ho, Wo, cs))
             for n0 in range(0, N, nb):
                 _phases(x, y, n0, n0 + nb, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
-                        dw_stride, dw_pads, wp_s, bp, first, use_residual, e, d)
+                        dw_stride, dw_pads, wp_s, bp, first, use_residual, e, d, tid, threads, sync)
+    barrier(sync, tid, threads)  # the next block reads all of y

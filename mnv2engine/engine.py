@@ -10,11 +10,9 @@ from .errors import EngineError, InputError
 from .memory import allocate, view
 from .model import block_weights, fold_all, packed
 from .plan import build_plan, resolve_t, slice_bounds
-from .kernels import inverted_residual, pointwise, pointwise_avg_pool
-
-RELU6 = (0.0, 6.0)
-LINEAR = (-np.inf, np.inf)
-_NO_RESIDUAL = np.empty((0, 0), np.float32)
+from .program import compile_plan, gather
+from .kernels.network import forward, run_block, run_head
+from .kernels.sync import new_sync
 
 
 class Engine:
@@ -23,9 +21,10 @@ class Engine:
     t: channel slices of each expansion (an int, or one per block); 1 = materialized.
     rows: the lowest memory: stream blocks row by row through a 3-row line buffer where
         the peak needs it, and run the others whole (see plan.build_plan).
-    threads: a batch is split across this many threads, each with its own arena (the
-        kernels release the GIL). Calls from several threads at once are safe: every
-        call allocates its own arena.
+    threads: a batch of at least this many images is split across this many threads,
+        each with its own arena; a smaller batch (one image) is shared by the threads,
+        each computing its share of every layer. The kernels release the GIL. Calls from
+        several threads at once are safe: every call allocates its own arena.
     """
 
     def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1):
@@ -33,9 +32,9 @@ class Engine:
         self.arch, self.convs = fold_all(weightset)
         self.t = resolve_t(self.arch, t)
         bounds = [slice_bounds(b.hidden, tb) for b, tb in zip(self.arch.blocks, self.t)]
-        self.blocks = block_weights(self.arch, self.convs, bounds)
-        self._head = packed(self.convs["head"])
-        self._classifier = None if self.arch.headless else packed(self.convs["classifier"])
+        self._weights = gather(block_weights(self.arch, self.convs, bounds), packed(self.convs["head"]),
+                               None if self.arch.headless else packed(self.convs["classifier"]))
+        self.blocks = self._weights.blocks
         self._stem_pads = self.arch.pads(self.arch.size, 2)
         self._dw_pads = [self.arch.pads(b.in_size, b.stride) for b in self.arch.blocks]
         if not isinstance(rows, (bool, np.bool_)):
@@ -46,6 +45,10 @@ class Engine:
         self.threads = int(threads)
         self.labels = weightset.labels or [f"class {i}" for i in range(self.arch.classes)]
         self._plans = {}
+        self._programs = {}
+        # the threads - 1 helpers that share an image with the calling thread (none start
+        # until first used)
+        self._helpers = ThreadPoolExecutor(self.threads - 1, "mnv2-helper") if self.threads > 1 else None
 
     @classmethod
     def load(cls, path, t=None, rows: bool = False, threads: int = 1) -> "Engine":
@@ -66,27 +69,30 @@ class Engine:
                 f"t={self.t if len(set(self.t)) > 1 else self.t[0]}, rows={self.rows})")
 
     # -- running -------------------------------------------------------------------
-    def plan(self, batch: int = 1):
-        if batch not in self._plans:
-            self._plans[batch] = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch)
-        return self._plans[batch]
+    def plan(self, batch: int = 1, threads: int = 1):
+        """The buffers of a forward call on `batch` images, each shared by `threads` threads."""
+        key = (batch, threads)
+        if key not in self._plans:
+            self._plans[key] = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
+            self._programs[key] = compile_plan(self._plans[key], self._weights, self._stem_pads, self._dw_pads)
+        return self._plans[key]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
         (pooled features [N, last_channels] for a headless model)."""
         x = self._check_input(x)
-        workers = min(self.threads, len(x))
-        if workers == 1:
-            return self._run(x)
-        chunks = np.array_split(np.arange(len(x)), workers)
-        with ThreadPoolExecutor(workers) as pool:
-            return np.concatenate(list(pool.map(lambda idx: self._run(x[idx[0]:idx[-1] + 1]), chunks)))
+        if self.threads == 1 or len(x) < self.threads:
+            return self._run(x, self.threads)
+        chunks = np.array_split(np.arange(len(x)), self.threads)
+        with ThreadPoolExecutor(self.threads) as pool:
+            return np.concatenate(list(pool.map(lambda idx: self._run(x[idx[0]:idx[-1] + 1], 1), chunks)))
 
     def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Copies of every block's output, the pooled features and the logits: to find
         which layer disagrees with a reference, not just that the logits do."""
         out = {}
-        out["logits"] = self._run(self._check_input(x), observe=lambda name, a: out.__setitem__(name, a.copy()))
+        out["logits"] = self._run(self._check_input(x), 1,
+                                  observe=lambda name, a: out.__setitem__(name, a.copy()))
         return out
 
     def _check_input(self, x) -> np.ndarray:
@@ -102,34 +108,31 @@ class Engine:
             raise InputError("input contains NaN or infinite values")
         return x
 
-    def _run(self, x: np.ndarray, observe=None) -> np.ndarray:
-        plan = self.plan(x.shape[0])
+    def _run(self, x: np.ndarray, threads: int, observe=None) -> np.ndarray:
+        """One forward call on the batch x, each image shared by `threads` threads."""
+        plan = self.plan(x.shape[0], threads)
+        blocks, head = self._programs[(x.shape[0], threads)]
+        w = self._weights
         # One arena per call, dropped on return: calls are independent, and tracemalloc
         # sees exactly this forward's activation memory.
         arena = allocate(plan.arena_bytes)
         np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
-        for step, w, dw_pads in zip(plan.steps, self.blocks, self._dw_pads):
-            b = step.block
-            y = view(arena, step.y)
-            inverted_residual(view(arena, step.x), b.index == 0, w.expand, w.expand_bias, 2, self._stem_pads,
-                              w.depthwise, w.depthwise_bias, b.stride, dw_pads,
-                              w.project, w.project_bias, w.bounds, b.use_residual, step.rows,
-                              view(arena, step.e).reshape(-1), view(arena, step.d).reshape(-1), y)
-            if observe:
-                observe(b.name, y)
-        head = self._head
-        hx = view(arena, plan.head_x)
-        pooled = view(arena, plan.pooled)
-        pointwise_avg_pool(hx.reshape(hx.shape[0], -1, hx.shape[3]), head.kernel, head.bias, *RELU6,
-                           view(arena, plan.head_scratch), pooled)
-        if observe:
-            observe("pooled", pooled)
-        if self.arch.headless:
-            return pooled.copy()
-        out = np.empty(plan.output_shape, np.float32)
-        cls = self._classifier
-        pointwise(pooled, cls.kernel, cls.bias, *LINEAR, out, _NO_RESIDUAL, False)
-        return out
+        floats = arena.view(np.float32)
+        out = np.empty((x.shape[0], 0 if self.arch.headless else self.arch.classes), np.float32)
+        sync = new_sync(threads)
+        if observe:  # block by block, to show each output before the next block overwrites it
+            for i, step in enumerate(plan.steps):
+                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync)
+                observe(step.block.name, view(arena, step.y))
+            run_head(floats, w.params, head, 0, 1, sync, out)
+            observe("pooled", view(arena, plan.pooled))
+        else:
+            helpers = [self._helpers.submit(forward, floats, w.params, w.ints, blocks, head,
+                                                  tid, threads, sync, out) for tid in range(1, threads)]
+            forward(floats, w.params, w.ints, blocks, head, 0, threads, sync, out)
+            for h in helpers:
+                h.result()
+        return view(arena, plan.pooled).copy() if self.arch.headless else out
 
     # -- images --------------------------------------------------------------------
     def predict(self, images, top: int = 5):

@@ -65,6 +65,7 @@ class Plan:
     input: Buffer
     arena_bytes: int
     output_shape: tuple[int, int]
+    threads: int = 1  # threads that share each image
 
     @property
     def buffers(self) -> list[Buffer]:
@@ -83,8 +84,12 @@ class Plan:
         return self.arena_bytes + self.output_bytes
 
 
-def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int) -> Plan:
+def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int,
+               threads: int = 1) -> Plan:
     """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block.
+
+    `threads` share each image: a row-streamed block gets a line buffer per thread (each
+    streams its own band of rows); the other buffers are shared.
 
     With `rows`, the plan has the peak of streaming every block row by row, but streams
     only the blocks that need it for that peak. Row streaming buys memory where the
@@ -97,23 +102,23 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
     n = len(arch.blocks)
     (h, w) = arch.blocks[-1].out_size
     if not rows:
-        return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch)
+        return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads)
     streamed = [True] * n
-    plan = layout_plan(arch, bounds_per_block, streamed, w, batch)
+    plan = layout_plan(arch, bounds_per_block, streamed, w, batch, threads)
     budget = plan.arena_bytes
-    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch)  # head on all pixels
+    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads)  # head on all pixels
     if trial.arena_bytes <= budget:
         plan = trial
     for i in reversed(range(n)):
         trial_streamed = streamed[:i] + [False] + streamed[i + 1:]
-        trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch)
+        trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch, threads)
         if trial.arena_bytes <= budget:
             streamed, plan = trial_streamed, trial
     return plan
 
 
 def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed: list[bool],
-                head_chunk: int, batch: int) -> Plan:
+                head_chunk: int, batch: int, threads: int = 1) -> Plan:
     """The plan for given choices: which blocks are row-streamed, and how many pixels of
     the head's conv output exist at once."""
     N = batch
@@ -132,8 +137,9 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
             y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0 + 2, p0 + 2)
         else:
             er, dr = (3, 1) if rows else (He, Ho)
-            e = Buffer(f"{block.name}/expanded", (er, We, cs), p0, p0 + 2)
-            d = Buffer(f"{block.name}/depthwise", (dr, Wo, cs), p0, p0 + 2)
+            per_thread = (threads,) if rows and threads > 1 else ()
+            e = Buffer(f"{block.name}/expanded", (*per_thread, er, We, cs), p0, p0 + 2)
+            d = Buffer(f"{block.name}/depthwise", (*per_thread, dr, Wo, cs), p0, p0 + 2)
             y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
         steps.append(BlockStep(block, bounds, rows, x, y, e, d))
         x = y
@@ -142,6 +148,6 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     head_scratch = Buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase)
     pooled = Buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
     plan = Plan(N, steps, x, head_scratch, pooled, image, 0,
-                (N, arch.last_channels if arch.headless else arch.classes))
+                (N, arch.last_channels if arch.headless else arch.classes), threads)
     plan.arena_bytes = place(plan.buffers)
     return plan
