@@ -81,8 +81,9 @@ class Engine:
         """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
         (pooled features [N, last_channels] for a headless model)."""
         x = self._check_input(x)
-        if self.threads == 1 or len(x) < self.threads:
-            return self._run(x, self.threads)
+        sharing = self._sharing(len(x))
+        if sharing == self.threads:
+            return self._run(x, sharing)
         chunks = np.array_split(np.arange(len(x)), self.threads)
         with ThreadPoolExecutor(self.threads) as pool:
             return np.concatenate(list(pool.map(lambda idx: self._run(x[idx[0]:idx[-1] + 1], 1), chunks)))
@@ -167,9 +168,15 @@ class Engine:
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
             raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
 
+    def _sharing(self, batch: int) -> int:
+        """How many threads share each image of a batch: all of them when there are
+        fewer images than threads; else each thread takes whole images."""
+        return self.threads if batch < self.threads else 1
+
     def memory_report(self, batch: int = 1):
+        """The planner's buffers of one forward call on `batch` images."""
         from .report import MemoryReport
-        return MemoryReport(self.plan(batch))
+        return MemoryReport(self.plan(batch, self._sharing(batch)))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -140,3 +140,27 @@ def test_threads_split_a_batch_without_changing_results():
     assert np.array_equal(one.forward(x), two.forward(x))
     with pytest.raises(EngineError, match="threads"):
         Engine.random(alpha=0.35, size=SIZE, classes=10, threads=0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(t=3), dict(rows=True), dict(rows=True, t=2)], ids=str)
+def test_threads_share_one_image_without_changing_results(kw):
+    """Batch 1 on 2 and 3 threads: each thread computes a share of every layer. Every
+    output sums in the same order as on one thread, so the results are identical; an odd
+    size makes the shares uneven, and 3 threads on the 2-row last blocks leave one idle."""
+    size = 67
+    x = np.random.default_rng(5).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
+    one = Engine.random(alpha=0.5, size=size, classes=70, seed=2, padding="symmetric", **kw)
+    want = one.forward(x)
+    for threads in (2, 3):
+        shared = Engine(one.weights, threads=threads, **kw)
+        assert np.array_equal(shared.forward(x), want), f"{threads} threads"
+    headless = Engine.random(alpha=0.5, size=size, classes=0, seed=2, threads=2, **kw)
+    assert np.array_equal(headless.forward(x), Engine(headless.weights, **kw).forward(x))
+
+
+def test_more_threads_than_cores_still_finish():
+    """The barrier spins, then yields its core: 8 threads on this machine's few cores."""
+    x = np.random.default_rng(6).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
+    one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+    many = Engine(one.weights, threads=8, rows=True)
+    assert np.array_equal(many.forward(x), one.forward(x))

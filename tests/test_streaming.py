@@ -52,7 +52,8 @@ def forward_peak(engine, x):
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize("kw", [dict(t=1), dict(t=2), dict(t=4), dict(rows=True), dict(rows=True, t=4)],
+@pytest.mark.parametrize("kw", [dict(t=1), dict(t=2), dict(t=4), dict(rows=True), dict(rows=True, t=4),
+                                dict(rows=True, threads=2)],
                          ids=str)
 def test_tracemalloc_peak_matches_the_planner(kw):
     engine = Engine.random(alpha=1.0, size=224, **kw)

@@ -41,3 +41,11 @@ def test_network_matches_pytorch(tmp_path, alpha, size, batch, classes):
         close(got[name], ref[name][:batch])
     close(got["logits"], final[:batch])
     close(engine.forward(x[:batch]), final[:batch])
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(rows=True), dict(t=3)], ids=str)
+def test_one_image_shared_by_two_threads_matches_pytorch(tmp_path, kw):
+    model, engine = reference_and_engine(tmp_path, 0.75, 99, 10, seed=3)
+    x = np.random.default_rng(2).uniform(-1, 1, (1, 99, 99, 3)).astype(np.float32)
+    want = run_with_blocks(model, x)["logits"]
+    close(Engine(engine.weights, threads=2, **kw).forward(x), want)
