@@ -69,18 +69,6 @@ def cores_text() -> str:
         return f"{os.cpu_count()} logical CPUs"
 
 
-def engine_is_multithreaded() -> bool:
-    """True if any of the engine's Numba kernels is compiled with parallel=True."""
-    import numba
-    from mnv2engine import kernels
-    from mnv2engine.kernels import _rows, block, conv, pool
-    for mod in (kernels, _rows, block, conv, pool):
-        for obj in vars(mod).values():
-            if isinstance(obj, numba.core.registry.CPUDispatcher) and obj.targetoptions.get("parallel"):
-                return True
-    return False
-
-
 def export_onnx(model, path: Path, size: int) -> str:
     """NCHW input with a dynamic batch axis, opset 17; falls back to the legacy exporter."""
     import torch
@@ -123,15 +111,11 @@ def busy_seconds() -> tuple[float, float]:
 
 
 def set_threads(n: int):
-    """numba first, then torch: numba's first set_num_threads starts its OpenMP layer,
-    which shares torch's libgomp and resets its thread count to all cores."""
-    import numba
+    """torch's intra-op threads (ONNX Runtime's are a session option, the engine's Engine(threads=n))."""
     import torch
-    numba.set_num_threads(n)
     torch.set_num_threads(n)
-    if torch.get_num_threads() != n or numba.get_num_threads() != n:
-        raise RuntimeError(f"asked for {n} threads, got torch {torch.get_num_threads()}, "
-                           f"numba {numba.get_num_threads()}")
+    if torch.get_num_threads() != n:
+        raise RuntimeError(f"asked torch for {n} threads, got {torch.get_num_threads()}")
 
 
 def rel_diff(got, ref) -> tuple[float, float]:
@@ -207,6 +191,7 @@ def main(argv=None):
         convert(tmp / "mnv2.pth", tmp / "mnv2.h5", size=size)
         for name, kw in ENGINE_MODES:
             engines[name] = Engine.load(tmp / "mnv2.h5", **kw)
+        engine_kw = dict(ENGINE_MODES)
         exporter = export_onnx(model, tmp / "mnv2.onnx", size)
         onnx_model = (tmp / "mnv2.onnx").read_bytes()
 
@@ -239,18 +224,15 @@ def main(argv=None):
         sys.exit("results differ from PyTorch: timings would be meaningless")
     del checks, x, x_nchw
 
-    multithreaded = engine_is_multithreaded()
     set_threads(THREADS[0])
-    print(f"numba threading layer: {numba.threading_layer()}; engine kernels "
-          f"{'use' if multithreaded else 'do not use'} parallel=True")
     # -- timing --------------------------------------------------------------------------
     results = {}  # (name, threads, batch) -> median seconds
     background = {}  # (threads, batch) -> CPUs used by other processes while timing
     spread = {}  # (name, threads, batch) -> (10th, 90th percentile) seconds
     for threads in THREADS:
         set_threads(threads)
-        for engine in engines.values():  # the engine's threads split a batch (Engine(threads=n))
-            engine.threads = threads
+        # Engine(threads=n): n threads share one image, or split a batch of n or more
+        engines = {name: Engine(e.weights, threads=threads, **engine_kw[name]) for name, e in engines.items()}
         sess = ort_session(onnx_model, threads)  # one at a time: each keeps a memory arena
         for batch in BATCHES:
             x = rng.uniform(-1, 1, (batch, *arch.size, 3)).astype(np.float32)
@@ -277,16 +259,16 @@ def main(argv=None):
             del fns, x, x_nchw, x_torch
         del sess
 
-    report(results, spread, macs, args, multithreaded)
+    report(results, spread, macs, args)
     if max(background.values()) > 0.1:
         print(f"WARNING: other processes used up to {max(background.values()):.2f} CPUs during the timing; "
               f"the numbers (above all the 2-thread ones) are disturbed: rerun on a quiet machine")
-    plot(results, args, cpu_name(), cores_text(), multithreaded)
+    plot(results, args, cpu_name(), cores_text())
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the process: {peak_mib:.0f} MiB; total time {time.perf_counter() - start:.1f} s")
 
 
-def report(results, spread, macs, args, multithreaded):
+def report(results, spread, macs, args):
     names = [ORT, TORCH] + [n for n, _ in ENGINE_MODES]
     print()
     print(f"median latency; batch 1: {args.runs} runs, batch 32: {args.big_runs} runs, "
@@ -320,19 +302,13 @@ def report(results, spread, macs, args, multithreaded):
             print(f"  threads={threads} batch={batch:>2}: {name:<16} {1e3 * sec / batch:7.2f} ms/image  "
                   f"{macs * batch / sec / 1e9:6.2f} GMAC/s  "
                   f"({sec / results[ORT, threads, batch]:.2f}x ORT, {sec / results[TORCH, threads, batch]:.2f}x torch)")
-    # (the engine's rows only when it can use threads: otherwise 1 vs 2 differ by noise alone)
-    for name in [ORT, TORCH] + [n for n, _ in ENGINE_MODES if multithreaded]:
-        for batch in BATCHES:
-            speedup = results[name, 1, batch] / results[name, 2, batch]
-            if speedup < 0.95:
-                print(f"note: {name} at batch {batch} is slower with 2 threads than 1 ({speedup:.2f}x speed-up)")
-    if not multithreaded:
-        print("note: the engine's kernels are single-threaded (none compiled with parallel=True); with "
-              "2 threads the engine splits a batch across two Python threads (nogil kernels), so at "
-              "batch 1 its 2-thread rows measure 1 thread")
+    print("speed-up from 1 to 2 threads:")
+    for name in names:
+        print(f"  {name:<16} " + "  ".join(f"batch {batch}: {results[name, 1, batch] / results[name, 2, batch]:.2f}x"
+                                           for batch in BATCHES))
 
 
-def plot(results, args, cpu, cores, multithreaded):
+def plot(results, args, cpu, cores):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -344,11 +320,10 @@ def plot(results, args, cpu, cores, multithreaded):
     for i, (name, color) in enumerate(zip(names, colors)):
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(THREADS))]
         ms = [1e3 * results[name, t, 1] for t in THREADS]
-        label = name + (" (1 thread used)" if name.startswith("engine") and not multithreaded else "")
-        bars = ax.bar(xs, ms, width * 0.95, label=label, color=color)
+        bars = ax.bar(xs, ms, width * 0.95, label=name, color=color)
         ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
     ax.set_xticks(range(len(THREADS)), [f"{t} thread{'s' * (t > 1)}" for t in THREADS])
-    ax.set_xlabel("threads per runtime (intra-op / torch.set_num_threads / numba.set_num_threads)")
+    ax.set_xlabel("threads per runtime (ORT intra-op / torch.set_num_threads / Engine(threads=n))")
     ax.set_ylabel("median latency, batch 1 (ms)")
     ax.set_ylim(0, 1.4 * max(1e3 * results[n, t, 1] for n in names for t in THREADS))  # room for the legend
     ax.set_title(f"MobileNetV2 1.0/224 float32, batch 1, median of {args.runs} {'back-to-back' if args.blocked else 'interleaved'} runs\n"

@@ -23,7 +23,7 @@ from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-SPINS_BEFORE_YIELD = 4000
+SPINS_BEFORE_YIELD = 100
 LINE = 8  # int64 per 64-byte cache line
 
 

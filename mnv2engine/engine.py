@@ -1,11 +1,14 @@
 """The public API: Engine.load / Engine.random, forward, predict, memory_report."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import preprocess
+from . import affinity
 from .errors import EngineError, InputError
 from .memory import allocate, view
 from .model import block_weights, fold_all, packed
@@ -49,6 +52,9 @@ class Engine:
         # the threads - 1 helpers that share an image with the calling thread (none start
         # until first used)
         self._helpers = ThreadPoolExecutor(self.threads - 1, "mnv2-helper") if self.threads > 1 else None
+        # Shared-image calls take turns: with 2+ helpers, two calls at once could each hold
+        # a helper the other waits for at a barrier.
+        self._sharing_lock = threading.Lock()
 
     @classmethod
     def load(cls, path, t=None, rows: bool = False, threads: int = 1) -> "Engine":
@@ -128,11 +134,13 @@ class Engine:
             run_head(floats, w.params, head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
         else:
-            helpers = [self._helpers.submit(forward, floats, w.params, w.ints, blocks, head,
-                                                  tid, threads, sync, out) for tid in range(1, threads)]
-            forward(floats, w.params, w.ints, blocks, head, 0, threads, sync, out)
-            for h in helpers:
-                h.result()
+            with self._sharing_lock if threads > 1 else contextlib.nullcontext():
+                cpu = affinity.current_cpu()
+                helpers = [self._helpers.submit(affinity.run_away_from, cpu, forward, floats, w.params, w.ints,
+                                                blocks, head, tid, threads, sync, out) for tid in range(1, threads)]
+                forward(floats, w.params, w.ints, blocks, head, 0, threads, sync, out)
+                for h in helpers:
+                    h.result()
         return view(arena, plan.pooled).copy() if self.arch.headless else out
 
     # -- images --------------------------------------------------------------------

@@ -164,3 +164,14 @@ def test_more_threads_than_cores_still_finish():
     one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
     many = Engine(one.weights, threads=8, rows=True)
     assert np.array_equal(many.forward(x), one.forward(x))
+
+
+def test_concurrent_calls_on_shared_image_threads_match():
+    """Calls from 4 threads into an engine whose 3 threads share each image."""
+    from concurrent.futures import ThreadPoolExecutor
+    one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+    shared = Engine(one.weights, threads=3)
+    xs = [np.random.default_rng(i).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for i in range(12)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(shared.forward, xs))
+    assert all(np.array_equal(g, one.forward(x)) for g, x in zip(got, xs))
