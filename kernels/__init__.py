@@ -1,11 +1,14 @@
 """Numba microkernels on float32 NHWC arrays (installed as `mnv2engine.kernels`).
 
-Pure functions: they know nothing of graphs, files or images, and never allocate
-activation memory: every output and scratch buffer is passed in by the caller.
+Pure functions: they know nothing of files or images, and never allocate activation
+memory: every output and scratch buffer is passed in by the caller. The one exception to
+"no graphs" is network.py, which walks a plan the engine has already turned into a table
+of offsets, so that threads sharing an image run the whole network in one nogil call.
 
 Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReLU6 and
 (-inf, inf) is linear. The entry points release the GIL (nogil), so calls from several
-Python threads run in parallel.
+Python threads run in parallel; threads that share one image meet at the spin barrier of
+sync.py.
 
 The arithmetic is written with explicit 16-lane float32 vectors (simd.py); every 1x1 conv
 is one register-blocked GEMM (gemm.py), whose weights are packed once into 64-column

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 from numpy.lib.stride_tricks import as_strided
 
-from .gemm import FASTMATH, PANEL, _fma_pixels4, _store_pixels4, gemm
+from .gemm import FASTMATH, PANEL, _fma_pixels4, _store_pixels4, gemm, pixels12
 from .simd import LANES, vclamp, vfma, vload, vsplat, vstore
 
 
@@ -158,7 +158,6 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     iy0 = oy * stride - pad_top
     ox_lo = -(-pad_left // stride)  # first pixel whose window starts inside the image
     ox_hi = max(min(Wo, (W - 3 + pad_left) // stride + 1), ox_lo)  # ... and ends inside
-    ox_lo = min(ox_lo, ox_hi)
     rows_inside = iy0 >= 0 and iy0 + 2 < H
     if rows_inside and ox_hi > ox_lo:
         taps = 3 * Cin
@@ -187,11 +186,8 @@ def _stem_tile(windows, w, b, lo, hi, out, p, c, n):
     accumulators stay in registers over all 27 taps (3 passes of a GEMM instead made
     each of them load and store the output row again: 3x slower for 8-channel slices).
     """
-    P, taps = windows.shape[1], windows.shape[2]
-    last = P - 1
-    p1, p2, p3, p4, p5 = min(p + 1, last), min(p + 2, last), min(p + 3, last), min(p + 4, last), min(p + 5, last)
-    p6, p7, p8, p9 = min(p + 6, last), min(p + 7, last), min(p + 8, last), min(p + 9, last)
-    p10, p11 = min(p + 10, last), min(p + 11, last)
+    taps = windows.shape[2]
+    p, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11 = pixels12(p, windows.shape[1])
     bias = vload(b, (c,), n)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = bias
     i, lane = c // PANEL, c % PANEL

@@ -224,11 +224,8 @@ def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n1):
 @njit(cache=True, fastmath=FASTMATH)
 def _thin_tile(x, w, init, step, lo, hi, out, p, c, n):
     """Pixels p..p+11 x channels c..c+15; n live lanes."""
-    P, K = x.shape
-    last = P - 1
-    p1, p2, p3, p4, p5 = min(p + 1, last), min(p + 2, last), min(p + 3, last), min(p + 4, last), min(p + 5, last)
-    p6, p7, p8, p9 = min(p + 6, last), min(p + 7, last), min(p + 8, last), min(p + 9, last)
-    p10, p11 = min(p + 10, last), min(p + 11, last)
+    K = x.shape[1]
+    p, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11 = pixels12(p, x.shape[0])
     a0, a1, a2, a3 = _start_pixels4(init, step, p, p1, p2, p3, c, n)
     a4, a5, a6, a7 = _start_pixels4(init, step, p4, p5, p6, p7, c, n)
     a8, a9, a10, a11 = _start_pixels4(init, step, p8, p9, p10, p11, c, n)
@@ -241,6 +238,15 @@ def _thin_tile(x, w, init, step, lo, hi, out, p, c, n):
     _store_pixels4(out, p, p1, p2, p3, c, n, lo, hi, a0, a1, a2, a3)
     _store_pixels4(out, p4, p5, p6, p7, c, n, lo, hi, a4, a5, a6, a7)
     _store_pixels4(out, p8, p9, p10, p11, c, n, lo, hi, a8, a9, a10, a11)
+
+
+@njit(cache=True)
+def pixels12(p, P):
+    """The rows p..p+11 of a 12-pixel tile; those past the last row P - 1 are that row."""
+    last = P - 1
+    return (p, min(p + 1, last), min(p + 2, last), min(p + 3, last), min(p + 4, last), min(p + 5, last),
+            min(p + 6, last), min(p + 7, last), min(p + 8, last), min(p + 9, last), min(p + 10, last),
+            min(p + 11, last))
 
 
 @njit(cache=True, fastmath=FASTMATH)

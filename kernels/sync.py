@@ -10,8 +10,9 @@ the nogil kernels, on one shared counter in a small int64 array (`new_sync`):
 
 Barrier number k (counted per thread) is passed once the counter reaches k * threads.
 The counter only grows, so no thread can be released by an earlier or later barrier.
-A waiting thread gives up its core (sched_yield) after a few thousand spins, so more
-threads than cores still make progress.
+A waiting thread gives up its core (sched_yield) every SPINS_BEFORE_YIELD spins (a few
+microseconds), so more threads than cores still make progress, and a helper woken on
+its caller's core lets the caller run.
 """
 import platform
 
@@ -21,7 +22,6 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_I64 = ir.IntType(64)
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 SPINS_BEFORE_YIELD = 100
 LINE = 8  # int64 per 64-byte cache line

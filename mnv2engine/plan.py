@@ -65,7 +65,6 @@ class Plan:
     input: Buffer
     arena_bytes: int
     output_shape: tuple[int, int]
-    threads: int = 1  # threads that share each image
 
     @property
     def buffers(self) -> list[Buffer]:
@@ -148,6 +147,6 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     head_scratch = Buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase)
     pooled = Buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
     plan = Plan(N, steps, x, head_scratch, pooled, image, 0,
-                (N, arch.last_channels if arch.headless else arch.classes), threads)
+                (N, arch.last_channels if arch.headless else arch.classes))
     plan.arena_bytes = place(plan.buffers)
     return plan
