@@ -12,7 +12,7 @@ sync.py.
 
 The arithmetic is written with explicit 16-lane float32 vectors (simd.py); every 1x1 conv
 is one register-blocked GEMM (gemm.py), whose weights are packed once into 64-column
-panels (pack_panels, pack_slice_panels).
+panels (pack_panels, pack_expansion); the stem's into tap pairs (pack_stem).
 """
 from ._cache import drop_stale_cache
 
@@ -20,8 +20,8 @@ drop_stale_cache()  # before any kernel is loaded from the cache
 
 from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
 from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402
-from .block import inverted_residual, pack_slice_panels, pack_slices  # noqa: E402
+from .block import inverted_residual, pack_expansion, pack_slices  # noqa: E402
 from .gemm import pack_panels  # noqa: E402
 
 __all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
-           "inverted_residual", "pack_slices", "pack_slice_panels", "pack_panels"]
+           "inverted_residual", "pack_slices", "pack_expansion", "pack_panels"]

@@ -8,10 +8,9 @@ exactly the slice of channels being computed: depthwise weights as a C-contiguou
 """
 import numpy as np
 from numba import njit
-from numpy.lib.stride_tricks import as_strided
 
-from .gemm import FASTMATH, PANEL, _fma_pixels4, _store_pixels4, gemm, pixels12
-from .simd import LANES, vclamp, vfma, vload, vsplat, vstore
+from .gemm import FASTMATH, PANEL, _store_pixels4, gemm
+from .simd import LANES, vadd, vclamp, vfma, vfold, vload, vload_pair, vsplat, vsplat_pair, vstore
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -141,83 +140,171 @@ def _tap(w, ky, kx, c, n, inside):
     return vload(w, (ky, kx, c), n if inside else 0)
 
 
+@njit(cache=True)
+def pack_stem(w, cin):
+    """The stem kernel w [9 * cin, C] (HWIO flattened) as tap pairs for conv3x3_row:
+    [ceil(C / 8), 3 * pairs, 16] with pairs = ceil(3 * cin / 2); element
+    [g, ky * pairs + i, 2l + s] = the weight of channel 8g + l for tap s of pair i of
+    kernel row ky. (Three axes, like GEMM panels, so that either fits one argument.) A row's 3 * cin taps are
+    consecutive floats of the image; pair i is taps 2i and 2i + 1, or, when cin is odd,
+    the last pair is the last two taps with the first one's weight zero (it belongs to
+    the pair before): every pair then reads two floats inside the window."""
+    taps = 3 * cin
+    C = w.shape[1]
+    pairs = -(-taps // 2)
+    out = np.zeros((-(-C // 8), 3 * pairs, 16), np.float32)
+    for ky in range(3):
+        for j in range(taps):
+            i, s = (j // 2, j % 2) if j < taps - taps % 2 else (taps // 2, 1)
+            for c in range(C):
+                out[c // 8, ky * pairs + i, 2 * (c % 8) + s] = w[ky * taps + j, c]
+    return out
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a full 3x3 conv (the stem).
 
-    x [H, W, Cin] one image, C-contiguous; w the HWIO kernel flattened to [9 * Cin, C]
-    over (ky, kx, ci), as panels (gemm.pack_panels); b [C]; out [Wo, C]. For one kernel
-    row ky, the windows of the output pixels are overlapping runs of 3 * Cin consecutive
-    floats of image row iy + ky, `stride * Cin` apart, and the three image rows are
-    W * Cin floats apart: a strided view [3, pixels, 3 * Cin] holds every window (no
-    copy). Pixels whose window lies inside the image sum all 27 taps in registers
-    (_stem_tile); pixels whose window overlaps the padding take the checked path.
+    x [H, W, Cin] one image, C-contiguous; w from pack_stem; b [C]; out [Wo, C]. For one
+    kernel row ky, the window of output pixel q is a run of 3 * Cin consecutive floats of
+    image row iy + ky, starting stride * Cin floats after pixel q - 1's. Pixels whose
+    window lies inside the image go through _stem_tile, 12 at a time; pixels whose window
+    overlaps the padding, and rows too short for one tile, take the checked path.
     """
     H, W, Cin = x.shape
     Wo, C = out.shape
     iy0 = oy * stride - pad_top
     ox_lo = -(-pad_left // stride)  # first pixel whose window starts inside the image
     ox_hi = max(min(Wo, (W - 3 + pad_left) // stride + 1), ox_lo)  # ... and ends inside
-    rows_inside = iy0 >= 0 and iy0 + 2 < H
-    if rows_inside and ox_hi > ox_lo:
-        taps = 3 * Cin
-        first = x[iy0:iy0 + 3].reshape(3 * W * Cin)[(ox_lo * stride - pad_left) * Cin:]
-        windows = as_strided(first, shape=(3, ox_hi - ox_lo, taps),
-                             strides=(W * Cin * 4, stride * Cin * 4, 4))
+    if iy0 >= 0 and iy0 + 2 < H and ox_hi - ox_lo >= 12:
+        rows = x[iy0:iy0 + 3].reshape((3, W * Cin))
+        start = (ox_lo * stride - pad_left) * Cin  # where pixel ox_lo's window starts
         inside = out[ox_lo:ox_hi]
-        for c in range(0, C, LANES):
-            for p in range(0, ox_hi - ox_lo, 12):
-                _stem_tile(windows, w, b, lo, hi, inside, p, c, min(LANES, C - c))
+        if stride == 2 and Cin == 3:  # every MobileNetV2 stem: constants make the tile's
+            # addresses fixed offsets from one pointer; else it runs out of registers
+            # for them (measured 1.6x slower)
+            _stem_pixels(rows, start, 6, 9, w, b, lo, hi, inside)
+        else:
+            _stem_pixels(rows, start, stride * Cin, 3 * Cin, w, b, lo, hi, inside)
     else:
-        ox_lo = ox_hi = 0  # a row on the padding: every pixel takes the checked path
+        ox_lo = ox_hi = 0  # every pixel takes the checked path
     for ox in range(Wo):
         if ox < ox_lo or ox >= ox_hi:
-            pixel = out[ox:ox + 1]
-            fill_bias(pixel, b)
-            _conv3x3_padded_pixel(x, iy0, ox * stride - pad_left, w, pixel[0])
-            clamp(pixel, lo, hi)
+            _conv3x3_padded_pixel(x, iy0, ox * stride - pad_left, w, b, lo, hi, out[ox])
 
 
-@njit(cache=True, fastmath=FASTMATH)
-def _stem_tile(windows, w, b, lo, hi, out, p, c, n):
-    """Pixels p..p+11 x channels c..c+n-1 (n <= 16) of clamp(b + windows . w).
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # inlined so that step and taps are constants
+def _stem_pixels(rows, start, step, taps, w, b, lo, hi, out):
+    """Every pixel of out [P, C] (P >= 12) from its windows rows[ky, start + q * step:][:taps].
+    Two groups of 8 channels at a time, then a last group alone. The last tile of a row
+    starts early enough to end at the last pixel: it recomputes a few pixels, and no
+    tile needs a check for the row's end."""
+    P, C = out.shape
+    groups = w.shape[0]
+    for g in range(0, groups - 1, 2):
+        for p in range(0, P, 6):
+            _stem_tile16(rows, start, step, taps, w, b, lo, hi, out, min(p, P - 6), g, min(16, C - 8 * g))
+    if groups % 2:
+        g = groups - 1
+        for p in range(0, P, 12):
+            _stem_tile8(rows, start, step, taps, w, b, lo, hi, out, min(p, P - 12), g, C - 8 * g)
 
-    windows [3, P, 3 * Cin]: per kernel row, each pixel's window; w as panels. The twelve
-    accumulators stay in registers over all 27 taps (3 passes of a GEMM instead made
-    each of them load and store the output row again: 3x slower for 8-channel slices).
-    """
-    taps = windows.shape[2]
-    p, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11 = pixels12(p, windows.shape[1])
-    bias = vload(b, (c,), n)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = bias
-    i, lane = c // PANEL, c % PANEL
+
+# The stem's tiles. Each vector holds 8 channels x 2 taps (pack_stem): a 64-bit broadcast
+# of two neighbouring floats of the image, times a vector of weights. With one channel per
+# lane and one tap per vector instead, a slice of 8 channels (the 32-channel stem at
+# t = 4) filled half of each vector, and cost as much as 16 channels. The accumulators
+# stay in registers over all 27 taps.
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _stem_tile16(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
+    """Pixels p..p+5 x channels 8g..8g+n-1 (8 < n <= 16): groups g and g + 1. Each
+    broadcast feeds two FMAs, which is what the broadcasts' throughput needs."""
+    pairs = w.shape[1] // 3
+    a0 = a1 = a2 = a3 = a4 = a5 = b0 = b1 = b2 = b3 = b4 = b5 = vsplat(0.0)
     for ky in range(3):
-        x = windows[ky]
-        for j in range(taps):
-            wv = vload(w, (i, ky * taps + j, lane), n)
-            a0, a1, a2, a3 = _fma_pixels4(x, j, p, p1, p2, p3, wv, a0, a1, a2, a3)
-            a4, a5, a6, a7 = _fma_pixels4(x, j, p4, p5, p6, p7, wv, a4, a5, a6, a7)
-            a8, a9, a10, a11 = _fma_pixels4(x, j, p8, p9, p10, p11, wv, a8, a9, a10, a11)
-    _store_pixels4(out, p, p1, p2, p3, c, n, lo, hi, a0, a1, a2, a3)
-    _store_pixels4(out, p4, p5, p6, p7, c, n, lo, hi, a4, a5, a6, a7)
-    _store_pixels4(out, p8, p9, p10, p11, c, n, lo, hi, a8, a9, a10, a11)
+        for i in range(pairs):
+            wa, wb = vload(w, (g, ky * pairs + i, 0), LANES), vload(w, (g + 1, ky * pairs + i, 0), LANES)
+            o = start + p * step + min(2 * i, taps - 2)  # pixel p's first tap of the pair
+            a0, b0 = _fma_pair2(rows, ky, o, wa, wb, a0, b0)
+            a1, b1 = _fma_pair2(rows, ky, o + step, wa, wb, a1, b1)
+            a2, b2 = _fma_pair2(rows, ky, o + 2 * step, wa, wb, a2, b2)
+            a3, b3 = _fma_pair2(rows, ky, o + 3 * step, wa, wb, a3, b3)
+            a4, b4 = _fma_pair2(rows, ky, o + 4 * step, wa, wb, a4, b4)
+            a5, b5 = _fma_pair2(rows, ky, o + 5 * step, wa, wb, a5, b5)
+    bias = vload(b, (8 * g,), n)
+    c = 8 * g
+    _store_folded(out, p, c, n, bias, lo, hi, a0, b0)
+    _store_folded(out, p + 1, c, n, bias, lo, hi, a1, b1)
+    _store_folded(out, p + 2, c, n, bias, lo, hi, a2, b2)
+    _store_folded(out, p + 3, c, n, bias, lo, hi, a3, b3)
+    _store_folded(out, p + 4, c, n, bias, lo, hi, a4, b4)
+    _store_folded(out, p + 5, c, n, bias, lo, hi, a5, b5)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _fma_pair2(rows, ky, o, wa, wb, a, b):
+    pair = vload_pair(rows, (ky, o))
+    return vfma(pair, wa, a), vfma(pair, wb, b)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _stem_tile8(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
+    """Pixels p..p+11 x channels 8g..8g+n-1 (n <= 8): group g alone."""
+    pairs = w.shape[1] // 3
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vsplat(0.0)
+    for ky in range(3):
+        for i in range(pairs):
+            wv = vload(w, (g, ky * pairs + i, 0), LANES)
+            o = start + p * step + min(2 * i, taps - 2)  # pixel p's first tap of the pair
+            a0, a1, a2, a3 = _fma_windows4(rows, ky, o, step, wv, a0, a1, a2, a3)
+            a4, a5, a6, a7 = _fma_windows4(rows, ky, o + 4 * step, step, wv, a4, a5, a6, a7)
+            a8, a9, a10, a11 = _fma_windows4(rows, ky, o + 8 * step, step, wv, a8, a9, a10, a11)
+    bias = vload(b, (8 * g,), n)
+    for q, a in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+        _store_folded(out, p + q, 8 * g, n, bias, lo, hi, a, a)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _fma_windows4(rows, ky, o, step, wv, a0, a1, a2, a3):
+    """A tap pair of four pixels whose windows start at rows[ky, o], o + step, ...
+    (Indexing rows itself, not a view of it: making a view calls into the runtime,
+    which spilled every accumulator around the call.)"""
+    return (vfma(vload_pair(rows, (ky, o)), wv, a0), vfma(vload_pair(rows, (ky, o + step)), wv, a1),
+            vfma(vload_pair(rows, (ky, o + 2 * step)), wv, a2), vfma(vload_pair(rows, (ky, o + 3 * step)), wv, a3))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _store_folded(out, q, c, n, bias, lo, hi, u, v):
+    """Channels c..c+n-1 of pixel q: the tap pairs of u (and of v past 8 channels)
+    folded, plus the bias, clamped."""
+    vstore(out, (q, c), n, vclamp(vadd(vfold(u, v), bias), np.float32(lo), np.float32(hi)))
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _conv3x3_padded_pixel(x, iy0, ix0, w, out):
-    """Accumulate one output pixel whose window may overlap the zero padding: out [C]."""
+def _conv3x3_padded_pixel(x, iy0, ix0, w, b, lo, hi, out):
+    """One output pixel out [C] whose window may overlap the zero padding: taps on the
+    padding are skipped. Each tap's value goes to its lanes of its pair (pack_stem)."""
     H, W, Cin = x.shape
     C = out.shape[0]
-    for ky in range(3):
-        iy = iy0 + ky
-        if iy < 0 or iy >= H:
-            continue
-        for kx in range(3):
-            ix = ix0 + kx
-            if ix < 0 or ix >= W:
-                continue
-            k = (ky * 3 + kx) * Cin
-            for ci in range(Cin):
-                xv = x[iy, ix, ci]
-                for c in range(C):
-                    out[c] += xv * w[c // PANEL, k + ci, c % PANEL]
+    taps = 3 * Cin
+    pairs = w.shape[1] // 3
+    zero = np.float32(0.0)
+    for g in range(w.shape[0]):
+        a = vsplat(0.0)
+        for ky in range(3):
+            iy = iy0 + ky
+            for kx in range(3):
+                ix = ix0 + kx
+                if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                    continue
+                for ci in range(Cin):
+                    j = kx * Cin + ci
+                    v = x[iy, ix, ci]
+                    if j < taps - taps % 2:  # tap j is lane j % 2 of pair j // 2
+                        a = vfma(vsplat_pair(v, zero) if j % 2 == 0 else vsplat_pair(zero, v),
+                                 vload(w, (g, ky * pairs + j // 2, 0), LANES), a)
+                    else:  # the odd last tap: lane 1 of the last pair
+                        a = vfma(vsplat_pair(zero, v), vload(w, (g, ky * pairs + taps // 2, 0), LANES), a)
+        n = min(8, C - 8 * g)
+        vstore(out, (8 * g,), n, vclamp(vadd(vfold(a, a), vload(b, (8 * g,), n)), np.float32(lo), np.float32(hi)))

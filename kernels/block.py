@@ -22,7 +22,7 @@ trick, so the stem's output is sliced and streamed like any other expansion.
 import numpy as np
 from numba import njit
 
-from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, pointwise_row
+from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, pack_stem, pointwise_row
 from .gemm import PANEL, gemm, pack_panels
 from .sync import barrier, share
 
@@ -37,10 +37,11 @@ def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     return np.concatenate([w2[:, c0:c1].ravel() for c0, c1 in zip(bounds[:-1], bounds[1:])])
 
 
-def pack_slice_panels(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """The 1x1 weights w [K, hidden] of each slice as GEMM panels (pack_panels), one
-    slice after the other, as a flat array."""
-    return np.concatenate([pack_panels(np.ascontiguousarray(w[:, c0:c1])).ravel()
+def pack_expansion(w: np.ndarray, bounds: np.ndarray, stem: bool) -> np.ndarray:
+    """The expansion weights of each slice, one slice after the other, as a flat array:
+    w [K, hidden] as GEMM panels (pack_panels), or the stem's [27, hidden] as tap pairs
+    (pack_stem)."""
+    return np.concatenate([(pack_stem(w[:, c0:c1].copy(), w.shape[0] // 9) if stem else pack_panels(w[:, c0:c1].copy())).ravel()
                            for c0, c1 in zip(bounds[:-1], bounds[1:])])
 
 
@@ -146,7 +147,7 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     x [N, H, W, Cin]        block input (the image when stem=True)
     we, be                  expansion: a 1x1 conv [Cin, hidden], or the 3x3 stem conv
                             [27, hidden] (HWIO flattened) of exp_stride and exp_pads;
-                            `we` packed by slices as panels (pack_slice_panels), be [hidden]
+                            `we` packed by slices (pack_expansion), be [hidden]
     wd, bd                  depthwise [3, 3, hidden] packed by slices (pack_slices), of
                             dw_stride and dw_pads (top, bottom, left, right)
     wp, bp                  linear projection [hidden, Cout], as panels (pack_panels)
@@ -162,14 +163,16 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     We = _expanded_width(x, stem, exp_stride, exp_pads)
     Ho, Wo = y.shape[1], y.shape[2]
     t = len(bounds) - 1
-    K = 9 * x.shape[3] if stem else x.shape[3]  # expansion input depth
-    we_at = 0  # where this slice's expansion panels start in `we`
+    we_at = 0  # where this slice's expansion weights start in `we`
     for s in range(t):
         c0, c1 = bounds[s], bounds[s + 1]
         cs = c1 - c0
-        panels = -(-cs // PANEL)
-        we_s = we[we_at:we_at + panels * K * PANEL].reshape((panels, K, PANEL))
-        we_at += panels * K * PANEL
+        if stem:  # tap pairs (pack_stem)
+            shape = (-(-cs // 8), 3 * -(-(3 * x.shape[3]) // 2), 16)
+        else:  # GEMM panels (pack_panels)
+            shape = (-(-cs // PANEL), x.shape[3], PANEL)
+        we_s = we[we_at:we_at + shape[0] * shape[1] * shape[2]].reshape(shape)
+        we_at += shape[0] * shape[1] * shape[2]
         wd_s = wd[9 * c0:9 * c1].reshape((3, 3, cs))
         be_s, bd_s, wp_s = be[c0:c1], bd[c0:c1], wp[:, c0:c1]
         first = s == 0

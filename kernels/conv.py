@@ -5,8 +5,8 @@ Shapes: x [N, H, W, Cin] float32, C-contiguous; outputs are passed in. Padding i
 """
 from numba import njit
 
-from ._rows import FASTMATH, conv3x3_row, depthwise_row
-from .gemm import gemm, pack_panels
+from ._rows import FASTMATH, conv3x3_row, depthwise_row, pack_stem
+from .gemm import gemm
 
 
 @njit(cache=True)
@@ -50,7 +50,7 @@ def conv3x3(x, w, b, stride, pads, lo, hi, out):
     """Full 3x3 conv (the stem): x [N, H, W, Cin], w [3, 3, Cin, Cout] (HWIO), out [N, Ho, Wo, Cout]."""
     N, H, W, Cin = x.shape
     _check_out_size(H, W, stride, pads, out.shape[1], out.shape[2])
-    w2 = pack_panels(w.reshape((9 * Cin, w.shape[3])))
+    w2 = pack_stem(w.reshape((9 * Cin, w.shape[3])), Cin)
     for n in range(N):
         for oy in range(out.shape[1]):
             conv3x3_row(x[n], oy, w2, b, stride, pads[0], pads[2], lo, hi, out[n, oy])

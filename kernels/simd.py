@@ -121,6 +121,14 @@ def vfma(typingctx, a, b, c):
 
 
 @intrinsic
+def vadd(typingctx, a, b):
+    """a + b in each lane."""
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return f32x16(f32x16, f32x16), codegen
+
+
+@intrinsic
 def vclamp(typingctx, v, lo, hi):
     """min(max(v, lo), hi) in each lane; lo, hi = -inf, inf leaves v as it is."""
     def codegen(context, builder, sig, args):
@@ -129,6 +137,50 @@ def vclamp(typingctx, v, lo, hi):
         above = builder.select(builder.fcmp_ordered(">", args[0], lo), args[0], lo)
         return builder.select(builder.fcmp_ordered("<", above, hi), above, hi)
     return f32x16(f32x16, types.float32, types.float32), codegen
+
+
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES), lanes))
+
+
+# Tap pairs, for the stem: lanes 2l and 2l + 1 hold channel l's sums over two different
+# taps (even and odd), so a vector does 8 channels x 2 taps, and vfold adds the halves.
+
+@intrinsic
+def vload_pair(typingctx, arr, index):
+    """arr[index] and the float after it, repeated: lanes 0, 2, 4.. and 1, 3, 5.. (one
+    64-bit broadcast load). The last axis must be contiguous."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        pair_type = ir.VectorType(_F32, 2)
+        pair = builder.load(builder.bitcast(ptr, pair_type.as_pointer()), align=4)
+        return _shuffle(builder, pair, ir.Constant(pair_type, ir.Undefined), [0, 1] * 8)
+    return f32x16(arr, index), codegen
+
+
+@intrinsic
+def vsplat_pair(typingctx, a, b):
+    """a in the even lanes, b in the odd lanes (as float32)."""
+    if not all(isinstance(v, (types.Float, types.Integer)) for v in (a, b)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b = (_splat(builder, context.cast(builder, v, t, types.float32), _VEC) for v, t in zip(args, sig.args))
+        return _shuffle(builder, a, b, [16 * (lane % 2) + lane for lane in range(LANES)])
+    return f32x16(a, b), codegen
+
+
+@intrinsic
+def vfold(typingctx, u, v):
+    """Lane l = u[2l] + u[2l + 1] for l < 8, and v[2l - 16] + v[2l - 15] for l >= 8: the
+    sums of 8 channels from u, then of 8 more from v."""
+    def codegen(context, builder, sig, args):
+        even = _shuffle(builder, args[0], args[1], list(range(0, 2 * LANES, 2)))
+        odd = _shuffle(builder, args[0], args[1], list(range(1, 2 * LANES, 2)))
+        return builder.fadd(even, odd)
+    return f32x16(f32x16, f32x16), codegen
 
 
 @intrinsic

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .arch import Architecture
-from .kernels import pack_panels, pack_slice_panels, pack_slices
+from .kernels import pack_expansion, pack_panels, pack_slices
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def fold_all(ws) -> tuple[Architecture, dict[str, Conv]]:
 class BlockWeights:
     """One inverted residual's folded weights, packed for the block kernel."""
     bounds: np.ndarray
-    expand: np.ndarray      # [Cin, hidden] (or the stem's [27, hidden]), GEMM panels per slice
+    expand: np.ndarray      # [Cin, hidden] as GEMM panels (the stem's [27, hidden] as tap pairs), per slice
     expand_bias: np.ndarray
     depthwise: np.ndarray   # [3, 3, hidden], packed by slice
     depthwise_bias: np.ndarray
@@ -64,6 +64,6 @@ def block_weights(arch: Architecture, convs: dict[str, Conv], bounds_per_block) 
     for b, bounds in zip(arch.blocks, bounds_per_block):
         exp = convs["stem" if b.index == 0 else f"{b.name}/expand"]
         dw, proj = convs[f"{b.name}/depthwise"], convs[f"{b.name}/project"]
-        out.append(BlockWeights(bounds, pack_slice_panels(exp.kernel, bounds), exp.bias,
+        out.append(BlockWeights(bounds, pack_expansion(exp.kernel, bounds, b.index == 0), exp.bias,
                                 pack_slices(dw.kernel, bounds), dw.bias, pack_panels(proj.kernel), proj.bias))
     return out

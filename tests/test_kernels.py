@@ -39,6 +39,10 @@ CONV_CASES = [
     (1, 11, 5, 3, 2, "symmetric"),
     (2, 6, 6, 24, 1, "symmetric"),
     (1, 1, 1, 7, 2, "same"),
+    # rows wide enough for the stem's tiles: RGB at stride 2 (its constant-step path),
+    # and an even number of taps per kernel row at stride 1
+    (1, 29, 30, 3, 2, "same"),
+    (1, 26, 27, 4, 1, "symmetric"),
 ]
 
 
@@ -56,12 +60,12 @@ def test_depthwise3x3(N, H, W, C, stride, conv):
 
 
 @pytest.mark.parametrize("N,H,W,C,stride,conv", CONV_CASES)
-@pytest.mark.parametrize("cout", [11, 32])
+@pytest.mark.parametrize("cout", [5, 11, 21, 32])  # channel groups of 8: one, two, three, four
 def test_conv3x3(N, H, W, C, stride, conv, cout):
     rng = np.random.default_rng(H * 10 + cout)
     x, w, b = rand(rng, N, H, W, C), rand(rng, 3, 3, C, cout, scale=0.5), rand(rng, cout)
     pads = pads_for(H, W, stride, conv)
-    lo, hi = LINEAR if cout == 11 else RELU6
+    lo, hi = LINEAR if cout in (5, 11) else RELU6
     ref_naive = naive.conv3x3(x, w, b, stride, pads, lo, hi)
     out = np.empty(ref_naive.shape, np.float32)
     conv3x3(x, w, b, stride, pads, lo, hi, out)

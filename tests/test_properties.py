@@ -30,9 +30,10 @@ def test_padding_gives_ceil_output_and_covers_every_input(size, stride, conv):
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 11),
-       stride=st.sampled_from([1, 2]), conv=st.sampled_from(["same", "symmetric"]), seed=st.integers(0, 99))
-def test_depthwise_and_stem_match_naive_on_any_shape(n, h, w, c, stride, conv, seed):
+@given(n=st.integers(1, 2), h=st.integers(1, 9), w=st.integers(1, 40), c=st.integers(1, 11),
+       stride=st.sampled_from([1, 2]), conv=st.sampled_from(["same", "symmetric"]), seed=st.integers(0, 99),
+       cout=st.integers(1, 20))
+def test_depthwise_and_stem_match_naive_on_any_shape(n, h, w, c, stride, conv, seed, cout):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c)).astype(np.float32)
     pads = conv_padding(h, stride, conv) + conv_padding(w, stride, conv)
@@ -41,10 +42,11 @@ def test_depthwise_and_stem_match_naive_on_any_shape(n, h, w, c, stride, conv, s
     out = np.empty(ref.shape, np.float32)
     depthwise3x3(x, wd, b, stride, pads, 0.0, 6.0, out)
     close(out, ref, 1e-5)
-    ws = rng.standard_normal((3, 3, c, 5)).astype(np.float32)
-    ref = naive.conv3x3(x, ws, b[:1].repeat(5), stride, pads, -np.inf, np.inf)
+    ws = rng.standard_normal((3, 3, c, cout)).astype(np.float32)  # wide rows and any cout: every stem tile
+    bs = rng.standard_normal(cout).astype(np.float32)
+    ref = naive.conv3x3(x, ws, bs, stride, pads, -np.inf, np.inf)
     out = np.empty(ref.shape, np.float32)
-    conv3x3(x, ws, b[:1].repeat(5), stride, pads, -np.inf, np.inf, out)
+    conv3x3(x, ws, bs, stride, pads, -np.inf, np.inf, out)
     close(out, ref, 1e-5)
 
 
