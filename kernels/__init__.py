@@ -12,7 +12,7 @@ sync.py.
 
 The arithmetic is written with explicit 16-lane float32 vectors (simd.py); every 1x1 conv
 is one register-blocked GEMM (gemm.py), whose weights are packed once into 64-column
-panels (pack_panels, pack_expansion); the stem's into tap pairs (pack_stem).
+panels (pack_panels, pack_expansion); the stem's with taps in lanes (pack_stem).
 """
 from ._cache import drop_stale_cache
 

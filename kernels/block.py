@@ -22,7 +22,9 @@ trick, so the stem's output is sliced and streamed like any other expansion.
 import numpy as np
 from numba import njit
 
-from ._rows import FASTMATH, conv3x3_row, depthwise_row, fill_bias, pack_stem, pointwise_row
+from ._rows import FASTMATH, depthwise_row, fill_bias, pointwise_row
+from .simd import LANES
+from .stem import PER_VECTOR, SPAN, conv3x3_row, pack_stem
 from .gemm import PANEL, gemm, pack_panels
 from .sync import barrier, share
 
@@ -39,8 +41,8 @@ def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 def pack_expansion(w: np.ndarray, bounds: np.ndarray, stem: bool) -> np.ndarray:
     """The expansion weights of each slice, one slice after the other, as a flat array:
-    w [K, hidden] as GEMM panels (pack_panels), or the stem's [27, hidden] as tap pairs
-    (pack_stem)."""
+    w [K, hidden] as GEMM panels (pack_panels), or the stem's [27, hidden] with taps in
+    lanes (pack_stem)."""
     return np.concatenate([(pack_stem(w[:, c0:c1].copy(), w.shape[0] // 9) if stem else pack_panels(w[:, c0:c1].copy())).ravel()
                            for c0, c1 in zip(bounds[:-1], bounds[1:])])
 
@@ -167,8 +169,8 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     for s in range(t):
         c0, c1 = bounds[s], bounds[s + 1]
         cs = c1 - c0
-        if stem:  # tap pairs (pack_stem)
-            shape = (-(-cs // 8), 3 * -(-(3 * x.shape[3]) // 2), 16)
+        if stem:  # taps in lanes (pack_stem)
+            shape = (-(-cs // PER_VECTOR), 3 * -(-(3 * x.shape[3]) // SPAN), LANES)
         else:  # GEMM panels (pack_panels)
             shape = (-(-cs // PANEL), x.shape[3], PANEL)
         we_s = we[we_at:we_at + shape[0] * shape[1] * shape[2]].reshape(shape)

@@ -5,7 +5,8 @@ Shapes: x [N, H, W, Cin] float32, C-contiguous; outputs are passed in. Padding i
 """
 from numba import njit
 
-from ._rows import FASTMATH, conv3x3_row, depthwise_row, pack_stem
+from ._rows import FASTMATH, depthwise_row
+from .stem import conv3x3_row, pack_stem
 from .gemm import gemm
 
 

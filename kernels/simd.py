@@ -143,33 +143,37 @@ def _shuffle(builder, a, b, lanes):
     return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, LANES), lanes))
 
 
-# Tap pairs, for the stem: lanes 2l and 2l + 1 hold channel l's sums over two different
-# taps (even and odd), so a vector does 8 channels x 2 taps, and vfold adds the halves.
+# For the stem (stem.py), whose lanes hold two taps of each channel.
 
 @intrinsic
 def vload_pair(typingctx, arr, index):
-    """arr[index] and the float after it, repeated: lanes 0, 2, 4.. and 1, 3, 5.. (one
-    64-bit broadcast load). The last axis must be contiguous."""
+    """arr[index] and the float after it, in lanes 0, 2, 4.. and 1, 3, 5..: one 64-bit
+    broadcast load. The last axis must be contiguous."""
     _check_index(arr, index)
 
     def codegen(context, builder, sig, args):
         ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
         pair_type = ir.VectorType(_F32, 2)
         pair = builder.load(builder.bitcast(ptr, pair_type.as_pointer()), align=4)
-        return _shuffle(builder, pair, ir.Constant(pair_type, ir.Undefined), [0, 1] * 8)
+        return _shuffle(builder, pair, ir.Constant(pair_type, ir.Undefined), [0, 1] * (LANES // 2))
     return f32x16(arr, index), codegen
 
 
 @intrinsic
-def vsplat_pair(typingctx, a, b):
-    """a in the even lanes, b in the odd lanes (as float32)."""
-    if not all(isinstance(v, (types.Float, types.Integer)) for v in (a, b)):
+def vsplat_at(typingctx, x, s, span):
+    """x in the lanes l with l % span == s, 0 in the others."""
+    if not isinstance(x, (types.Float, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
-        a, b = (_splat(builder, context.cast(builder, v, t, types.float32), _VEC) for v, t in zip(args, sig.args))
-        return _shuffle(builder, a, b, [16 * (lane % 2) + lane for lane in range(LANES)])
-    return f32x16(a, b), codegen
+        i64 = ir.IntType(64)
+        lanes = ir.Constant(ir.VectorType(i64, LANES), list(range(LANES)))
+        s, span = (context.cast(builder, v, t, types.int64) for v, t in zip(args[1:], sig.args[1:]))
+        mask = builder.icmp_signed("==", builder.srem(lanes, _splat(builder, span, ir.VectorType(i64, LANES))),
+                                   _splat(builder, s, ir.VectorType(i64, LANES)))
+        value = _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), _VEC)
+        return builder.select(mask, value, ir.Constant(_VEC, None))
+    return f32x16(x, s, span), codegen
 
 
 @intrinsic

@@ -50,7 +50,7 @@ def fold_all(ws) -> tuple[Architecture, dict[str, Conv]]:
 class BlockWeights:
     """One inverted residual's folded weights, packed for the block kernel."""
     bounds: np.ndarray
-    expand: np.ndarray      # [Cin, hidden] as GEMM panels (the stem's [27, hidden] as tap pairs), per slice
+    expand: np.ndarray      # [Cin, hidden] as GEMM panels (the stem's [27, hidden] by pack_stem), per slice
     expand_bias: np.ndarray
     depthwise: np.ndarray   # [3, 3, hidden], packed by slice
     depthwise_bias: np.ndarray

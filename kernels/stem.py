@@ -1,0 +1,190 @@
+"""The stem: a full 3x3 conv over the image, one output row at a time.
+
+For kernel row ky, the window of output pixel q is a run of taps = 3 * Cin consecutive
+floats of image row iy + ky, starting step = stride * Cin floats after pixel q - 1's
+(6 apart for RGB at stride 2). A vector holds 2 taps of 8 channels: lanes 2l and 2l + 1
+are channel l's sums over the first and the second tap of each pair of taps. Its input
+is one 64-bit broadcast of two neighbouring image floats, times a vector of weights
+(pack_stem); after all 27 taps, adding neighbouring lanes (vfold) gives the channels.
+
+Why taps in lanes: a slice of 8 channels (the 32-channel stem at t = 4) filled half of
+a vector of 16 channels by one tap, and cost as much as 16 channels (measured: 0.087 ms
+for 8 channels, 224x224 image, now 0.055). Four taps of 4 channels per vector measured
+slower still (0.066 ms): more taps are wasted (a row's 9 taps take 3 groups of 4) and
+the sums take two folds.
+
+A row's pairs of taps start at 2i, except that with an odd number of taps the last
+pair starts at taps - 2, so that it reads no float past the window; the weight of its
+first tap, which the pair before already counted, is zero.
+"""
+import numpy as np
+from numba import njit
+
+from .gemm import FASTMATH
+from .simd import LANES, vadd, vclamp, vfma, vfold, vload, vload_pair, vsplat, vsplat_at, vstore
+
+SPAN = 2  # taps per vector
+PER_VECTOR = LANES // SPAN  # channels per vector
+
+
+@njit(cache=True)
+def _pair_of(j, taps):
+    """(pair, lane offset) of tap j of a kernel row: the first pair that holds it."""
+    pairs = -(-taps // SPAN)
+    i = min(j // SPAN, pairs - 1)
+    return i, j - _pair_start(i, taps)
+
+
+@njit(cache=True)
+def _pair_start(i, taps):
+    return min(SPAN * i, taps - SPAN)
+
+
+@njit(cache=True)
+def pack_stem(w, cin):
+    """The stem kernel w [9 * cin, C] (HWIO flattened) for conv3x3_row:
+    [ceil(C / 8), 3 * pairs, 16] with pairs = ceil(3 * cin / 2) per kernel row; element
+    [g, ky * pairs + i, 2l + s] is the weight of channel 8g + l for tap s of pair i of
+    row ky. (Three axes, like GEMM panels, so that either fits the same argument of the
+    block kernel.)"""
+    taps = 3 * cin
+    C = w.shape[1]
+    pairs = -(-taps // SPAN)
+    out = np.zeros((-(-C // PER_VECTOR), 3 * pairs, LANES), np.float32)
+    for ky in range(3):
+        for j in range(taps):
+            i, s = _pair_of(j, taps)
+            for c in range(C):
+                out[c // PER_VECTOR, ky * pairs + i, SPAN * (c % PER_VECTOR) + s] = w[ky * taps + j, c]
+    return out
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
+    """Output row `oy` of the stem: x [H, W, Cin] one image, C-contiguous; w from
+    pack_stem; b [C]; out [Wo, C]. Pixels whose window lies inside the image go through
+    the tiles; pixels whose window overlaps the padding, and rows too short for a tile,
+    take the checked path."""
+    H, W, Cin = x.shape
+    Wo, C = out.shape
+    iy0 = oy * stride - pad_top
+    ox_lo = -(-pad_left // stride)  # first pixel whose window starts inside the image
+    ox_hi = max(min(Wo, (W - 3 + pad_left) // stride + 1), ox_lo)  # ... and ends inside
+    if iy0 >= 0 and iy0 + 2 < H and ox_hi - ox_lo >= 12:
+        rows = x[iy0:iy0 + 3].reshape((3, W * Cin))
+        start = (ox_lo * stride - pad_left) * Cin  # where pixel ox_lo's window starts
+        inside = out[ox_lo:ox_hi]
+        if stride == 2 and Cin == 3:  # every MobileNetV2 stem: constants make the tiles'
+            # addresses fixed offsets from one pointer; else they run out of registers
+            # for them (measured 1.6x slower)
+            _stem_pixels(rows, start, 6, 9, w, b, lo, hi, inside)
+        else:
+            _stem_pixels(rows, start, stride * Cin, 3 * Cin, w, b, lo, hi, inside)
+    else:
+        ox_lo = ox_hi = 0  # every pixel takes the checked path
+    for ox in range(Wo):
+        if ox < ox_lo or ox >= ox_hi:
+            _padded_pixel(x, iy0, ox * stride - pad_left, w, b, lo, hi, out[ox])
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # inlined so that step and taps are constants
+def _stem_pixels(rows, start, step, taps, w, b, lo, hi, out):
+    """Every pixel of out [P, C] (P >= 12): two vectors of channels at a time, then a
+    last one alone. The last tile of a row starts early enough to end at the last
+    pixel: it recomputes a few pixels, and no tile needs a check for the row's end."""
+    P, C = out.shape
+    vectors = w.shape[0]
+    for g in range(0, vectors - 1, 2):
+        for p in range(0, P, 6):
+            _tile2(rows, start, step, taps, w, b, lo, hi, out, min(p, P - 6), g, min(2 * PER_VECTOR, C - PER_VECTOR * g))
+    if vectors % 2:
+        g = vectors - 1
+        for p in range(0, P, 12):
+            _tile1(rows, start, step, taps, w, b, lo, hi, out, min(p, P - 12), g, C - PER_VECTOR * g)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _tile2(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
+    """Pixels p..p+5 x the n channels of weight vectors g and g + 1: each broadcast feeds
+    two FMAs, which the broadcasts' throughput needs."""
+    pairs = w.shape[1] // 3
+    a0 = a1 = a2 = a3 = a4 = a5 = b0 = b1 = b2 = b3 = b4 = b5 = vsplat(0.0)
+    for ky in range(3):
+        for i in range(pairs):
+            wa, wb = vload(w, (g, ky * pairs + i, 0), LANES), vload(w, (g + 1, ky * pairs + i, 0), LANES)
+            o = start + p * step + _pair_start(i, taps)  # pixel p's first tap of the pair
+            a0, b0 = _fma2(rows, ky, o, wa, wb, a0, b0)
+            a1, b1 = _fma2(rows, ky, o + step, wa, wb, a1, b1)
+            a2, b2 = _fma2(rows, ky, o + 2 * step, wa, wb, a2, b2)
+            a3, b3 = _fma2(rows, ky, o + 3 * step, wa, wb, a3, b3)
+            a4, b4 = _fma2(rows, ky, o + 4 * step, wa, wb, a4, b4)
+            a5, b5 = _fma2(rows, ky, o + 5 * step, wa, wb, a5, b5)
+    c = PER_VECTOR * g
+    bias = vload(b, (c,), n)
+    for q, (u, v) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5))):
+        vstore(out, (p + q, c), n, _finish(u, v, bias, lo, hi))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _tile1(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
+    """Pixels p..p+11 x the n channels of weight vector g."""
+    pairs = w.shape[1] // 3
+    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vsplat(0.0)
+    for ky in range(3):
+        for i in range(pairs):
+            wv = vload(w, (g, ky * pairs + i, 0), LANES)
+            o = start + p * step + _pair_start(i, taps)
+            a0, a1, a2, a3 = _fma4(rows, ky, o, step, wv, a0, a1, a2, a3)
+            a4, a5, a6, a7 = _fma4(rows, ky, o + 4 * step, step, wv, a4, a5, a6, a7)
+            a8, a9, a10, a11 = _fma4(rows, ky, o + 8 * step, step, wv, a8, a9, a10, a11)
+    c = PER_VECTOR * g
+    bias = vload(b, (c,), n)
+    for q, u in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+        vstore(out, (p + q, c), n, _finish(u, u, bias, lo, hi))
+
+
+# Indexing `rows` itself, never a view of it, in the tiles: making a view calls into
+# Numba's runtime, and every accumulator was spilled around the call.
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _fma2(rows, ky, o, wa, wb, a, b):
+    """A pair of taps of one pixel, for two vectors of channels."""
+    t = vload_pair(rows, (ky, o))
+    return vfma(t, wa, a), vfma(t, wb, b)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _fma4(rows, ky, o, step, wv, a0, a1, a2, a3):
+    """A pair of taps of four pixels, for one vector of channels."""
+    return (vfma(vload_pair(rows, (ky, o)), wv, a0), vfma(vload_pair(rows, (ky, o + step)), wv, a1),
+            vfma(vload_pair(rows, (ky, o + 2 * step)), wv, a2), vfma(vload_pair(rows, (ky, o + 3 * step)), wv, a3))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _finish(u, v, bias, lo, hi):
+    """The 8 channels of u, then the 8 of v, each summed over its two lanes, plus the
+    bias, clamped."""
+    return vclamp(vadd(vfold(u, v), bias), np.float32(lo), np.float32(hi))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _padded_pixel(x, iy0, ix0, w, b, lo, hi, out):
+    """One output pixel out [C] whose window may overlap the zero padding: the taps on
+    the padding are skipped, and each other tap's value goes to its lanes."""
+    H, W, Cin = x.shape
+    C = out.shape[0]
+    taps = 3 * Cin
+    pairs = w.shape[1] // 3
+    for g in range(w.shape[0]):
+        a = vsplat(0.0)
+        for ky in range(3):
+            iy = iy0 + ky
+            for kx in range(3):
+                ix = ix0 + kx
+                if iy < 0 or iy >= H or ix < 0 or ix >= W:
+                    continue
+                for ci in range(Cin):
+                    i, s = _pair_of(kx * Cin + ci, taps)
+                    a = vfma(vsplat_at(x[iy, ix, ci], s, SPAN), vload(w, (g, ky * pairs + i, 0), LANES), a)
+        n = min(PER_VECTOR, C - PER_VECTOR * g)
+        vstore(out, (PER_VECTOR * g,), n, _finish(a, a, vload(b, (PER_VECTOR * g,), n), lo, hi))
