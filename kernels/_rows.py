@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from .gemm import FASTMATH, gemm
-from .simd import LANES, vclamp, vfma, vload, vsplat, vstore
+from .simd import LANES, vclamp, vfma, vload, vrepeat8, vsplat, vstore
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -70,8 +70,15 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
         w00, w01, w02 = _tap(w, 0, 0, c, n, top), _tap(w, 0, 1, c, n, top), _tap(w, 0, 2, c, n, top)
         w10, w11, w12 = _tap(w, 1, 0, c, n, True), _tap(w, 1, 1, c, n, True), _tap(w, 1, 2, c, n, True)
         w20, w21, w22 = _tap(w, 2, 0, c, n, bottom), _tap(w, 2, 1, c, n, bottom), _tap(w, 2, 2, c, n, bottom)
+        paired, paired_end = pad_left, pad_left  # pixels done two per vector
+        if C == LANES // 2 and stride == 1:
+            paired_end = _pairs_interior(e, r0, r1, r2, pad_left, bias, w00, w01, w02, w10, w11, w12,
+                                         w20, w21, w22, lo32, hi32, out)
         ox = 0
         while ox < Wo:
+            if ox == paired and paired_end > paired:
+                ox = paired_end
+                continue
             ix = ox * stride - pad_left
             if ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
                 # The stride as a constant: then neighbouring windows share their loads
@@ -102,6 +109,45 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
                 a = vfma(vload(e, (r2, x2, c), n), w22 if right else zero, a)
                 vstore(out, (ox, c), n, vclamp(a, lo32, hi32))
                 ox += 1
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _pairs_interior(e, r0, r1, r2, first, bias, w00, w01, w02, w10, w11, w12, w20, w21, w22, lo, hi, out):
+    """Output pixels first, first + 1, ... of 8 channels at stride 1 (the first block's
+    slices at t = 4), whose one-pixel vectors would be half empty: a vector holds two
+    pixels, and its input is one load (e[r, ix:ix + 2] is 16 consecutive floats).
+    Eight pixels (four independent vectors) a step, while every tap is inside the row.
+    Returns the end of the pixels done; pixel `first` has its window at column 0."""
+    W, Wo = e.shape[1], out.shape[0]
+    bias = vrepeat8(bias)
+    k00, k01, k02 = vrepeat8(w00), vrepeat8(w01), vrepeat8(w02)
+    k10, k11, k12 = vrepeat8(w10), vrepeat8(w11), vrepeat8(w12)
+    k20, k21, k22 = vrepeat8(w20), vrepeat8(w21), vrepeat8(w22)
+    ox = first
+    while ox + 7 < Wo and ox - first + 9 < W:  # pixels ox..ox+7 read columns ix..ix+9
+        ix = ox - first
+        a0 = a1 = a2 = a3 = bias
+        a0, a1, a2, a3 = _pair_taps(e, r0, ix, k00, k01, k02, a0, a1, a2, a3)
+        a0, a1, a2, a3 = _pair_taps(e, r1, ix, k10, k11, k12, a0, a1, a2, a3)
+        a0, a1, a2, a3 = _pair_taps(e, r2, ix, k20, k21, k22, a0, a1, a2, a3)
+        vstore(out, (ox, 0), LANES, vclamp(a0, lo, hi))
+        vstore(out, (ox + 2, 0), LANES, vclamp(a1, lo, hi))
+        vstore(out, (ox + 4, 0), LANES, vclamp(a2, lo, hi))
+        vstore(out, (ox + 6, 0), LANES, vclamp(a3, lo, hi))
+        ox += 8
+    return ox
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _pair_taps(e, r, ix, k0, k1, k2, a0, a1, a2, a3):
+    """One kernel row of the pixel pairs whose windows start at columns ix, ix + 2,
+    ix + 4, ix + 6: the vector at column ix + j holds columns ix + j and ix + j + 1,
+    which is tap kx of pair m when j = 2m + kx."""
+    l0, l1, l2 = vload(e, (r, ix, 0), LANES), vload(e, (r, ix + 1, 0), LANES), vload(e, (r, ix + 2, 0), LANES)
+    l3, l4, l5 = vload(e, (r, ix + 3, 0), LANES), vload(e, (r, ix + 4, 0), LANES), vload(e, (r, ix + 5, 0), LANES)
+    l6, l7, l8 = vload(e, (r, ix + 6, 0), LANES), vload(e, (r, ix + 7, 0), LANES), vload(e, (r, ix + 8, 0), LANES)
+    return (vfma(l2, k2, vfma(l1, k1, vfma(l0, k0, a0))), vfma(l4, k2, vfma(l3, k1, vfma(l2, k0, a1))),
+            vfma(l6, k2, vfma(l5, k1, vfma(l4, k0, a2))), vfma(l8, k2, vfma(l7, k1, vfma(l6, k0, a3))))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")  # inlined so that `stride` is a constant

@@ -177,6 +177,14 @@ def vsplat_at(typingctx, x, s, span):
 
 
 @intrinsic
+def vrepeat8(typingctx, v):
+    """Lanes 0-7 of v, twice: the same 8 channels for two pixels."""
+    def codegen(context, builder, sig, args):
+        return _shuffle(builder, args[0], ir.Constant(_VEC, ir.Undefined), list(range(8)) * 2)
+    return f32x16(f32x16), codegen
+
+
+@intrinsic
 def vfold(typingctx, u, v):
     """Lane l = u[2l] + u[2l + 1] for l < 8, and v[2l - 16] + v[2l - 15] for l >= 8: the
     sums of 8 channels from u, then of 8 more from v."""

@@ -43,6 +43,9 @@ CONV_CASES = [
     # and an even number of taps per kernel row at stride 1
     (1, 29, 30, 3, 2, "same"),
     (1, 26, 27, 4, 1, "symmetric"),
+    # 8 channels at stride 1: the depthwise's two pixels per vector, then its edges
+    (2, 5, 21, 8, 1, "same"),
+    (1, 4, 19, 8, 1, "symmetric"),
 ]
 
 
