@@ -29,6 +29,7 @@ from .gemm import PANEL, gemm, pack_panels
 from .sync import barrier, share
 
 RELU6 = (0.0, 6.0)
+ROW_BAND = 32  # output rows that the slices of a row-streamed block take turns on
 
 
 def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -141,6 +142,28 @@ def _expanded_width(x, stem, exp_stride, exp_pads):
     return x.shape[2]
 
 
+@njit(cache=True)
+def _expansion_size(cs, stem, cin):
+    """Floats of one slice's packed expansion weights: cs channels from cin inputs."""
+    if stem:  # taps in lanes (pack_stem)
+        return -(-cs // PER_VECTOR) * 3 * -(-(3 * cin) // SPAN) * LANES
+    return -(-cs // PANEL) * cin * PANEL  # GEMM panels (pack_panels)
+
+
+@njit(cache=True)
+def _slice_weights(we, be, wd, bd, wp, bounds, s, we_at, stem, cin):
+    """Slice s's weights: expansion (packed, from we_at), its bias, depthwise, its bias,
+    and the projection's rows for its channels."""
+    c0, c1 = bounds[s], bounds[s + 1]
+    cs = c1 - c0
+    if stem:
+        shape = (-(-cs // PER_VECTOR), 3 * -(-(3 * cin) // SPAN), LANES)
+    else:
+        shape = (-(-cs // PANEL), cin, PANEL)
+    we_s = we[we_at:we_at + _expansion_size(cs, stem, cin)].reshape(shape)
+    return we_s, be[c0:c1], wd[9 * c0:9 * c1].reshape((3, 3, cs)), bd[c0:c1], wp[:, c0:c1]
+
+
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
                       wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync):
@@ -165,35 +188,37 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     We = _expanded_width(x, stem, exp_stride, exp_pads)
     Ho, Wo = y.shape[1], y.shape[2]
     t = len(bounds) - 1
-    we_at = 0  # where this slice's expansion weights start in `we`
+    cin = x.shape[3]
+    we_at = np.zeros(t + 1, np.int64)  # where each slice's expansion weights start in `we`
     for s in range(t):
-        c0, c1 = bounds[s], bounds[s + 1]
-        cs = c1 - c0
-        if stem:  # taps in lanes (pack_stem)
-            shape = (-(-cs // PER_VECTOR), 3 * -(-(3 * x.shape[3]) // SPAN), LANES)
-        else:  # GEMM panels (pack_panels)
-            shape = (-(-cs // PANEL), x.shape[3], PANEL)
-        we_s = we[we_at:we_at + shape[0] * shape[1] * shape[2]].reshape(shape)
-        we_at += shape[0] * shape[1] * shape[2]
-        wd_s = wd[9 * c0:9 * c1].reshape((3, 3, cs))
-        be_s, bd_s, wp_s = be[c0:c1], bd[c0:c1], wp[:, c0:c1]
-        first = s == 0
-        if rows:
-            # each thread streams its own band of output rows through its own line buffer
-            e_len, d_len = 3 * We * cs, Wo * cs
-            e = ebuf[tid * e_len:(tid + 1) * e_len].reshape((3, We, cs))
-            d = dbuf[tid * d_len:(tid + 1) * d_len].reshape((Wo, cs))
-            oy0, oy1 = share(Ho, tid, threads)
-            for n in range(N):
-                _stream(x, y, n, oy0, oy1, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride,
-                        dw_pads, wp_s, bp, first, use_residual, e, d)
-        else:
-            # t = 1 runs each phase over the whole batch (the framework way); a slice
-            # holds one image at a time, so its scratch is per image.
-            nb = N if t == 1 else 1
+        we_at[s + 1] = we_at[s] + _expansion_size(bounds[s + 1] - bounds[s], stem, cin)
+    if rows:
+        # Each thread streams its own band of output rows through its own line buffer.
+        # With t > 1 the slices take turns on ROW_BAND rows of it at a time, so that the
+        # rows of x they read and of y they add to stay in cache from one slice to the
+        # next; each turn refills the slice's line buffer, recomputing the expansion
+        # rows above the band that the one before also used.
+        oy0, oy1 = share(Ho, tid, threads)
+        band = ROW_BAND if t > 1 else max(oy1 - oy0, 1)
+        for n in range(N):
+            for b0 in range(oy0, oy1, band):
+                for s in range(t):
+                    cs = bounds[s + 1] - bounds[s]
+                    we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, s, we_at[s], stem, cin)
+                    e = ebuf[tid * 3 * We * cs:(tid + 1) * 3 * We * cs].reshape((3, We, cs))
+                    d = dbuf[tid * Wo * cs:(tid + 1) * Wo * cs].reshape((Wo, cs))
+                    _stream(x, y, n, b0, min(b0 + band, oy1), stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
+                            dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d)
+    else:
+        # t = 1 runs each phase over the whole batch (the framework way); a slice
+        # holds one image at a time, so its scratch is per image.
+        nb = N if t == 1 else 1
+        for s in range(t):
+            cs = bounds[s + 1] - bounds[s]
+            we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, s, we_at[s], stem, cin)
             e = ebuf[:nb * He * We * cs].reshape((nb, He, We, cs))
             d = dbuf[:nb * Ho * Wo * cs].reshape((nb, Ho, Wo, cs))
             for n0 in range(0, N, nb):
                 _phases(x, y, n0, n0 + nb, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
-                        dw_stride, dw_pads, wp_s, bp, first, use_residual, e, d, tid, threads, sync)
+                        dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d, tid, threads, sync)
     barrier(sync, tid, threads)  # the next block reads all of y
