@@ -72,37 +72,75 @@ def _project(d, wp, bp, first, use_residual, x_row, y_row):
 
 
 @njit(cache=True, fastmath=FASTMATH)
-def _phases(x, y, n0, n1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, first, use_residual, e, d, tid, threads, sync):
-    """Materialized order for images n0..n1: expand all rows, then filter all, then project.
+def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+                  wp, bp, use_residual, e, d, tid, threads, sync):
+    """t = 1, every image at once: expand all rows, then filter all, then project.
 
-    e [n1 - n0, He, We, cs], d [n1 - n0, Ho, Wo, cs]. The phase order is what lets the
-    memory planner put D where x was and y where E was. The 1x1 convs run on a whole
-    image at once, so the weights stream through the GEMM once per image, not once
-    per row (which made the 7x7 blocks 1.6x slower).
+    e [N, He, We, hidden], d [N, Ho, Wo, hidden]. The phase order is what lets the memory
+    planner put D where x was and y where E was. The 1x1 convs run on a whole image at
+    once, so the weights stream through the GEMM once per image, not once per row
+    (which made the 7x7 blocks 1.6x slower).
 
     With threads > 1, thread tid does its share of the rows (or pixels) of each phase,
     and the threads meet between phases: each phase reads what all of them wrote.
     """
-    He, We, Ho, Wo = e.shape[1], e.shape[2], d.shape[1], d.shape[2]
-    for n in range(n0, n1):
-        if stem:
-            r0, r1 = share(He, tid, threads)
-            for iy in range(r0, r1):
-                _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, e[n - n0, iy])
-        else:
-            p0, p1 = share(He * We, tid, threads)
-            pointwise_row(_pixels(x[n])[p0:p1], we, be, RELU6[0], RELU6[1], _pixels(e[n - n0])[p0:p1])
+    N, He, Ho, Wo = x.shape[0], e.shape[1], d.shape[1], d.shape[2]
+    for n in range(N):
+        r0, r1 = share(He, tid, threads)
+        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e[n])
     barrier(sync, tid, threads)
     r0, r1 = share(Ho, tid, threads)
-    for n in range(n0, n1):
+    for n in range(N):
         for oy in range(r0, r1):
-            depthwise_row(e[n - n0], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2],
-                          RELU6[0], RELU6[1], d[n - n0, oy])
+            depthwise_row(e[n], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[n, oy])
     barrier(sync, tid, threads)
     p0, p1 = share(Ho * Wo, tid, threads)
-    for n in range(n0, n1):
-        _project(_pixels(d[n - n0])[p0:p1], wp, bp, first, use_residual, _pixels(x[n])[p0:p1], _pixels(y[n])[p0:p1])
+    for n in range(N):
+        _project(_pixels(d[n])[p0:p1], wp, bp, True, use_residual, _pixels(x[n])[p0:p1], _pixels(y[n])[p0:p1])
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
+            wp, bp, first, use_residual, e, d, tid, threads, sync):
+    """One slice of image n, with e [He, We, cs] and d [Ho, Wo, cs] whole, computed in
+    bands of ROW_BAND output rows: the expansion rows a band needs, its depthwise rows,
+    then its projection. Every row of E and D is made, in the same buffers, but each is
+    read again while it is still in cache: slice by slice in phases, a slice of the
+    first blocks (E, D and y together over 1 MiB) went out to L3 between the phases.
+    The planner gives a sliced block's x, E, D and y disjoint buffers (all are live
+    for every slice), so this order is as safe as the phase order.
+
+    With threads > 1, the threads first expand their shares of E's rows and meet (a
+    band's first depthwise row reads the rows above it); then each computes its own
+    share of the output rows."""
+    He, Ho = e.shape[0], d.shape[0]
+    done = 0  # E's rows made so far
+    if threads > 1:
+        r0, r1 = share(He, tid, threads)
+        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e)
+        barrier(sync, tid, threads)
+        done = He
+    oy0, oy1 = share(Ho, tid, threads)
+    for b0 in range(oy0, oy1, ROW_BAND):
+        b1 = min(b0 + ROW_BAND, oy1)
+        needed = min((b1 - 1) * dw_stride - dw_pads[0] + 3, He)  # E rows up to the band's last tap
+        if needed > done:
+            _expand_rows(x, n, done, needed, stem, we, be, exp_stride, exp_pads, e)
+            done = needed
+        for oy in range(b0, b1):
+            depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[oy])
+        _project(_pixels(d[b0:b1]), wp, bp, first, use_residual, _pixels(x[n, b0:b1]), _pixels(y[n, b0:b1]))
+    barrier(sync, tid, threads)  # the next slice overwrites E and D
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e):
+    """Rows r0..r1 of image n's expansion slice into e [He, We, cs]."""
+    if stem:
+        for iy in range(r0, r1):
+            conv3x3_row(x[n], iy, we, be, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], e[iy])
+    elif r1 > r0:
+        pointwise_row(_pixels(x[n, r0:r1]), we, be, RELU6[0], RELU6[1], _pixels(e[r0:r1]))
 
 
 @njit(cache=True)
@@ -212,13 +250,18 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     else:
         # t = 1 runs each phase over the whole batch (the framework way); a slice
         # holds one image at a time, so its scratch is per image.
-        nb = N if t == 1 else 1
         for s in range(t):
             cs = bounds[s + 1] - bounds[s]
             we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, s, we_at[s], stem, cin)
-            e = ebuf[:nb * He * We * cs].reshape((nb, He, We, cs))
-            d = dbuf[:nb * Ho * Wo * cs].reshape((nb, Ho, Wo, cs))
-            for n0 in range(0, N, nb):
-                _phases(x, y, n0, n0 + nb, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
-                        dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d, tid, threads, sync)
+            if t == 1:
+                e = ebuf[:N * He * We * cs].reshape((N, He, We, cs))
+                d = dbuf[:N * Ho * Wo * cs].reshape((N, Ho, Wo, cs))
+                _materialized(x, y, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
+                              wp_s, bp, use_residual, e, d, tid, threads, sync)
+            else:
+                e = ebuf[:He * We * cs].reshape((He, We, cs))
+                d = dbuf[:Ho * Wo * cs].reshape((Ho, Wo, cs))
+                for n in range(N):
+                    _sliced(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
+                            wp_s, bp, s == 0, use_residual, e, d, tid, threads, sync)
     barrier(sync, tid, threads)  # the next block reads all of y

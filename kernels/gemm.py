@@ -101,7 +101,7 @@ def _lanes(width, v):
 # four starting accumulators (a row of `init`), `_fma4` adds x[p, k] times the
 # four weight vectors of row k, `_store4` writes them back through the clamp.
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _wide_tile4(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
     """Pixels p..p+3 x channels c..c+63; n0..n3 live lanes in each of the 4 vectors."""
     P, K = x.shape
@@ -125,7 +125,7 @@ def _wide_tile4(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
     _store4(out, p3, c, n0, n1, n2, n3, lo, hi, a30, a31, a32, a33)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _wide_tile6(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
     """Pixels p..p+5 x channels c..c+63; n0..n3 live lanes in each of the 4 vectors."""
     P, K = x.shape
@@ -156,7 +156,7 @@ def _wide_tile6(x, w, init, step, lo, hi, out, p, c, n0, n1, n2, n3):
     _store4(out, p5, c, n0, n1, n2, n3, lo, hi, a50, a51, a52, a53)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _mid_tile(x, w, init, step, lo, hi, out, p, c, n2):
     """Pixels p..p+5 x channels c..c+47; the first two vectors full, n2 live lanes in the third."""
     P, K = x.shape
@@ -185,7 +185,7 @@ def _mid_tile(x, w, init, step, lo, hi, out, p, c, n2):
     _store3(out, p5, c, n2, lo, hi, a50, a51, a52)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n1):
     """Pixels p..p+7 x channels c..c+31; the first vector full, n1 live lanes in the second."""
     n0 = 16
@@ -221,7 +221,7 @@ def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n1):
     _store2(out, p7, c, n0, n1, lo, hi, a70, a71)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _thin_tile(x, w, init, step, lo, hi, out, p, c, n):
     """Pixels p..p+11 x channels c..c+15; n live lanes."""
     K = x.shape[1]
