@@ -26,6 +26,7 @@ from ._rows import FASTMATH, depthwise_row, fill_bias, pointwise_row
 from .simd import LANES
 from .stem import PER_VECTOR, SPAN, conv3x3_row, pack_stem
 from .gemm import PANEL, gemm, pack_panels
+from .pairs import pack_pairs, pointwise_pairs, uses_pairs
 from .sync import barrier, share
 
 RELU6 = (0.0, 6.0)
@@ -42,10 +43,17 @@ def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 def pack_expansion(w: np.ndarray, bounds: np.ndarray, stem: bool) -> np.ndarray:
     """The expansion weights of each slice, one slice after the other, as a flat array:
-    w [K, hidden] as GEMM panels (pack_panels), or the stem's [27, hidden] with taps in
+    w [K, hidden] as GEMM panels (pack_panels) or, for a slice whose width is not a
+    multiple of 16, by pairs of inputs (pack_pairs); the stem's [27, hidden] with taps in
     lanes (pack_stem)."""
-    return np.concatenate([(pack_stem(w[:, c0:c1].copy(), w.shape[0] // 9) if stem else pack_panels(w[:, c0:c1].copy())).ravel()
+    return np.concatenate([_pack_expansion_slice(w[:, c0:c1].copy(), stem).ravel()
                            for c0, c1 in zip(bounds[:-1], bounds[1:])])
+
+
+def _pack_expansion_slice(w, stem):
+    if stem:
+        return pack_stem(w, w.shape[0] // 9)
+    return pack_pairs(w) if uses_pairs(w.shape[1], w.shape[0]) else pack_panels(w)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -54,7 +62,7 @@ def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out):
     if stem:
         conv3x3_row(x[n], iy, we, be, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], out)
     else:
-        pointwise_row(x[n, iy], we, be, RELU6[0], RELU6[1], out)
+        _pointwise(x[n, iy], we, be, out)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -140,7 +148,16 @@ def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e):
         for iy in range(r0, r1):
             conv3x3_row(x[n], iy, we, be, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], e[iy])
     elif r1 > r0:
-        pointwise_row(_pixels(x[n, r0:r1]), we, be, RELU6[0], RELU6[1], _pixels(e[r0:r1]))
+        _pointwise(_pixels(x[n, r0:r1]), we, be, _pixels(e[r0:r1]))
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _pointwise(x, we, be, out):
+    """A 1x1 expansion with ReLU6, packed by pack_expansion."""
+    if uses_pairs(out.shape[1], x.shape[1]):
+        pointwise_pairs(x, we, be, RELU6[0], RELU6[1], out)
+    else:
+        pointwise_row(x, we, be, RELU6[0], RELU6[1], out)
 
 
 @njit(cache=True)
@@ -183,9 +200,17 @@ def _expanded_width(x, stem, exp_stride, exp_pads):
 @njit(cache=True)
 def _expansion_size(cs, stem, cin):
     """Floats of one slice's packed expansion weights: cs channels from cin inputs."""
+    a, b, c = _expansion_shape(cs, stem, cin)
+    return a * b * c
+
+
+@njit(cache=True)
+def _expansion_shape(cs, stem, cin):
     if stem:  # taps in lanes (pack_stem)
-        return -(-cs // PER_VECTOR) * 3 * -(-(3 * cin) // SPAN) * LANES
-    return -(-cs // PANEL) * cin * PANEL  # GEMM panels (pack_panels)
+        return -(-cs // PER_VECTOR), 3 * -(-(3 * cin) // SPAN), LANES
+    if uses_pairs(cs, cin):  # pairs of inputs (pack_pairs)
+        return -(-cs // PER_VECTOR), -(-cin // 2), LANES
+    return -(-cs // PANEL), cin, PANEL  # GEMM panels (pack_panels)
 
 
 @njit(cache=True)
@@ -194,11 +219,7 @@ def _slice_weights(we, be, wd, bd, wp, bounds, s, we_at, stem, cin):
     and the projection's rows for its channels."""
     c0, c1 = bounds[s], bounds[s + 1]
     cs = c1 - c0
-    if stem:
-        shape = (-(-cs // PER_VECTOR), 3 * -(-(3 * cin) // SPAN), LANES)
-    else:
-        shape = (-(-cs // PANEL), cin, PANEL)
-    we_s = we[we_at:we_at + _expansion_size(cs, stem, cin)].reshape(shape)
+    we_s = we[we_at:we_at + _expansion_size(cs, stem, cin)].reshape(_expansion_shape(cs, stem, cin))
     return we_s, be[c0:c1], wd[9 * c0:9 * c1].reshape((3, 3, cs)), bd[c0:c1], wp[:, c0:c1]
 
 

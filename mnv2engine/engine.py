@@ -49,6 +49,7 @@ class Engine:
         self.labels = weightset.labels or [f"class {i}" for i in range(self.arch.classes)]
         self._plans = {}
         self._programs = {}
+        self._planning = threading.Lock()
         # the threads - 1 helpers that share an image with the calling thread (none start
         # until first used)
         self._helpers = ThreadPoolExecutor(self.threads - 1, "mnv2-helper") if self.threads > 1 else None
@@ -78,9 +79,11 @@ class Engine:
     def plan(self, batch: int = 1, threads: int = 1):
         """The buffers of a forward call on `batch` images, each shared by `threads` threads."""
         key = (batch, threads)
-        if key not in self._plans:
-            self._plans[key] = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
-            self._programs[key] = compile_plan(self._plans[key], self._weights, self._stem_pads, self._dw_pads)
+        with self._planning:  # concurrent first calls would otherwise see a plan without its program
+            if key not in self._plans:
+                plan = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
+                self._programs[key] = compile_plan(plan, self._weights, self._stem_pads, self._dw_pads)
+                self._plans[key] = plan
         return self._plans[key]
 
     def forward(self, x: np.ndarray) -> np.ndarray:

@@ -166,6 +166,25 @@ def test_more_threads_than_cores_still_finish():
     assert np.array_equal(many.forward(x), one.forward(x))
 
 
+def test_concurrent_first_calls_wait_for_one_plan(monkeypatch):
+    """The first calls of a batch size make its plan and program; concurrent ones must not
+    see them half made (making the program is slowed here to widen the window)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    import mnv2engine.engine as engine_module
+    real = engine_module.compile_plan
+
+    def slow_compile_plan(*args):
+        time.sleep(0.05)
+        return real(*args)
+    monkeypatch.setattr(engine_module, "compile_plan", slow_compile_plan)
+    e = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+    x = np.random.default_rng(0).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: e.forward(x), range(4)))
+    assert all(np.array_equal(g, got[0]) for g in got)
+
+
 def test_concurrent_calls_on_shared_image_threads_match():
     """Calls from 4 threads into an engine whose 3 threads share each image."""
     from concurrent.futures import ThreadPoolExecutor

@@ -1,9 +1,11 @@
-"""The register-blocked GEMM: panels, tile edges, and that it writes nothing but its output."""
+"""The register-blocked GEMMs (gemm.py, pairs.py): panels, tile edges, and that they write
+nothing but their output."""
 import numpy as np
 import pytest
 
 from mnv2engine.kernels import _cache, pack_panels
 from mnv2engine.kernels.gemm import gemm
+from mnv2engine.kernels.pairs import pack_pairs, pointwise_pairs
 
 import naive
 from conftest import close
@@ -41,6 +43,27 @@ def test_gemm_writes_exactly_its_output(P, C):
     gemm(x, pack_panels(w), b, True, -np.inf, np.inf, out)  # accumulate onto the output
     close(out, prev + x.astype(np.float64) @ w, 1e-5)
     assert (big[outside] == 7.5).all()
+
+
+# Widths of 1, 2 and 3 vectors of 8 channels and their mixes (24 and 36 are t = 4's
+# slices), input depths odd and even (the last pair of an odd depth), 1 pixel to several tiles.
+@pytest.mark.parametrize("P", [1, 7, 13, 40])
+@pytest.mark.parametrize("K", [2, 5, 16, 24])
+@pytest.mark.parametrize("C", [3, 8, 12, 24, 36, 40])
+def test_pointwise_pairs_writes_exactly_its_output(P, K, C):
+    """The same check for the 1x1 conv by pairs of inputs (pairs.py)."""
+    rng = np.random.default_rng(P * 1000 + K * 50 + C)
+    x = rng.standard_normal((P, K)).astype(np.float32)
+    w = rng.standard_normal((K, C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    big = np.full((P + 2, C + 40), 7.5, np.float32)
+    out = big[1:P + 1, 3:C + 3]
+    pointwise_pairs(x, pack_pairs(w), b, 0.0, 6.0, out)
+    close(out, naive.pointwise(x, w, b, 0.0, 6.0), 1e-5)
+    outside = np.ones(big.shape, bool)
+    outside[1:P + 1, 3:C + 3] = False
+    assert (big[outside] == 7.5).all()
+    assert 0 < out.min() or out.max() > 0, "the case proves nothing if all outputs clamp"
 
 
 def test_stale_kernel_cache_is_dropped_when_a_source_changes(tmp_path, monkeypatch):
