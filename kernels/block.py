@@ -109,35 +109,45 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
 
 @njit(cache=True, fastmath=FASTMATH)
 def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, first, use_residual, e, d, tid, threads, sync):
-    """One slice of image n, with e [He, We, cs] and d [Ho, Wo, cs] whole, computed in
+            wp, bp, s, use_residual, e, d, tid, threads, sync):
+    """Slice s of image n, with e [He, We, cs] and d [Ho, Wo, cs] whole, computed in
     bands of ROW_BAND output rows: the expansion rows a band needs, its depthwise rows,
     then its projection. Every row of E and D is made, in the same buffers, but each is
-    read again while it is still in cache: slice by slice in phases, a slice of the
-    first blocks (E, D and y together over 1 MiB) went out to L3 between the phases.
-    The planner gives a sliced block's x, E, D and y disjoint buffers (all are live
-    for every slice), so this order is as safe as the phase order.
+    read again while it is still in cache. The planner gives a sliced block's x, E, D
+    and y disjoint buffers (all are live for every slice), so this order is as safe as
+    the phase order.
+
+    Odd slices go from the bottom band up: each slice reads all of x and adds to all of
+    y, and the rows the slice before touched last are the ones still in cache.
 
     With threads > 1, the threads first expand their shares of E's rows and meet (a
     band's first depthwise row reads the rows above it); then each computes its own
     share of the output rows."""
     He, Ho = e.shape[0], d.shape[0]
-    done = 0  # E's rows made so far
+    made0 = made1 = 0  # E's rows made0..made1 are made
     if threads > 1:
         r0, r1 = share(He, tid, threads)
         _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e)
         barrier(sync, tid, threads)
-        done = He
+        made1 = He
     oy0, oy1 = share(Ho, tid, threads)
-    for b0 in range(oy0, oy1, ROW_BAND):
+    bands = -(-(oy1 - oy0) // ROW_BAND)
+    for i in range(bands):
+        b0 = oy0 + ROW_BAND * (bands - 1 - i if s % 2 else i)
         b1 = min(b0 + ROW_BAND, oy1)
-        needed = min((b1 - 1) * dw_stride - dw_pads[0] + 3, He)  # E rows up to the band's last tap
-        if needed > done:
-            _expand_rows(x, n, done, needed, stem, we, be, exp_stride, exp_pads, e)
-            done = needed
+        # the E rows of the band's taps
+        need0, need1 = max(b0 * dw_stride - dw_pads[0], 0), min((b1 - 1) * dw_stride - dw_pads[0] + 3, He)
+        if made1 == made0:
+            made0 = made1 = need0
+        if need1 > made1:
+            _expand_rows(x, n, made1, need1, stem, we, be, exp_stride, exp_pads, e)
+            made1 = need1
+        if need0 < made0:
+            _expand_rows(x, n, need0, made0, stem, we, be, exp_stride, exp_pads, e)
+            made0 = need0
         for oy in range(b0, b1):
             depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[oy])
-        _project(_pixels(d[b0:b1]), wp, bp, first, use_residual, _pixels(x[n, b0:b1]), _pixels(y[n, b0:b1]))
+        _project(_pixels(d[b0:b1]), wp, bp, s == 0, use_residual, _pixels(x[n, b0:b1]), _pixels(y[n, b0:b1]))
     barrier(sync, tid, threads)  # the next slice overwrites E and D
 
 
@@ -284,5 +294,5 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                 d = dbuf[:Ho * Wo * cs].reshape((Ho, Wo, cs))
                 for n in range(N):
                     _sliced(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
-                            wp_s, bp, s == 0, use_residual, e, d, tid, threads, sync)
+                            wp_s, bp, s, use_residual, e, d, tid, threads, sync)
     barrier(sync, tid, threads)  # the next block reads all of y
