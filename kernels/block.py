@@ -11,10 +11,13 @@ into the output. The sum is exact because B is linear. `bounds` holds the t + 1 
 
   materialized  (t = 1, rows=False) expand everything, then filter, then project:
                 E [N, He, We, hidden] and D [N, Ho, Wo, hidden] exist whole.
-  sliced        (t > 1, rows=False) the same per slice and image: E and D hold one slice.
+  sliced        (t > 1, rows=False) per slice and image, E and D hold one slice, whole;
+                the slice is computed in bands of rows, so that what one phase writes
+                the next reads from cache (_sliced).
   row-streamed  (rows=True) per slice, E lives in a 3-row line buffer and D in one row:
                 expansion rows are made just before the depthwise needs them, and each
-                output row is projected as soon as it is filtered.
+                output row is projected as soon as it is filtered. With t > 1 the slices
+                take turns on bands of output rows.
 
 For the first block the expansion is the stem conv (`stem=True`): the paper's first-layer
 trick, so the stem's output is sliced and streamed like any other expansion.
@@ -30,7 +33,7 @@ from .pairs import pack_pairs, pointwise_pairs, uses_pairs
 from .sync import barrier, share
 
 RELU6 = (0.0, 6.0)
-ROW_BAND = 32  # output rows that the slices of a row-streamed block take turns on
+ROW_BAND = 32  # output rows per band: of a sliced block's slice, or of a row-streamed block's turns
 
 
 def pack_slices(w: np.ndarray, bounds: np.ndarray) -> np.ndarray:
@@ -118,7 +121,8 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
     the phase order.
 
     Odd slices go from the bottom band up: each slice reads all of x and adds to all of
-    y, and the rows the slice before touched last are the ones still in cache.
+    y, and the rows the slice before touched last are the ones still in cache (the
+    first block at t = 4, in a forward: 0.77 ms top down every slice, 0.64 ms).
 
     With threads > 1, the threads first expand their shares of E's rows and meet (a
     band's first depthwise row reads the rows above it); then each computes its own
