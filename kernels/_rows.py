@@ -14,7 +14,7 @@ from .gemm import FASTMATH, gemm
 from .simd import LANES, vclamp, vfma, vload, vrepeat8, vsplat, vstore
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def fill_bias(out, b):
     """out[p, :] = b for every row p of out [P, C]."""
     P, C = out.shape
@@ -23,7 +23,7 @@ def fill_bias(out, b):
             out[p, c] = b[c]
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def clamp(out, lo, hi):
     """The epilogue's clamp, in place on out [P, C]; lo, hi = -inf, inf leaves it linear."""
     lo32, hi32 = np.float32(lo), np.float32(hi)
@@ -35,13 +35,13 @@ def clamp(out, lo, hi):
             out[p, c] = min(max(out[p, c], lo32), hi32)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def pointwise_row(x, w, b, lo, hi, out):
     """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C] as panels, out [P, C]."""
     gemm(x, w, b, False, lo, hi, out)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of a 3x3 depthwise conv, with the clamp epilogue.
 
@@ -111,7 +111,7 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
                 ox += 1
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _pairs_interior(e, r0, r1, r2, first, bias, w00, w01, w02, w10, w11, w12, w20, w21, w22, lo, hi, out):
     """Output pixels first, first + 1, ... of 8 channels at stride 1 (the first block's
     slices at t = 4), whose one-pixel vectors would be half empty: a vector holds two
@@ -166,7 +166,7 @@ def _interior4(e, r0, r1, r2, ix, stride, c, n, bias, w00, w01, w02, w10, w11, w
     return a0, a1, a2, a3
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _taps4(e, r, ix, stride, c, n, wk, a0, a1, a2, a3):
     """One tap of four neighbouring output pixels: a_i += e[r, ix + i * stride, c:c + n] * wk."""
     return (vfma(vload(e, (r, ix, c), n), wk, a0),
@@ -181,7 +181,7 @@ def _nearest(i, size):
     return min(max(i, 0), size - 1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _tap(w, ky, kx, c, n, inside):
     """Weights w[ky, kx, c:c + n] as a vector, or zeros when that tap is on the padding."""
     return vload(w, (ky, kx, c), n if inside else 0)

@@ -59,7 +59,7 @@ def _pack_expansion_slice(w, stem):
     return pack_pairs(w) if uses_pairs(w.shape[1], w.shape[0]) else pack_panels(w)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out):
     """Row iy of an expansion slice of image n: out [We, cs]."""
     if stem:
@@ -68,7 +68,7 @@ def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out):
         _pointwise(x[n, iy], we, be, out)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _project(d, wp, bp, first, use_residual, x_row, y_row):
     """y_row [P, Cout] += d [P, cs] @ wp [cs, Cout]; the first slice starts from bias (+ x).
     P pixels: one row, or a whole image."""
@@ -82,7 +82,7 @@ def _project(d, wp, bp, first, use_residual, x_row, y_row):
     gemm(d, wp, bp, True, -np.inf, np.inf, y_row)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
                   wp, bp, use_residual, e, d, tid, threads, sync):
     """t = 1, every image at once: expand all rows, then filter all, then project.
@@ -110,7 +110,7 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
         _project(_pixels(d[n])[p0:p1], wp, bp, True, use_residual, _pixels(x[n])[p0:p1], _pixels(y[n])[p0:p1])
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
             wp, bp, s, use_residual, e, d, tid, threads, sync):
     """Slice s of image n, with e [He, We, cs] and d [Ho, Wo, cs] whole, computed in
@@ -155,7 +155,7 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
     barrier(sync, tid, threads)  # the next slice overwrites E and D
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e):
     """Rows r0..r1 of image n's expansion slice into e [He, We, cs]."""
     if stem:
@@ -165,7 +165,7 @@ def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e):
         _pointwise(_pixels(x[n, r0:r1]), we, be, _pixels(e[r0:r1]))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _pointwise(x, we, be, out):
     """A 1x1 expansion with ReLU6, packed by pack_expansion."""
     if uses_pairs(out.shape[1], x.shape[1]):
@@ -174,14 +174,14 @@ def _pointwise(x, we, be, out):
         pointwise_row(x, we, be, RELU6[0], RELU6[1], out)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # returns a view: inlined, so no kernel returns one
 def _pixels(image):
     """An image [H, W, C] as the matrix [H * W, C] of its pixels (a view)."""
     H, W, C = image.shape
     return image.reshape((H * W, C))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _stream(x, y, n, oy0, oy1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
             wp, bp, first, use_residual, e, d):
     """Row-streamed order for output rows oy0..oy1 of image n: e [3, We, cs] line buffer,

@@ -57,7 +57,7 @@ def pack_panels(w):
     return out
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def gemm(x, w, b, accumulate, lo, hi, out):
     P, C = out.shape
     # A tile's accumulators start from row p * step of `init`: the output itself, or the
@@ -249,19 +249,19 @@ def pixels12(p, P):
             min(p + 11, last))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start_pixels4(init, step, q0, q1, q2, q3, c, n):
     return (vload(init, (q0 * step, c), n), vload(init, (q1 * step, c), n),
             vload(init, (q2 * step, c), n), vload(init, (q3 * step, c), n))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _fma_pixels4(x, k, q0, q1, q2, q3, wv, a0, a1, a2, a3):
     return (vfma(vsplat(x[q0, k]), wv, a0), vfma(vsplat(x[q1, k]), wv, a1),
             vfma(vsplat(x[q2, k]), wv, a2), vfma(vsplat(x[q3, k]), wv, a3))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _store_pixels4(out, q0, q1, q2, q3, c, n, lo, hi, v0, v1, v2, v3):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (q0, c), n, vclamp(v0, lo32, hi32))
@@ -270,12 +270,12 @@ def _store_pixels4(out, q0, q1, q2, q3, c, n, lo, hi, v0, v1, v2, v3):
     vstore(out, (q3, c), n, vclamp(v3, lo32, hi32))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start4(init, i, c, n0, n1, n2, n3):
     return vload(init, (i, c), n0), vload(init, (i, c + 16), n1), vload(init, (i, c + 32), n2), vload(init, (i, c + 48), n3)
 
 
-@njit(cache=True)
+@njit(cache=True, _nrt=False)
 def _prefetch_row(w, i, k):
     """The four cache lines of row k of panel i."""
     prefetch(w, (i, k, 0))
@@ -284,7 +284,7 @@ def _prefetch_row(w, i, k):
     prefetch(w, (i, k, 48))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _weights4(w, k, c, n0, n1, n2, n3):
     """Row k of the panel that starts at channel c (a multiple of 64)."""
     i = c // PANEL
@@ -297,7 +297,7 @@ def _fma4(xv, w0, w1, w2, w3, a0, a1, a2, a3):
     return vfma(s, w0, a0), vfma(s, w1, a1), vfma(s, w2, a2), vfma(s, w3, a3)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _store4(out, p, c, n0, n1, n2, n3, lo, hi, v0, v1, v2, v3):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (p, c), n0, vclamp(v0, lo32, hi32))
@@ -306,7 +306,7 @@ def _store4(out, p, c, n0, n1, n2, n3, lo, hi, v0, v1, v2, v3):
     vstore(out, (p, c + 48), n3, vclamp(v3, lo32, hi32))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start3(init, i, c, n2):
     return vload(init, (i, c), 16), vload(init, (i, c + 16), 16), vload(init, (i, c + 32), n2)
 
@@ -317,7 +317,7 @@ def _fma3(xv, w0, w1, w2, a0, a1, a2):
     return vfma(s, w0, a0), vfma(s, w1, a1), vfma(s, w2, a2)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _store3(out, p, c, n2, lo, hi, v0, v1, v2):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (p, c), 16, vclamp(v0, lo32, hi32))
@@ -325,7 +325,7 @@ def _store3(out, p, c, n2, lo, hi, v0, v1, v2):
     vstore(out, (p, c + 32), n2, vclamp(v2, lo32, hi32))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start2(init, i, c, n0, n1):
     return vload(init, (i, c), n0), vload(init, (i, c + 16), n1)
 
@@ -336,7 +336,7 @@ def _fma2(xv, w0, w1, a0, a1):
     return vfma(s, w0, a0), vfma(s, w1, a1)
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _store2(out, p, c, n0, n1, lo, hi, v0, v1):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (p, c), n0, vclamp(v0, lo32, hi32))

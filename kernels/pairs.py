@@ -43,7 +43,7 @@ def pack_pairs(w):
     return out
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def pointwise_pairs(x, w, b, lo, hi, out):
     """out = clamp(b + x @ w, lo, hi); x [P, K] with C-contiguous rows, w from pack_pairs,
     out [P, C]. Vectors three at a time (24 channels), then two, then one."""

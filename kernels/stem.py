@@ -52,7 +52,7 @@ def pack_stem(w, cin):
     return out
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     """Output row `oy` of the stem: x [H, W, Cin] one image, C-contiguous; w from
     pack_stem; b [C]; out [Wo, C]. Pixels whose window lies inside the image go through
@@ -207,7 +207,7 @@ def _finish(u, v, bias, lo, hi):
     return vclamp(vadd(vfold(u, v), bias), np.float32(lo), np.float32(hi))
 
 
-@njit(cache=True, fastmath=FASTMATH)
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _padded_pixel(x, iy0, ix0, w, b, lo, hi, out):
     """One output pixel out [C] whose window may overlap the zero padding: the taps on
     the padding are skipped, and each other tap's value goes to its lanes."""

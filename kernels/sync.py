@@ -85,7 +85,7 @@ def _sched_yield(typingctx):
     return types.none(), codegen
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def barrier(sync, tid, threads):
     """Wait until all `threads` threads have called their next barrier. One thread: no-op."""
     if threads == 1:
