@@ -282,21 +282,23 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                     d = dbuf[tid * Wo * cs:(tid + 1) * Wo * cs].reshape((Wo, cs))
                     _stream(x, y, n, b0, min(b0 + band, oy1), stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
                             dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d)
+    elif t == 1:
+        # every phase over the whole batch (the framework way)
+        we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, 0, 0, stem, cin)
+        e = ebuf[:N * He * We * be.shape[0]].reshape((N, He, We, be.shape[0]))
+        d = dbuf[:N * Ho * Wo * be.shape[0]].reshape((N, Ho, Wo, be.shape[0]))
+        _materialized(x, y, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
+                      wp_s, bp, use_residual, e, d, tid, threads, sync)
     else:
-        # t = 1 runs each phase over the whole batch (the framework way); a slice
-        # holds one image at a time, so its scratch is per image.
-        for s in range(t):
-            cs = bounds[s + 1] - bounds[s]
-            we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, s, we_at[s], stem, cin)
-            if t == 1:
-                e = ebuf[:N * He * We * cs].reshape((N, He, We, cs))
-                d = dbuf[:N * Ho * Wo * cs].reshape((N, Ho, Wo, cs))
-                _materialized(x, y, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
-                              wp_s, bp, use_residual, e, d, tid, threads, sync)
-            else:
+        # A slice holds one image at a time, so its scratch is per image; the slices of
+        # an image follow each other, so that its x and y stay in cache between them
+        # (slices outside, at batch 32 each slice fetched every image's x and y again).
+        for n in range(N):
+            for s in range(t):
+                cs = bounds[s + 1] - bounds[s]
+                we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, s, we_at[s], stem, cin)
                 e = ebuf[:He * We * cs].reshape((He, We, cs))
                 d = dbuf[:Ho * Wo * cs].reshape((Ho, Wo, cs))
-                for n in range(N):
-                    _sliced(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
-                            wp_s, bp, s, use_residual, e, d, tid, threads, sync)
+                _sliced(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
+                        wp_s, bp, s, use_residual, e, d, tid, threads, sync)
     barrier(sync, tid, threads)  # the next block reads all of y
