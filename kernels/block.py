@@ -97,8 +97,7 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
     """
     N, He, Ho, Wo = x.shape[0], e.shape[1], d.shape[1], d.shape[2]
     for n in range(N):
-        r0, r1 = share(He, tid, threads)
-        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e[n])
+        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e[n], tid, threads)
     barrier(sync, tid, threads)
     r0, r1 = share(Ho, tid, threads)
     for n in range(N):
@@ -130,8 +129,7 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
     He, Ho = e.shape[0], d.shape[0]
     made0 = made1 = 0  # E's rows made0..made1 are made
     if threads > 1:
-        r0, r1 = share(He, tid, threads)
-        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e)
+        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads)
         barrier(sync, tid, threads)
         made1 = He
     oy0, oy1 = share(Ho, tid, threads)
@@ -153,6 +151,18 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
             depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[oy])
         _project(_pixels(d[b0:b1]), wp, bp, s == 0, use_residual, _pixels(x[n, b0:b1]), _pixels(y[n, b0:b1]))
     barrier(sync, tid, threads)  # the next slice overwrites E and D
+
+
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+def _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads):
+    """Thread tid's share of image n's expansion slice e [He, We, cs]: rows of the stem,
+    pixels of a 1x1 conv (a 7x7 block's 7 rows split 4 and 3 between two threads)."""
+    if stem:
+        r0, r1 = share(e.shape[0], tid, threads)
+        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e)
+    else:
+        p0, p1 = share(e.shape[0] * e.shape[1], tid, threads)
+        _pointwise(_pixels(x[n])[p0:p1], we, be, _pixels(e)[p0:p1])
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
