@@ -93,9 +93,12 @@ class Engine:
         sharing = self._sharing(len(x))
         if sharing == self.threads:
             return self._run(x, sharing)
-        chunks = np.array_split(np.arange(len(x)), self.threads)
-        with ThreadPoolExecutor(self.threads) as pool:
-            return np.concatenate(list(pool.map(lambda idx: self._run(x[idx[0]:idx[-1] + 1], 1), chunks)))
+        # Whole images per thread: the caller takes the first share, the helpers the
+        # others, each off the caller's core (as in _run: two on one core took turns).
+        first, *rest = [x[idx[0]:idx[-1] + 1] for idx in np.array_split(np.arange(len(x)), self.threads)]
+        cpu = affinity.current_cpu()
+        helpers = [self._helpers.submit(affinity.run_away_from, cpu, self._run, part, 1) for part in rest]
+        return np.concatenate([self._run(first, 1)] + [h.result() for h in helpers])
 
     def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Copies of every block's output, the pooled features and the logits: to find
