@@ -8,7 +8,7 @@ timed at batch 1 and 32 with 1 and 2 threads, round-robin over runs (the order r
 each run) so a noisy moment hits all of them alike; medians are reported. A table on
 stdout and a bar chart, latency.png.
 
-    python benchmarks/latency.py [--runs 100] [--big-runs 5] [--quick] [--blocked] [--out benchmarks/out]
+    python benchmarks/latency.py [--runs 60] [--big-runs 9] [--quick] [--blocked] [--out benchmarks/out]
 """
 from __future__ import annotations
 
@@ -164,8 +164,8 @@ def time_round_robin(fns: dict, runs: int, warmup: int, turn_warmup: int = 0,
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=100, help="timed runs at batch 1 (default 100)")
-    ap.add_argument("--big-runs", type=int, default=5, help="timed runs at batch 32 (default 5)")
+    ap.add_argument("--runs", type=int, default=60, help="timed runs at batch 1 (default 60)")
+    ap.add_argument("--big-runs", type=int, default=9, help="timed runs at batch 32 (default 9)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 3 runs at batch 1, 1 at batch 32")
     ap.add_argument("--blocked", action="store_true",
                     help="time each runtime's runs back to back instead of round-robin")
