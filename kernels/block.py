@@ -26,10 +26,9 @@ import numpy as np
 from numba import njit
 
 from ._rows import FASTMATH, depthwise_row, fill_bias, pointwise_row
-from .simd import LANES
-from .stem import PER_VECTOR, SPAN, conv3x3_row, pack_stem
-from .gemm import PANEL, gemm, pack_panels
-from .pairs import pack_pairs, pointwise_pairs, uses_pairs
+from .stem import conv3x3_row, pack_stem, packed_shape as stem_shape
+from .gemm import gemm, pack_panels, panels_shape
+from .pairs import pack_pairs, packed_shape as pairs_shape, pointwise_pairs, uses_pairs
 from .sync import barrier, share
 
 RELU6 = (0.0, 6.0)
@@ -230,11 +229,10 @@ def _expansion_size(cs, stem, cin):
 
 @njit(cache=True)
 def _expansion_shape(cs, stem, cin):
-    if stem:  # taps in lanes (pack_stem)
-        return -(-cs // PER_VECTOR), 3 * -(-(3 * cin) // SPAN), LANES
-    if uses_pairs(cs, cin):  # pairs of inputs (pack_pairs)
-        return -(-cs // PER_VECTOR), -(-cin // 2), LANES
-    return -(-cs // PANEL), cin, PANEL  # GEMM panels (pack_panels)
+    """The packed shape of one slice's expansion weights, as pack_expansion made it."""
+    if stem:
+        return stem_shape(9 * cin, cs)
+    return pairs_shape(cin, cs) if uses_pairs(cs, cin) else panels_shape(cin, cs)
 
 
 @njit(cache=True)

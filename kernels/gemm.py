@@ -47,10 +47,16 @@ SHORT_ROW = 24  # fewer pixels than this: 4-pixel wide tiles
 
 
 @njit(cache=True)
+def panels_shape(K, C):
+    """The shape pack_panels gives w [K, C]."""
+    return -(-C // PANEL), K, PANEL
+
+
+@njit(cache=True)
 def pack_panels(w):
     """w [K, C] as panels [ceil(C / 64), K, 64] for gemm, the last one zero-padded."""
     K, C = w.shape
-    out = np.zeros((-(-C // PANEL), K, PANEL), np.float32)
+    out = np.zeros(panels_shape(K, C), np.float32)
     for c in range(C):
         for k in range(K):
             out[c // PANEL, k, c % PANEL] = w[k, c]

@@ -19,9 +19,8 @@ import numpy as np
 from numba import njit
 
 from .gemm import FASTMATH
-from .simd import LANES, vadd, vclamp, vfma, vfold, vload, vload_pair, vsplat, vstore
-
-PER_VECTOR = LANES // 2  # channels per vector
+from .simd import LANES, vfma, vload, vload_pair, vsplat, vstore
+from .stem import PER_VECTOR, finish
 
 
 @njit(cache=True)
@@ -31,11 +30,17 @@ def uses_pairs(C, K):
 
 
 @njit(cache=True)
+def packed_shape(K, C):
+    """The shape pack_pairs gives w [K, C]."""
+    return -(-C // PER_VECTOR), -(-K // 2), LANES
+
+
+@njit(cache=True)
 def pack_pairs(w):
     """w [K, C] as [ceil(C / 8), ceil(K / 2), 16] for pointwise_pairs."""
     K, C = w.shape
     pairs = -(-K // 2)
-    out = np.zeros((-(-C // PER_VECTOR), pairs, LANES), np.float32)
+    out = np.zeros(packed_shape(K, C), np.float32)
     for k in range(K):
         i, s = (k // 2, k % 2) if k < K - K % 2 else (pairs - 1, 1)
         for c in range(C):
@@ -102,8 +107,8 @@ def _tile3(x, w, b, lo, hi, out, p, g):
     for q, (s0, s1, s2) in enumerate(((a0, b0, c0), (a1, b1, c1), (a2, b2, c2),
                                       (a3, b3, c3), (a4, b4, c4), (a5, b5, c5))):
         row = min(p + q, P - 1)
-        vstore(out, (row, c), n, _finish(s0, s1, bias, lo, hi))
-        vstore(out, (row, c + LANES), m, _finish(s2, s2, bias2, lo, hi))
+        vstore(out, (row, c), n, finish(s0, s1, bias, lo, hi))
+        vstore(out, (row, c + LANES), m, finish(s2, s2, bias2, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -126,7 +131,7 @@ def _tile2(x, w, b, lo, hi, out, p, g):
     n = min(LANES, out.shape[1] - c)
     bias = vload(b, (c,), n)
     for q, (s0, s1) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5))):
-        vstore(out, (min(p + q, P - 1), c), n, _finish(s0, s1, bias, lo, hi))
+        vstore(out, (min(p + q, P - 1), c), n, finish(s0, s1, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -149,7 +154,7 @@ def _tile1(x, w, b, lo, hi, out, p, g):
     n = min(PER_VECTOR, out.shape[1] - c)
     bias = vload(b, (c,), n)
     for q, s in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
-        vstore(out, (min(p + q, P - 1), c), n, _finish(s, s, bias, lo, hi))
+        vstore(out, (min(p + q, P - 1), c), n, finish(s, s, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -160,10 +165,3 @@ def _fma3(pair, u, v, t, a, b, c):
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _fma2(pair, u, v, a, b):
     return vfma(pair, u, a), vfma(pair, v, b)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _finish(u, v, bias, lo, hi):
-    """The 8 channels of u, then the 8 of v, each summed over its two lanes, plus the
-    bias, clamped."""
-    return vclamp(vadd(vfold(u, v), bias), np.float32(lo), np.float32(hi))

@@ -30,9 +30,16 @@ SPAN = 2  # taps per vector
 PER_VECTOR = LANES // SPAN  # channels per vector
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # inlined: with taps a constant, so is the count
 def _pairs(taps):
+    """Pairs of taps per kernel row."""
     return -(-taps // SPAN)
+
+
+@njit(cache=True)
+def packed_shape(K, C):
+    """The shape pack_stem gives a kernel w [K = 9 * cin, C]."""
+    return -(-C // PER_VECTOR), 3 * _pairs(K // 3), LANES
 
 
 @njit(cache=True)
@@ -45,7 +52,7 @@ def pack_stem(w, cin):
     taps = 3 * cin
     C = w.shape[1]
     pairs = _pairs(taps)
-    out = np.zeros((-(-C // PER_VECTOR), 3 * pairs, LANES), np.float32)
+    out = np.zeros(packed_shape(w.shape[0], C), np.float32)
     for ky in range(3):
         for j in range(taps):
             for c in range(C):
@@ -106,7 +113,7 @@ def _stem_pixels(rows, start, step, taps, w, b, lo, hi, out):
 def _tile2(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
     """Pixels p..p+5 x the n channels of weight vectors g and g + 1: each broadcast feeds
     two FMAs, which the broadcasts' throughput needs."""
-    pairs = (taps + 1) // SPAN  # a constant when taps is: the loop over pairs unrolls
+    pairs = _pairs(taps)  # a constant when taps is: the loop over pairs unrolls
     a0 = a1 = a2 = a3 = a4 = a5 = b0 = b1 = b2 = b3 = b4 = b5 = vsplat(0.0)
     for ky in range(3):
         for i in range(pairs):
@@ -121,13 +128,13 @@ def _tile2(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
     c = PER_VECTOR * g
     bias = vload(b, (c,), n)
     for q, (u, v) in enumerate(((a0, b0), (a1, b1), (a2, b2), (a3, b3), (a4, b4), (a5, b5))):
-        vstore(out, (p + q, c), n, _finish(u, v, bias, lo, hi))
+        vstore(out, (p + q, c), n, finish(u, v, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _tile1(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
     """Pixels p..p+11 x the n channels of weight vector g."""
-    pairs = w.shape[1] // 3
+    pairs = w.shape[1] // 3  # at run time: unrolled, the loop ran out of registers (_tile1_rgb)
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vsplat(0.0)
     for ky in range(3):
         for i in range(pairs):
@@ -139,7 +146,7 @@ def _tile1(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
     c = PER_VECTOR * g
     bias = vload(b, (c,), n)
     for q, u in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
-        vstore(out, (p + q, c), n, _finish(u, u, bias, lo, hi))
+        vstore(out, (p + q, c), n, finish(u, u, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -171,7 +178,7 @@ def _tile1_rgb(rows, start, w, b, lo, hi, out, p, g, n):
     c = PER_VECTOR * g
     bias = vload(b, (c,), n)
     for q, u in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
-        vstore(out, (p + q, c), n, _finish(u, u, bias, lo, hi))
+        vstore(out, (p + q, c), n, finish(u, u, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -204,9 +211,10 @@ def _fma4(rows, ky, o, step, wv, a0, a1, a2, a3):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _finish(u, v, bias, lo, hi):
+def finish(u, v, bias, lo, hi):
     """The 8 channels of u, then the 8 of v, each summed over its two lanes, plus the
-    bias, clamped."""
+    bias, clamped: the epilogue of every layout with two inputs per channel (also
+    pairs.py)."""
     return vclamp(vadd(vfold(u, v), bias), np.float32(lo), np.float32(hi))
 
 
@@ -217,7 +225,7 @@ def _padded_pixel(x, iy0, ix0, w, b, lo, hi, out):
     H, W, Cin = x.shape
     C = out.shape[0]
     taps = 3 * Cin
-    pairs = w.shape[1] // 3
+    pairs = _pairs(taps)
     for g in range(w.shape[0]):
         a = vsplat(0.0)
         for ky in range(3):
@@ -230,4 +238,4 @@ def _padded_pixel(x, iy0, ix0, w, b, lo, hi, out):
                     j = kx * Cin + ci
                     a = vfma(vsplat_at(x[iy, ix, ci], j % SPAN, SPAN), vload(w, (g, ky * pairs + j // SPAN, 0), LANES), a)
         n = min(PER_VECTOR, C - PER_VECTOR * g)
-        vstore(out, (PER_VECTOR * g,), n, _finish(a, a, vload(b, (PER_VECTOR * g,), n), lo, hi))
+        vstore(out, (PER_VECTOR * g,), n, finish(a, a, vload(b, (PER_VECTOR * g,), n), lo, hi))

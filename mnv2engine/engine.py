@@ -93,12 +93,8 @@ class Engine:
         sharing = self._sharing(len(x))
         if sharing == self.threads:
             return self._run(x, sharing)
-        # Whole images per thread: the caller takes the first share, the helpers the
-        # others, each off the caller's core (as in _run: two on one core took turns).
-        first, *rest = [x[idx[0]:idx[-1] + 1] for idx in np.array_split(np.arange(len(x)), self.threads)]
-        cpu = affinity.current_cpu()
-        helpers = [self._helpers.submit(affinity.run_away_from, cpu, self._run, part, 1) for part in rest]
-        return np.concatenate([self._run(first, 1)] + [h.result() for h in helpers])
+        parts = [x[idx[0]:idx[-1] + 1] for idx in np.array_split(np.arange(len(x)), self.threads)]
+        return np.concatenate(self._spread(self._run, [(part, 1) for part in parts]))
 
     def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Copies of every block's output, the pooled features and the logits: to find
@@ -141,12 +137,8 @@ class Engine:
             observe("pooled", view(arena, plan.pooled))
         else:
             with self._sharing_lock if threads > 1 else contextlib.nullcontext():
-                cpu = affinity.current_cpu()
-                helpers = [self._helpers.submit(affinity.run_away_from, cpu, forward, floats, w.params, w.ints,
-                                                blocks, head, tid, threads, sync, out) for tid in range(1, threads)]
-                forward(floats, w.params, w.ints, blocks, head, 0, threads, sync, out)
-                for h in helpers:
-                    h.result()
+                self._spread(forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out)
+                                       for tid in range(threads)])
         return view(arena, plan.pooled).copy() if self.arch.headless else out
 
     # -- images --------------------------------------------------------------------
@@ -181,6 +173,14 @@ class Engine:
             raise EngineError("this model is headless (no classifier): use forward() for features")
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
             raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
+
+    def _spread(self, fn, calls):
+        """fn(*args) for every args of calls, the first on this thread and the others on
+        the helpers, each moved off this thread's core first (affinity.py); the results
+        in order."""
+        cpu = affinity.current_cpu()
+        helpers = [self._helpers.submit(affinity.run_away_from, cpu, fn, *args) for args in calls[1:]]
+        return [fn(*calls[0])] + [h.result() for h in helpers]
 
     def _sharing(self, batch: int) -> int:
         """How many threads share each image of a batch: all of them when there are
