@@ -35,15 +35,20 @@ A row range of a panel array, w[:, k0:k1], is again valid: the GEMM over those i
 import numpy as np
 from numba import njit
 
-from .simd import prefetch, vclamp, vfma, vload, vsplat, vstore
+from .simd import LANES, prefetch, vbroadcast, vclamp, vfma, vload, vsplat, vstore
+from .target import current
 
 # 'contract' lets LLVM fuse a*b+c into one FMA: faster, and one rounding instead of two.
 # No reassociation flags: every loop runs over independent output channels, so nothing
 # reorders a sum, and results do not depend on the SIMD width.
 FASTMATH = {"contract"}
 WIDE, MID, NARROW, THIN = 64, 48, 32, 16  # channels per tile
-PANEL = WIDE
 SHORT_ROW = 24  # fewer pixels than this: 4-pixel wide tiles
+_TILES = current().tiles
+PANEL = _TILES.panel  # 64 for the tiles of 4 vectors; 16 where a tile is one vector wide
+COLUMNS = _TILES.gemm_vectors == 1  # one vector of channels per tile (AVX2, 128-bit)
+COLUMN_PIXELS = 6
+BLOCK_FLOATS = 65536  # x rows of a pixel block (256 KiB): see _gemm_columns
 
 
 @njit(cache=True)
@@ -71,6 +76,9 @@ def gemm(x, w, b, accumulate, lo, hi, out):
     # them 3-4x slower whenever it was not a compile-time constant.)
     init = out if accumulate else b.reshape((1, C))
     step = 1 if accumulate else 0
+    if COLUMNS:
+        _gemm_columns(x, w, init, step, lo, hi, out)
+        return
     c = 0  # always a multiple of 64 (a panel's start): only a row's last chunk is narrower
     while c < C:
         width = C - c
@@ -95,6 +103,73 @@ def gemm(x, w, b, accumulate, lo, hi, out):
             for p in range(0, P, 12):
                 _thin_tile(x, w, init, step, lo, hi, out, p, c, width)
             c += THIN
+
+
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+def _gemm_columns(x, w, init, step, lo, hi, out):
+    """The GEMM by tiles of 6 pixels x 16 channels, for targets whose registers hold
+    one such tile and no wider (AVX2: 12 ymm accumulators of 16).
+
+    The weights of 16 channels (one panel, PANEL = 16) are one contiguous stream of
+    64 bytes per input. The pixels go in blocks whose rows of x (at most BLOCK_FLOATS)
+    stay in L2 while every panel passes over them: x [12544, 16] of the first expansion
+    (800 KiB) was otherwise read from L3 once per 16 output channels."""
+    P, K = x.shape
+    C = out.shape[1]
+    block = max(BLOCK_FLOATS // max(K, 1) // COLUMN_PIXELS, 1) * COLUMN_PIXELS
+    for p0 in range(0, P, block):
+        p1 = min(p0 + block, P)
+        for c in range(0, C, LANES):
+            _column(x, w, init, step, lo, hi, out, p0, p1, c, min(LANES, C - c))
+
+
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+def _column(x, w, init, step, lo, hi, out, p0, p1, c, n):
+    """Pixels p0..p1-1 x channels c..c+15 (n live lanes), 6 pixels a tile. A call of its
+    own: inlined into the loops above, the tile lost registers to them. The pixels of a
+    tile are p..p+5 in order, so that their rows of x are one pointer and fixed strides;
+    the last tile, if the pixels run out, repeats the last pixel."""
+    p = p0
+    while p + 6 <= p1:
+        _column_tile6(x, w, init, step, lo, hi, out, p, p + 1, p + 2, p + 3, p + 4, p + 5, c, n)
+        p += 6
+    if p < p1:
+        last = p1 - 1
+        _column_tile6(x, w, init, step, lo, hi, out, p, min(p + 1, last), min(p + 2, last),
+                      min(p + 3, last), min(p + 4, last), last, c, n)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _column_tile6(x, w, init, step, lo, hi, out, p0, p1, p2, p3, p4, p5, c, n):
+    """Pixels p0..p5 x channels c..c+15, n live lanes: 12 ymm accumulators on AVX2, 2
+    weight registers and one broadcast (XNNPACK's 6x16 for FMA3)."""
+    K = x.shape[1]
+    a0, a1 = vload(init, (p0 * step, c), n), vload(init, (p1 * step, c), n)
+    a2, a3 = vload(init, (p2 * step, c), n), vload(init, (p3 * step, c), n)
+    a4, a5 = vload(init, (p4 * step, c), n), vload(init, (p5 * step, c), n)
+    i = c // PANEL
+    for k in range(K):
+        wv = vload(w, (i, k, 0), LANES)  # the panel is zero-padded: no mask
+        a0, a1 = vfma(vbroadcast(x, (p0, k)), wv, a0), vfma(vbroadcast(x, (p1, k)), wv, a1)
+        a2, a3 = vfma(vbroadcast(x, (p2, k)), wv, a2), vfma(vbroadcast(x, (p3, k)), wv, a3)
+        a4, a5 = vfma(vbroadcast(x, (p4, k)), wv, a4), vfma(vbroadcast(x, (p5, k)), wv, a5)
+    _store_column(out, p0, c, n, lo, hi, a0)
+    _store_column(out, p1, c, n, lo, hi, a1)
+    _store_column(out, p2, c, n, lo, hi, a2)
+    _store_column(out, p3, c, n, lo, hi, a3)
+    _store_column(out, p4, c, n, lo, hi, a4)
+    _store_column(out, p5, c, n, lo, hi, a5)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _store_column(out, p, c, n, lo, hi, v):
+    """out[p, c:c + n] = clamp(v); a full vector without a mask (a masked store is
+    slow on AVX2, microcoded on AMD)."""
+    v = vclamp(v, np.float32(lo), np.float32(hi))
+    if n == LANES:
+        vstore(out, (p, c), LANES, v)
+    else:
+        vstore(out, (p, c), n, v)
 
 
 @njit(cache=True)

@@ -4,25 +4,28 @@ import numpy as np
 import pytest
 
 from mnv2engine.kernels import _cache, pack_panels
-from mnv2engine.kernels.gemm import gemm
+from mnv2engine.kernels.gemm import BLOCK_FLOATS, PANEL, gemm
 from mnv2engine.kernels.pairs import pack_pairs, pointwise_pairs
 
 import naive
 from conftest import close
 
 
-def test_pack_panels_lays_out_64_column_blocks():
-    w = np.arange(5 * 70, dtype=np.float32).reshape(5, 70)
+def test_pack_panels_lays_out_column_blocks():
+    """Panels of the target's width (64 channels on AVX-512, 16 elsewhere)."""
+    C = PANEL + 6
+    w = np.arange(5 * C, dtype=np.float32).reshape(5, C)
     p = pack_panels(w)
-    assert p.shape == (2, 5, 64)
-    np.testing.assert_array_equal(p[0], w[:, :64])
-    np.testing.assert_array_equal(p[1, :, :6], w[:, 64:])
+    assert p.shape == (2, 5, PANEL)
+    np.testing.assert_array_equal(p[0], w[:, :PANEL])
+    np.testing.assert_array_equal(p[1, :, :6], w[:, PANEL:])
     assert not p[1, :, 6:].any()
 
 
 # Widths that end in each tile (4 or 6 pixel wide, mid, narrow, thin) and pixel counts
-# below and above the short-row threshold, none a multiple of the tile height.
-@pytest.mark.parametrize("P", [1, 7, 23, 31])
+# below and above the short-row threshold, none a multiple of the tile height; and more
+# pixels than one block of x rows holds (the one-vector tiles of AVX2 and 128-bit SIMD).
+@pytest.mark.parametrize("P", [1, 7, 23, 31, BLOCK_FLOATS // 19 + 5])
 @pytest.mark.parametrize("C", [5, 16, 27, 40, 64, 100, 131])
 def test_gemm_writes_exactly_its_output(P, C):
     """The output is a window of a larger array filled with a sentinel: every value in the

@@ -1,0 +1,128 @@
+"""The CPU that Numba compiles for, and the register tiles that fit it: one place.
+
+Every kernel is written with 16-lane float32 vectors (simd.py), the unit of all weight
+layouts. What a 16-lane vector costs depends on the target: one zmm register with
+AVX-512, two ymm with AVX2, four xmm (or NEON q) registers with 128-bit SIMD. A tile's
+accumulators plus its weight vectors must fit the register file, or LLVM spills them
+and the kernel is bound by loads and stores instead of FMAs (on AVX2 the AVX-512 tiles
+held 48 ymm accumulators for 16 registers, and ran at a third of the peak). So the
+tiles are sized here, per target, in pixels x 16-lane vectors; the kernels read these
+numbers as module constants, which Numba freezes into the compiled code (and Numba's
+cache keys on the CPU, so the variants of several targets coexist on disk).
+
+The target is what Numba compiles for, not necessarily the machine: NUMBA_CPU_NAME and
+NUMBA_CPU_FEATURES choose it. Numba itself passes the host's feature list with a named
+CPU, so NUMBA_CPU_NAME=haswell on an AVX-512 machine would still get AVX-512 code; here,
+a CPU named without features gets that CPU's own features (as Numba already does for
+`generic`), so NUMBA_CPU_NAME=haswell builds the AVX2 code on any x86-64 machine. The
+width is not looked up in a list of CPU names: LLVM is asked to compile one 16-lane
+multiply-add for the target, and the registers it uses say the width.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import llvmlite.binding as ll
+from numba.core import config
+
+@dataclass(frozen=True)
+class Tiles:
+    """Register tiles of one kind of target, in pixels x 16-lane vectors.
+
+    gemm_pixels x gemm_vectors   the 1x1 conv's tile (gemm.py); the wide case
+    gemm_short_pixels            the same for rows of fewer than SHORT_ROW pixels
+    panel                        weight panel width (channels) of the GEMM's packing:
+                                 the channels one tile reads per input, as one stream
+    dw_pixels                    depthwise output pixels per step (_rows.py): 4 or 2
+    pairs_pixels                 pixels of the two-inputs-per-vector 1x1 (pairs.py)
+    """
+    gemm_pixels: int
+    gemm_vectors: int
+    gemm_short_pixels: int
+    panel: int
+    dw_pixels: int
+    pairs_pixels: int
+
+
+# Chosen by register count (accumulators + weight vectors + one broadcast must fit) and
+# measured where the hardware was at hand; XNNPACK's per-ISA choices for its f32 GEMM
+# (6x16 on FMA3, 7x32 on AVX-512, 6x8 on NEON) point the same way.
+TILES = {
+    # 32 zmm: 6 x 4 vectors = 24 accumulators + 4 weights + 1 broadcast.
+    "avx512": Tiles(gemm_pixels=6, gemm_vectors=4, gemm_short_pixels=4, panel=64, dw_pixels=4, pairs_pixels=6),
+    # 16 ymm, two per vector: 6 x 1 = 12 accumulators + 2 weights + 1 broadcast (XNNPACK's 6x16).
+    "avx2": Tiles(gemm_pixels=6, gemm_vectors=1, gemm_short_pixels=4, panel=16, dw_pixels=4, pairs_pixels=6),
+    # 32 q registers, four per vector: 6 x 1 = 24 accumulators + 4 weights + 1 (untested here).
+    "neon": Tiles(gemm_pixels=6, gemm_vectors=1, gemm_short_pixels=4, panel=16, dw_pixels=2, pairs_pixels=4),
+    # 16 xmm, four per vector: 2 x 1 = 8 accumulators + 4 weights + 1 broadcast.
+    "sse": Tiles(gemm_pixels=2, gemm_vectors=1, gemm_short_pixels=2, panel=16, dw_pixels=2, pairs_pixels=2),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    cpu: str            # the CPU name Numba compiles for
+    isa: str            # a key of TILES
+    vector_bits: int    # width of one SIMD register
+    registers: int      # SIMD registers the compiler can allocate
+    fma: bool           # fused multiply-add in hardware
+
+    @property
+    def tiles(self) -> Tiles:
+        return TILES[self.isa]
+
+    def describe(self) -> str:
+        return (f"{self.isa} ({self.cpu}: {self.registers} x {self.vector_bits}-bit registers, "
+                f"{'FMA' if self.fma else 'no FMA'})")
+
+
+_PROBE = """
+declare <16 x float> @llvm.fma.v16f32(<16 x float>, <16 x float>, <16 x float>)
+define void @probe(<16 x float>* %p) {
+  %a = load <16 x float>, <16 x float>* %p
+  %b = call <16 x float> @llvm.fma.v16f32(<16 x float> %a, <16 x float> %a, <16 x float> %a)
+  store <16 x float> %b, <16 x float>* %p
+  ret void
+}
+"""
+
+
+def _probe(cpu: str, features: str) -> str:
+    """The assembly LLVM makes of one 16-lane multiply-add for this CPU and features."""
+    machine = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=2)
+    return machine.emit_assembly(ll.parse_assembly(_PROBE))
+
+
+if config.CPU_NAME and os.environ.get("NUMBA_CPU_FEATURES") is None:
+    config.CPU_FEATURES = ""  # the named CPU's features, not the host's
+elif config.CPU_NAME is None and ll.get_host_cpu_name().startswith("znver"):
+    # AMD Zen without AVX-512 (Zen 1-3, or Zen 4 in a VM that hides it): LLVM's Zen
+    # scheduling model hoists the six broadcasts of the 6 x 16 GEMM tile above its FMAs,
+    # and spills them (15 of 16 ymm registers are live); Haswell's schedule keeps them
+    # in order, in registers: 38-42 GMAC/s against 27-39 on MobileNetV2's 1x1 shapes
+    # (peak 46). Only the schedule changes: the features stay the host's.
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    if "zmm" not in _probe(ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten()):
+        config.CPU_NAME = "haswell"
+        config.CPU_FEATURES = ll.get_host_cpu_features().flatten()
+
+
+@lru_cache(maxsize=None)
+def current() -> Target:
+    """The target of Numba's JIT in this process, as its configuration sets it."""
+    ll.initialize_native_target()
+    ll.initialize_native_asmprinter()
+    cpu = config.CPU_NAME or ll.get_host_cpu_name()
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else ll.get_host_cpu_features().flatten()
+    asm = _probe(cpu, features)
+    if "zmm" in asm:
+        return Target(cpu, "avx512", 512, 32, True)
+    if "ymm" in asm:
+        return Target(cpu, "avx2", 256, 16, "vfmadd" in asm)
+    if re.search(r"\bv\d+\.4s\b", asm):  # aarch64 NEON
+        return Target(cpu, "neon", 128, 32, "fmla" in asm)
+    return Target(cpu, "sse", 128, 16, "vfmadd" in asm or "fmadd" in asm)
