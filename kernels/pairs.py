@@ -21,6 +21,10 @@ from numba import njit
 from .gemm import FASTMATH
 from .simd import LANES, vfma, vload, vload_pair, vsplat, vstore
 from .stem import PER_VECTOR, finish
+from .target import current
+
+WIDEST = current().tiles.pairs_vectors  # vectors of the widest tile: 3 on AVX-512, 1 on AVX2
+ONE_VECTOR_PIXELS = 12 if WIDEST >= 3 else 6  # pixels of the one-vector tile: 24 or 12 ymm on AVX2
 
 
 @njit(cache=True)
@@ -51,22 +55,23 @@ def pack_pairs(w):
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def pointwise_pairs(x, w, b, lo, hi, out):
     """out = clamp(b + x @ w, lo, hi); x [P, K] with C-contiguous rows, w from pack_pairs,
-    out [P, C]. Vectors three at a time (24 channels), then two, then one."""
+    out [P, C]. Vectors three at a time (24 channels), then two, then one, as far as the
+    target's registers hold those tiles (target.py: on AVX2, one vector of 6 pixels)."""
     P, C = out.shape
     G = w.shape[0]
     g = 0
     while g < G:
         left = G - g
-        if left >= 3:
+        if WIDEST >= 3 and left >= 3:
             for p in range(0, P, 6):
                 _tile3(x, w, b, lo, hi, out, p, g)
             g += 3
-        elif left == 2:
+        elif WIDEST >= 2 and left == 2:
             for p in range(0, P, 6):
                 _tile2(x, w, b, lo, hi, out, p, g)
             g += 2
         else:
-            for p in range(0, P, 12):
+            for p in range(0, P, ONE_VECTOR_PIXELS):
                 _tile1(x, w, b, lo, hi, out, p, g)
             g += 1
 
@@ -136,7 +141,7 @@ def _tile2(x, w, b, lo, hi, out, p, g):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _tile1(x, w, b, lo, hi, out, p, g):
-    """Pixels p..p+11 x weight vector g (8 channels)."""
+    """Pixels p..p+ONE_VECTOR_PIXELS-1 x weight vector g (8 channels)."""
     P, K = x.shape
     q0, q1, q2, q3, q4, q5 = _pixels6(p, P)
     q6, q7, q8, q9, q10, q11 = _pixels6(p + 6, P)
@@ -144,17 +149,21 @@ def _tile1(x, w, b, lo, hi, out, p, g):
     for i in range(w.shape[1]):
         k = _start(i, K)
         u = vload(w, (g, i, 0), LANES)
-        a0, a1, a2, a3 = (vfma(vload_pair(x, (q0, k)), u, a0), vfma(vload_pair(x, (q1, k)), u, a1),
-                          vfma(vload_pair(x, (q2, k)), u, a2), vfma(vload_pair(x, (q3, k)), u, a3))
-        a4, a5, a6, a7 = (vfma(vload_pair(x, (q4, k)), u, a4), vfma(vload_pair(x, (q5, k)), u, a5),
-                          vfma(vload_pair(x, (q6, k)), u, a6), vfma(vload_pair(x, (q7, k)), u, a7))
-        a8, a9, a10, a11 = (vfma(vload_pair(x, (q8, k)), u, a8), vfma(vload_pair(x, (q9, k)), u, a9),
-                            vfma(vload_pair(x, (q10, k)), u, a10), vfma(vload_pair(x, (q11, k)), u, a11))
+        a0, a1, a2 = vfma(vload_pair(x, (q0, k)), u, a0), vfma(vload_pair(x, (q1, k)), u, a1), vfma(vload_pair(x, (q2, k)), u, a2)
+        a3, a4, a5 = vfma(vload_pair(x, (q3, k)), u, a3), vfma(vload_pair(x, (q4, k)), u, a4), vfma(vload_pair(x, (q5, k)), u, a5)
+        if ONE_VECTOR_PIXELS > 6:  # a constant: with 6, these accumulators are dropped
+            a6, a7, a8 = (vfma(vload_pair(x, (q6, k)), u, a6), vfma(vload_pair(x, (q7, k)), u, a7),
+                          vfma(vload_pair(x, (q8, k)), u, a8))
+            a9, a10, a11 = (vfma(vload_pair(x, (q9, k)), u, a9), vfma(vload_pair(x, (q10, k)), u, a10),
+                            vfma(vload_pair(x, (q11, k)), u, a11))
     c = PER_VECTOR * g
     n = min(PER_VECTOR, out.shape[1] - c)
     bias = vload(b, (c,), n)
-    for q, s in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+    for q, s in enumerate((a0, a1, a2, a3, a4, a5)):
         vstore(out, (min(p + q, P - 1), c), n, finish(s, s, bias, lo, hi))
+    if ONE_VECTOR_PIXELS > 6:
+        for q, s in enumerate((a6, a7, a8, a9, a10, a11)):
+            vstore(out, (min(p + 6 + q, P - 1), c), n, finish(s, s, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")

@@ -24,11 +24,12 @@ from .target import current
 LANES = 16
 # AVX-512 masks its loads and stores for free. Without it, a masked store is slow (on
 # AMD, microcoded: about 12 cycles for a ymm, measured as a depthwise at 5% of peak), so
-# vload and vstore branch to a plain access whenever all 16 lanes are live; the branch
-# folds away where the lane count is a constant.
+# vload and vstore branch to a plain access whenever all 16 lanes, or exactly the first
+# 8, are live; the branch folds away where the lane count is a constant.
 MASKS_ARE_CHEAP = current().isa == "avx512"
 _F32 = ir.FloatType()
 _VEC = ir.VectorType(_F32, LANES)
+_HALF = ir.VectorType(_F32, LANES // 2)
 _MASK = ir.VectorType(ir.IntType(1), LANES)
 _I32 = ir.IntType(32)
 
@@ -70,8 +71,26 @@ def _lane_mask(builder, n):
     return builder.icmp_signed("<", ir.Constant(lanes, list(range(LANES))), _splat(builder, n, lanes))
 
 
+def _choose(builder, condition, then, otherwise):
+    """then() if condition else otherwise(), each building its own value in its own block."""
+    with builder.if_else(condition, likely=True) as (yes, no):
+        with yes:
+            a, a_block = then(), builder.block
+        with no:
+            b, b_block = otherwise(), builder.block
+    value = builder.phi(a.type)
+    value.add_incoming(a, a_block)
+    value.add_incoming(b, b_block)
+    return value
+
+
 def _is_full(builder, n):
     return builder.icmp_signed(">=", n, ir.Constant(ir.IntType(64), LANES))
+
+
+def _is_half(builder, n):
+    """n == 8: the 8-channel outputs of the stem and pairs layouts, one ymm on AVX2."""
+    return builder.icmp_signed("==", n, ir.Constant(ir.IntType(64), LANES // 2))
 
 
 def _check_index(arr, index):
@@ -98,17 +117,11 @@ def vload(typingctx, arr, index, n):
             return builder.call(fn, [ptr, ir.Constant(_I32, 4), _lane_mask(builder, n), ir.Constant(_VEC, None)])
         if MASKS_ARE_CHEAP:
             return masked()
-        with builder.if_else(_is_full(builder, n), likely=True) as (full, partial):
-            with full:
-                whole = builder.load(ptr, align=4)
-                full_block = builder.block
-            with partial:
-                part = masked()
-                partial_block = builder.block
-        value = builder.phi(_VEC)
-        value.add_incoming(whole, full_block)
-        value.add_incoming(part, partial_block)
-        return value
+        def half():
+            low = builder.load(builder.bitcast(ptr, _HALF.as_pointer()), align=4)
+            return _shuffle(builder, low, ir.Constant(_HALF, None), list(range(LANES)))
+        return _choose(builder, _is_full(builder, n), lambda: builder.load(ptr, align=4),
+                       lambda: _choose(builder, _is_half(builder, n), half, masked))
     return f32x16(arr, index, n), codegen
 
 
@@ -132,7 +145,13 @@ def vstore(typingctx, arr, index, n, v):
                 with full:
                     builder.store(args[3], ptr, align=4)
                 with partial:
-                    masked()
+                    with builder.if_else(_is_half(builder, n)) as (half, other):
+                        with half:
+                            low = builder.shuffle_vector(args[3], ir.Constant(_VEC, ir.Undefined),
+                                                         ir.Constant(ir.VectorType(_I32, LANES // 2), list(range(LANES // 2))))
+                            builder.store(low, builder.bitcast(ptr, _HALF.as_pointer()), align=4)
+                        with other:
+                            masked()
         return context.get_dummy_value()
     return types.none(arr, index, n, f32x16), codegen
 

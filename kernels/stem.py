@@ -25,9 +25,13 @@ from numba import njit
 
 from .gemm import FASTMATH
 from .simd import LANES, vadd, vclamp, vfma, vfold, vload, vload_pair, vsplat, vsplat_at, vstore
+from .target import current
 
 SPAN = 2  # taps per vector
 PER_VECTOR = LANES // SPAN  # channels per vector
+_TILES = current().tiles
+TWO_VECTORS = _TILES.stem_two_vectors  # 6 pixels x 2 vectors (24 accumulators): AVX-512 only
+RGB_PIXELS = _TILES.stem_pixels  # pixels of the one-vector tile: 12 or 6
 
 
 @njit(cache=True, inline="always")  # inlined: with taps a constant, so is the count
@@ -74,15 +78,12 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     start = (ox_lo * stride - pad_left) * Cin  # where pixel ox_lo's window starts
     if iy0 + 2 == H - 1 and start + (ox_hi - 1 - ox_lo) * stride * Cin + SPAN * _pairs(3 * Cin) > W * Cin:
         ox_hi -= 1  # the last pair of the image's last pixel would read past the image
-    if iy0 >= 0 and iy0 + 2 < H and ox_hi - ox_lo >= 12:
+    if stride == 2 and Cin == 3 and iy0 >= 0 and iy0 + 2 < H and ox_hi - ox_lo >= 12:
+        # Every MobileNetV2 stem: constants make the tiles' addresses fixed offsets from
+        # one pointer. Other shapes (tests only) take the checked path: compiling the
+        # tiles for them too took a third of the first forward's compile time.
         rows = x[iy0:iy0 + 3].reshape((3, W * Cin))
-        inside = out[ox_lo:ox_hi]
-        if stride == 2 and Cin == 3:  # every MobileNetV2 stem: constants make the tiles'
-            # addresses fixed offsets from one pointer; else they run out of registers
-            # for them (measured 1.6x slower)
-            _stem_pixels(rows, start, 6, 9, w, b, lo, hi, inside)
-        else:
-            _stem_pixels(rows, start, stride * Cin, 3 * Cin, w, b, lo, hi, inside)
+        _rgb_pixels(rows, start, w, b, lo, hi, out[ox_lo:ox_hi])
     else:
         ox_lo = ox_hi = 0  # every pixel takes the checked path
     for ox in range(Wo):
@@ -90,23 +91,24 @@ def conv3x3_row(x, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
             _padded_pixel(x, iy0, ox * stride - pad_left, w, b, lo, hi, out[ox])
 
 
-@njit(cache=True, fastmath=FASTMATH, inline="always")  # inlined so that step and taps are constants
-def _stem_pixels(rows, start, step, taps, w, b, lo, hi, out):
-    """Every pixel of out [P, C] (P >= 12): two vectors of channels at a time, then a
-    last one alone. The last tile of a row starts early enough to end at the last
-    pixel: it recomputes a few pixels, and no tile needs a check for the row's end."""
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _rgb_pixels(rows, start, w, b, lo, hi, out):
+    """Every pixel of out [P, C] (P >= 12) of the RGB stem at stride 2: two vectors of
+    channels at a time where the registers hold that tile (AVX-512), then one. The
+    last tile of a row starts early enough to end at the last pixel: it recomputes a
+    few pixels, and no tile needs a check for the row's end."""
     P, C = out.shape
     vectors = w.shape[0]
-    for g in range(0, vectors - 1, 2):
-        for p in range(0, P, 6):
-            _tile2(rows, start, step, taps, w, b, lo, hi, out, min(p, P - 6), g, min(2 * PER_VECTOR, C - PER_VECTOR * g))
-    if vectors % 2:
-        g = vectors - 1
-        for p in range(0, P, 12):
-            if step == 6 and taps == 9:
-                _tile1_rgb(rows, start, w, b, lo, hi, out, min(p, P - 12), g, C - PER_VECTOR * g)
-            else:
-                _tile1(rows, start, step, taps, w, b, lo, hi, out, min(p, P - 12), g, C - PER_VECTOR * g)
+    g = 0
+    if TWO_VECTORS:
+        while g + 1 < vectors:
+            for p in range(0, P, 6):
+                _tile2(rows, start, 6, 9, w, b, lo, hi, out, min(p, P - 6), g, min(2 * PER_VECTOR, C - PER_VECTOR * g))
+            g += 2
+    while g < vectors:
+        for p in range(0, P, RGB_PIXELS):
+            _tile1_rgb(rows, start, w, b, lo, hi, out, min(p, P - RGB_PIXELS), g, min(PER_VECTOR, C - PER_VECTOR * g))
+        g += 1
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -132,31 +134,12 @@ def _tile2(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _tile1(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
-    """Pixels p..p+11 x the n channels of weight vector g."""
-    pairs = w.shape[1] // 3  # at run time: unrolled, the loop ran out of registers (_tile1_rgb)
-    a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vsplat(0.0)
-    for ky in range(3):
-        for i in range(pairs):
-            wv = vload(w, (g, ky * pairs + i, 0), LANES)
-            o = start + p * step + SPAN * i
-            a0, a1, a2, a3 = _fma4(rows, ky, o, step, wv, a0, a1, a2, a3)
-            a4, a5, a6, a7 = _fma4(rows, ky, o + 4 * step, step, wv, a4, a5, a6, a7)
-            a8, a9, a10, a11 = _fma4(rows, ky, o + 8 * step, step, wv, a8, a9, a10, a11)
-    c = PER_VECTOR * g
-    bias = vload(b, (c,), n)
-    for q, u in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
-        vstore(out, (p + q, c), n, finish(u, u, bias, lo, hi))
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _tile1_rgb(rows, start, w, b, lo, hi, out, p, g, n):
-    """_tile1 for the RGB stem at stride 2 (windows 6 floats apart, 9 taps in 5 pairs):
-    pixel q's pairs are the row's pairs 3q .. 3q + 4, so each pixel shares two with the
-    next, and loads three. One broadcast per FMA was the limit of _tile1 (about one
-    a cycle): 0.056 ms for 8 channels of a 224x224 image, 0.049 ms here. (Unrolling
-    _tile1's loop over pairs instead, for the compiler to merge the loads, ran out of
-    registers: 0.075 ms.)"""
+    """Pixels p..p+RGB_PIXELS-1 x the n channels of weight vector g, for the RGB stem at stride 2
+    (windows 6 floats apart, 9 taps in 5 pairs): pixel q's pairs are the row's pairs
+    3q .. 3q + 4, so each pixel shares two with the next, and loads three. A generic
+    tile, one broadcast per FMA, was limited by the broadcasts (about one a cycle):
+    0.056 ms for 8 channels of a 224x224 image, 0.049 ms here."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vsplat(0.0)
     for ky in range(3):
         w0, w1, w2 = vload(w, (g, 5 * ky, 0), LANES), vload(w, (g, 5 * ky + 1, 0), LANES), vload(w, (g, 5 * ky + 2, 0), LANES)
@@ -169,16 +152,20 @@ def _tile1_rgb(rows, start, w, b, lo, hi, out, p, g, n):
         a3, s0, s1 = _rgb_pixel(rows, ky, o + 18, w0, w1, w2, w3, w4, s0, s1, a3)
         a4, s0, s1 = _rgb_pixel(rows, ky, o + 24, w0, w1, w2, w3, w4, s0, s1, a4)
         a5, s0, s1 = _rgb_pixel(rows, ky, o + 30, w0, w1, w2, w3, w4, s0, s1, a5)
-        a6, s0, s1 = _rgb_pixel(rows, ky, o + 36, w0, w1, w2, w3, w4, s0, s1, a6)
-        a7, s0, s1 = _rgb_pixel(rows, ky, o + 42, w0, w1, w2, w3, w4, s0, s1, a7)
-        a8, s0, s1 = _rgb_pixel(rows, ky, o + 48, w0, w1, w2, w3, w4, s0, s1, a8)
-        a9, s0, s1 = _rgb_pixel(rows, ky, o + 54, w0, w1, w2, w3, w4, s0, s1, a9)
-        a10, s0, s1 = _rgb_pixel(rows, ky, o + 60, w0, w1, w2, w3, w4, s0, s1, a10)
-        a11, s0, s1 = _rgb_pixel(rows, ky, o + 66, w0, w1, w2, w3, w4, s0, s1, a11)
+        if RGB_PIXELS > 6:  # a constant: with 6, these accumulators are dropped
+            a6, s0, s1 = _rgb_pixel(rows, ky, o + 36, w0, w1, w2, w3, w4, s0, s1, a6)
+            a7, s0, s1 = _rgb_pixel(rows, ky, o + 42, w0, w1, w2, w3, w4, s0, s1, a7)
+            a8, s0, s1 = _rgb_pixel(rows, ky, o + 48, w0, w1, w2, w3, w4, s0, s1, a8)
+            a9, s0, s1 = _rgb_pixel(rows, ky, o + 54, w0, w1, w2, w3, w4, s0, s1, a9)
+            a10, s0, s1 = _rgb_pixel(rows, ky, o + 60, w0, w1, w2, w3, w4, s0, s1, a10)
+            a11, s0, s1 = _rgb_pixel(rows, ky, o + 66, w0, w1, w2, w3, w4, s0, s1, a11)
     c = PER_VECTOR * g
     bias = vload(b, (c,), n)
-    for q, u in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+    for q, u in enumerate((a0, a1, a2, a3, a4, a5)):
         vstore(out, (p + q, c), n, finish(u, u, bias, lo, hi))
+    if RGB_PIXELS > 6:
+        for q, u in enumerate((a6, a7, a8, a9, a10, a11)):
+            vstore(out, (p + 6 + q, c), n, finish(u, u, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -201,13 +188,6 @@ def _fma2(rows, ky, o, wa, wb, a, b):
     """A pair of taps of one pixel, for two vectors of channels."""
     t = vload_pair(rows, (ky, o))
     return vfma(t, wa, a), vfma(t, wb, b)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")
-def _fma4(rows, ky, o, step, wv, a0, a1, a2, a3):
-    """A pair of taps of four pixels, for one vector of channels."""
-    return (vfma(vload_pair(rows, (ky, o)), wv, a0), vfma(vload_pair(rows, (ky, o + step)), wv, a1),
-            vfma(vload_pair(rows, (ky, o + 2 * step)), wv, a2), vfma(vload_pair(rows, (ky, o + 3 * step)), wv, a3))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")

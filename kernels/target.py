@@ -36,29 +36,33 @@ class Tiles:
     gemm_short_pixels            the same for rows of fewer than SHORT_ROW pixels
     panel                        weight panel width (channels) of the GEMM's packing:
                                  the channels one tile reads per input, as one stream
-    dw_pixels                    depthwise output pixels per step (_rows.py): 4 or 2
-    pairs_pixels                 pixels of the two-inputs-per-vector 1x1 (pairs.py)
+    stem_two_vectors             the stem's tile of 6 pixels x 2 vectors (stem.py)
+    stem_pixels                  pixels of the stem's one-vector tile: 12 or 6
+    pairs_vectors                widest tile of the two-inputs-per-vector 1x1 (pairs.py)
     """
     gemm_pixels: int
     gemm_vectors: int
-    gemm_short_pixels: int
     panel: int
-    dw_pixels: int
-    pairs_pixels: int
+    stem_two_vectors: bool
+    stem_pixels: int
+    pairs_vectors: int
 
 
 # Chosen by register count (accumulators + weight vectors + one broadcast must fit) and
 # measured where the hardware was at hand; XNNPACK's per-ISA choices for its f32 GEMM
 # (6x16 on FMA3, 7x32 on AVX-512, 6x8 on NEON) point the same way.
 TILES = {
-    # 32 zmm: 6 x 4 vectors = 24 accumulators + 4 weights + 1 broadcast.
-    "avx512": Tiles(gemm_pixels=6, gemm_vectors=4, gemm_short_pixels=4, panel=64, dw_pixels=4, pairs_pixels=6),
-    # 16 ymm, two per vector: 6 x 1 = 12 accumulators + 2 weights + 1 broadcast (XNNPACK's 6x16).
-    "avx2": Tiles(gemm_pixels=6, gemm_vectors=1, gemm_short_pixels=4, panel=16, dw_pixels=4, pairs_pixels=6),
-    # 32 q registers, four per vector: 6 x 1 = 24 accumulators + 4 weights + 1 (untested here).
-    "neon": Tiles(gemm_pixels=6, gemm_vectors=1, gemm_short_pixels=4, panel=16, dw_pixels=2, pairs_pixels=4),
-    # 16 xmm, four per vector: 2 x 1 = 8 accumulators + 4 weights + 1 broadcast.
-    "sse": Tiles(gemm_pixels=2, gemm_vectors=1, gemm_short_pixels=2, panel=16, dw_pixels=2, pairs_pixels=2),
+    # 32 zmm: GEMM 6 x 4 vectors = 24 accumulators + 4 weights + 1 broadcast; stem 6 x 2
+    # and 12 x 1.
+    "avx512": Tiles(gemm_pixels=6, gemm_vectors=4, panel=64, stem_two_vectors=True, stem_pixels=12, pairs_vectors=3),
+    # 16 ymm, two per vector: GEMM 6 x 1 = 12 accumulators + 2 weights + 1 broadcast
+    # (XNNPACK's 6x16 for FMA3); stem 6 x 1, its weights read from L1 by the FMAs.
+    "avx2": Tiles(gemm_pixels=6, gemm_vectors=1, panel=16, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
+    # 32 q registers, four per vector: as AVX2 (24 accumulators + 4 weights; untested here).
+    "neon": Tiles(gemm_pixels=6, gemm_vectors=1, panel=16, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
+    # 16 xmm, four per vector: the same tiles, correct but spilling (the baseline
+    # x86-64 target, for tests; every x86-64 CPU since 2013 has AVX2).
+    "sse": Tiles(gemm_pixels=6, gemm_vectors=1, panel=16, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
 }
 
 
