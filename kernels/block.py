@@ -235,7 +235,7 @@ def _expansion_shape(cs, stem, cin):
     return pairs_shape(cin, cs) if uses_pairs(cs, cin) else panels_shape(cin, cs)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")  # returns views: inlined, so no kernel returns one
 def _slice_weights(we, be, wd, bd, wp, bounds, s, we_at, stem, cin):
     """Slice s's weights: expansion (packed, from we_at), its bias, depthwise, its bias,
     and the projection's rows for its channels."""
@@ -247,7 +247,8 @@ def _slice_weights(we, be, wd, bd, wp, bounds, s, we_at, stem, cin):
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync):
+                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync,
+                      streamed=True, whole=True, sliced=True):
     """One inverted residual block, any t, materialized or row-streamed.
 
     x [N, H, W, Cin]        block input (the image when stem=True)
@@ -263,6 +264,8 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     y [N, Ho, Wo, Cout]     output; must not overlap x
     tid, threads, sync      this call is thread tid of `threads` that compute the block
                             together (sync.py); every thread makes the same call
+    streamed, whole, sliced True, or None to leave that evaluation out of the compiled
+                            code (network.modes); a block that needs it then raises
     """
     N = x.shape[0]
     He = _expanded_height(x, stem, exp_stride, exp_pads)
@@ -273,7 +276,11 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     we_at = np.zeros(t + 1, np.int64)  # where each slice's expansion weights start in `we`
     for s in range(t):
         we_at[s + 1] = we_at[s] + _expansion_size(bounds[s + 1] - bounds[s], stem, cin)
+    if (rows and streamed is None) or (not rows and t == 1 and whole is None) or (not rows and t > 1 and sliced is None):
+        raise ValueError("this block's evaluation was left out of the compiled code")
     if rows:
+        if streamed is None:  # not compiled (the type of None tells)
+            return
         # Each thread streams its own band of output rows through its own line buffer.
         # With t > 1 the slices take turns on ROW_BAND rows of it at a time, so that the
         # rows of x they read and of y they add to stay in cache from one slice to the
@@ -291,6 +298,8 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                     _stream(x, y, n, b0, min(b0 + band, oy1), stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
                             dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d)
     elif t == 1:
+        if whole is None:
+            return
         # every phase over the whole batch (the framework way)
         we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, 0, 0, stem, cin)
         e = ebuf[:N * He * We * be.shape[0]].reshape((N, He, We, be.shape[0]))
@@ -298,6 +307,8 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
         _materialized(x, y, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
                       wp_s, bp, use_residual, e, d, tid, threads, sync)
     else:
+        if sliced is None:
+            return
         # A slice holds one image at a time, so its scratch is per image; the slices of
         # an image follow each other, so that its x and y stay in cache between them
         # (slices outside, at batch 32 each slice fetched every image's x and y again).

@@ -77,7 +77,9 @@ def gemm(x, w, b, accumulate, lo, hi, out):
     init = out if accumulate else b.reshape((1, C))
     step = 1 if accumulate else 0
     if COLUMNS:
-        _gemm_columns(x, w, init, step, lo, hi, out)
+        # Views of any layout ('A'), so that _gemm_columns is compiled once, not once for
+        # each mix of contiguous and sliced arguments of the callers (3 s of compile each).
+        _gemm_columns(x, w[:, 0:x.shape[1]], init[:, 0:C], step, lo, hi, out[:, 0:C])
         return
     c = 0  # always a multiple of 64 (a panel's start): only a row's last chunk is narrower
     while c < C:

@@ -14,7 +14,7 @@ from .memory import allocate, view
 from .model import block_weights, fold_all, packed
 from .plan import build_plan, resolve_t, slice_bounds
 from .program import compile_plan, gather
-from .kernels.network import forward, run_block, run_head
+from .kernels.network import forward, modes, run_block, run_head
 from .kernels.sync import new_sync
 
 
@@ -131,14 +131,14 @@ class Engine:
         sync = new_sync(threads)
         if observe:  # block by block, to show each output before the next block overwrites it
             for i, step in enumerate(plan.steps):
-                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync)
+                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, *modes(blocks))
                 observe(step.block.name, view(arena, step.y))
             run_head(floats, w.params, head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
         else:
             with self._sharing_lock if threads > 1 else contextlib.nullcontext():
-                self._spread(forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out)
-                                       for tid in range(threads)])
+                self._spread(forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
+                                        *modes(blocks)) for tid in range(threads)])
         return view(arena, plan.pooled).copy() if self.arch.headless else out
 
     # -- images --------------------------------------------------------------------
