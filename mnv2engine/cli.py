@@ -27,6 +27,12 @@ def _add_engine_args(p):
 
 
 def cmd_demo(args) -> int:
+    from .compiling import announce_compilation
+    with announce_compilation():
+        return _demo(args)
+
+
+def _demo(args) -> int:
     from .engine import Engine
     t0 = time.perf_counter()
     if args.weights:
@@ -104,6 +110,12 @@ def expand_images(paths) -> list[Path]:
 
 
 def cmd_predict(args) -> int:
+    from .compiling import announce_compilation
+    with announce_compilation():
+        return _predict(args)
+
+
+def _predict(args) -> int:
     from tqdm import tqdm
 
     from .engine import Engine
