@@ -1,12 +1,14 @@
-"""Latency of the engine vs ONNX Runtime vs PyTorch eager, same weights, one run.
+"""Latency of the engine vs ONNX Runtime, OpenVINO and PyTorch eager, same weights, one run.
 
 A seeded PyTorch MobileNetV2 (tests/torch_reference.py, torchvision's layout) is saved as a
 state_dict, converted to mnv2.h5 and loaded by the engine in four modes (t=1 materialized,
 t=4 sliced, rows row-streamed, rows with t=4); the same model is exported to ONNX for ONNX
-Runtime. The engine's logits are checked against PyTorch's first. Then every runtime is
-timed at batch 1 and 32 with 1 and 2 threads, round-robin over runs (the order rotated
-each run) so a noisy moment hits all of them alike; medians are reported. A table on
-stdout and a bar chart, latency.png.
+Runtime and OpenVINO (CPU device, f32 precision hint, latency hint; skipped, with a note,
+where the openvino package is absent). Every runtime's logits are checked against
+PyTorch's first. Then every runtime is timed at batch 1 and 32 with 1 and 2 threads,
+round-robin over runs (the order rotated each run) so a noisy moment hits all of them
+alike; medians are reported. A table on stdout, with the SIMD target the engine was
+compiled for, and a bar chart, latency.png (where matplotlib is installed).
 
     python benchmarks/latency.py [--runs 60] [--big-runs 9] [--quick] [--blocked] [--out benchmarks/out]
 """
@@ -31,7 +33,7 @@ THREADS = (1, 2)
 BATCHES = (1, 32)
 ENGINE_MODES = (("engine t=1", dict(t=1)), ("engine t=4", dict(t=4)),
                 ("engine rows", dict(rows=True)), ("engine rows,t=4", dict(rows=True, t=4)))
-ORT, TORCH = "onnxruntime", "pytorch eager"
+ORT, OPENVINO, TORCH = "onnxruntime", "openvino", "pytorch eager"
 
 
 def load_torch_reference():
@@ -94,6 +96,27 @@ def ort_session(onnx_model: bytes, threads: int):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(onnx_model, so, providers=["CPUExecutionProvider"])
+
+
+def openvino_runner(onnx_path: Path, threads: int):
+    """A callable running the ONNX model on OpenVINO's CPU plugin with `threads` threads, or
+    None where openvino is not installed. f32 precision hint: on CPUs with bf16 or fp16
+    support the plugin would otherwise lower the precision, and the numbers would not
+    compare with float32 runtimes."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", {
+        "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1})
+    request = compiled.create_infer_request()
+
+    def run(x_nchw):
+        request.infer({0: x_nchw})
+        return request.get_output_tensor(0).data
+    return run
 
 
 def busy_seconds() -> tuple[float, float]:
@@ -179,6 +202,7 @@ def main(argv=None):
     import onnxruntime as ort
     import torch
     from mnv2engine import Engine, convert
+    from mnv2engine.kernels.target import current
     from mnv2engine.summary import layer_table
 
     size, ncpu = 224, os.cpu_count()
@@ -194,6 +218,8 @@ def main(argv=None):
         engine_kw = dict(ENGINE_MODES)
         exporter = export_onnx(model, tmp / "mnv2.onnx", size)
         onnx_model = (tmp / "mnv2.onnx").read_bytes()
+        openvino = {threads: openvino_runner(tmp / "mnv2.onnx", threads) for threads in THREADS}
+    peers = [ORT] + ([OPENVINO] if openvino[1] else []) + [TORCH]
 
     arch = engines["engine t=1"].arch
     macs = sum(r.macs for r in layer_table(arch))
@@ -202,6 +228,13 @@ def main(argv=None):
     print(f"CPU: {cpu_name()}, {cores_text()}; python {platform.python_version()}, numpy {np.__version__}, "
           f"numba {numba.__version__}, torch {torch.__version__}, onnxruntime {ort.__version__}")
     print(f"ONNX: opset 17, NCHW, {exporter}")
+    print(f"engine compiled for: {current().describe()}  (AVX-512 on this CPU: "
+          f"{'yes' if 'avx512f' in cpu_flags() else 'no'})")
+    if not openvino[1]:
+        print("OpenVINO: not installed (pip install openvino, or the project's [bench] extra); left out")
+    else:
+        import openvino as ov
+        print(f"OpenVINO {ov.__version__}: CPU plugin, f32 precision hint, latency hint, same ONNX file")
 
     # -- correctness: a speed comparison of different results means nothing ------------
     rng = np.random.default_rng(0)
@@ -212,6 +245,8 @@ def main(argv=None):
     assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max(), "reference ignores its input"
     checks = {name: e.forward(x) for name, e in engines.items()}
     checks[ORT] = ort_session(onnx_model, 1).run(None, {"input": x_nchw})[0]
+    if openvino[1]:
+        checks[OPENVINO] = openvino[1](x_nchw).copy()
     ok = True
     print("check vs PyTorch logits (batch 2), tolerance max |diff| <= 1e-4 * max |ref|:")
     for name, got in checks.items():
@@ -244,6 +279,8 @@ def main(argv=None):
                     model(x_torch)
 
             fns = {ORT: lambda: sess.run(None, {"input": x_nchw}), TORCH: run_torch}
+            if openvino[threads]:
+                fns[OPENVINO] = lambda run=openvino[threads]: run(x_nchw)
             fns.update({name: (lambda e=e: e.forward(x)) for name, e in engines.items()})
             runs, warmup = (args.runs, 3) if batch == 1 else (args.big_runs, 1)
             (busy0, own0), wall0 = busy_seconds(), time.perf_counter()
@@ -259,25 +296,26 @@ def main(argv=None):
             del fns, x, x_nchw, x_torch
         del sess
 
-    report(results, spread, macs, args)
+    report(results, spread, macs, args, peers)
     if max(background.values()) > 0.1:
         print(f"WARNING: other processes used up to {max(background.values()):.2f} CPUs during the timing; "
               f"the numbers (above all the 2-thread ones) are disturbed: rerun on a quiet machine")
-    plot(results, args, cpu_name(), cores_text())
+    plot(results, args, cpu_name(), cores_text(), peers, current().isa)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the process: {peak_mib:.0f} MiB; total time {time.perf_counter() - start:.1f} s")
 
 
-def report(results, spread, macs, args):
-    names = [ORT, TORCH] + [n for n, _ in ENGINE_MODES]
+def report(results, spread, macs, args, peers):
+    names = peers + [n for n, _ in ENGINE_MODES]
     print()
     print(f"median latency; batch 1: {args.runs} runs, batch 32: {args.big_runs} runs, "
           f"{'back to back' if args.blocked else 'interleaved round-robin'} after warm-up")
     if not args.blocked:
         print(f"each turn: {1e3 * SETTLE:.0f} ms sleep, one untimed call, the timed call")
-    print("x ORT / x torch / x best engine = this latency divided by theirs (>1 = slower)")
+    print("x ORT / x OpenVINO / x torch / x best engine = this latency divided by theirs (>1 = slower)")
+    ratio_heads = "".join(f" {'x ' + short:>{width}}" for short, width in _ratio_columns(peers))
     head = (f"{'runtime/mode':<16} {'thr':>3} {'batch':>5} {'median ms':>10} {'p10-p90 ms':>15} {'images/s':>9} "
-            f"{'GMAC/s':>7} {'x ORT':>7} {'x torch':>8} {'x best engine':>14}")
+            f"{'GMAC/s':>7}{ratio_heads} {'x best engine':>14}")
     print(head)
     print("-" * len(head))
     for threads in THREADS:
@@ -290,8 +328,9 @@ def report(results, spread, macs, args):
                         f"{batch / sec:>9.1f} "
                         f"{macs * batch / sec / 1e9:>7.2f}")
                 if name.startswith("engine"):
-                    line += (f" {sec / results[ORT, threads, batch]:>6.2f}x "
-                             f"{sec / results[TORCH, threads, batch]:>7.2f}x {sec / best_engine:>13.2f}x")
+                    line += "".join(f" {sec / results[peer, threads, batch]:>{width - 1}.2f}x"
+                                    for peer, (_, width) in zip(peers, _ratio_columns(peers)))
+                    line += f" {sec / best_engine:>13.2f}x"
                 print(line)
             print()
     print("engine's best mode per setting:")
@@ -299,22 +338,42 @@ def report(results, spread, macs, args):
         for batch in BATCHES:
             name = min((n for n, _ in ENGINE_MODES), key=lambda n: results[n, threads, batch])
             sec = results[name, threads, batch]
+            vs = ", ".join(f"{sec / results[peer, threads, batch]:.2f}x {short}"
+                           for peer, (short, _) in zip(peers, _ratio_columns(peers)))
             print(f"  threads={threads} batch={batch:>2}: {name:<16} {1e3 * sec / batch:7.2f} ms/image  "
-                  f"{macs * batch / sec / 1e9:6.2f} GMAC/s  "
-                  f"({sec / results[ORT, threads, batch]:.2f}x ORT, {sec / results[TORCH, threads, batch]:.2f}x torch)")
+                  f"{macs * batch / sec / 1e9:6.2f} GMAC/s  ({vs})")
     print("speed-up from 1 to 2 threads:")
     for name in names:
         print(f"  {name:<16} " + "  ".join(f"batch {batch}: {results[name, 1, batch] / results[name, 2, batch]:.2f}x"
                                            for batch in BATCHES))
 
 
-def plot(results, args, cpu, cores):
-    import matplotlib
+def _ratio_columns(peers):
+    """(short name, column width) of the ratio against each peer."""
+    short = {ORT: "ORT", OPENVINO: "OpenVINO", TORCH: "torch"}
+    return [(short[p], max(7, len(short[p]) + 3)) for p in peers]
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next((l.split(":", 1)[1].split() for l in f if l.startswith("flags")), []))
+    except OSError:
+        return set()
+
+
+def plot(results, args, cpu, cores, peers, isa):
+    try:
+        import matplotlib
+    except ImportError:
+        print("plot: skipped, matplotlib is not installed (pip install matplotlib, or the [plots] extra)")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [ORT, TORCH] + [n for n, _ in ENGINE_MODES]
-    colors = ["tab:green", "tab:orange", "tab:blue", "tab:cyan", "tab:purple", "tab:pink"]
+    names = peers + [n for n, _ in ENGINE_MODES]
+    palette = {ORT: "tab:green", OPENVINO: "tab:red", TORCH: "tab:orange"}
+    colors = [palette[p] for p in peers] + ["tab:blue", "tab:cyan", "tab:purple", "tab:pink"]
     fig, ax = plt.subplots(figsize=(10, 5.5))
     width = 0.8 / len(names)
     for i, (name, color) in enumerate(zip(names, colors)):
@@ -327,7 +386,7 @@ def plot(results, args, cpu, cores):
     ax.set_ylabel("median latency, batch 1 (ms)")
     ax.set_ylim(0, 1.4 * max(1e3 * results[n, t, 1] for n in names for t in THREADS))  # room for the legend
     ax.set_title(f"MobileNetV2 1.0/224 float32, batch 1, median of {args.runs} {'back-to-back' if args.blocked else 'interleaved'} runs\n"
-                 f"{cpu}, {cores}")
+                 f"{cpu}, {cores}; engine compiled for {isa}")
     ax.legend(fontsize=9, loc="upper left", ncols=2)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
