@@ -1,3 +1,4 @@
+import importlib
 import os
 from pathlib import Path
 
@@ -17,13 +18,26 @@ def close(actual, reference, rel=1e-4):
     assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * max |ref| {scale:.3g}"
 
 
+def skip_unless_ci(msg: str):
+    """Skip what needs a missing reference; under CI fail instead, so that a broken
+    install cannot pass as a green run with its checks skipped."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg + " -- required under CI", pytrace=False)
+    pytest.skip(msg, allow_module_level=True)
+
+
+def require(module: str):
+    """`pytest.importorskip`, but failing under CI (see skip_unless_ci)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        skip_unless_ci(f"{module} does not import ({e})")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared folder of real weights and photos; skipped where absent, but under CI a
     missing folder is a failure, not a skip."""
     if not (DATA / "models").is_dir():
-        msg = f"test data folder {DATA} not found (set MNV2_TEST_DATA to its path)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg + " -- required under CI")
-        pytest.skip(msg)
+        skip_unless_ci(f"test data folder {DATA} not found (set MNV2_TEST_DATA to its path)")
     return DATA
