@@ -41,3 +41,27 @@ def shared_data() -> Path:
     if not (DATA / "models").is_dir():
         skip_unless_ci(f"test data folder {DATA} not found (set MNV2_TEST_DATA to its path)")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def photo_paths(shared_data) -> list[Path]:
+    """The real photos of the shared folder, in name order."""
+    paths = sorted(p for p in (shared_data / "images").iterdir() if p.suffix.lower() in (".bmp", ".jpg", ".png"))
+    assert paths, f"no photos in {shared_data / 'images'}"
+    return paths
+
+
+def probabilities(predictions, classes: int) -> np.ndarray:
+    """predict's (index, label, probability) lists (top = classes) as a [N, classes] array."""
+    out = np.zeros((len(predictions), classes))
+    for row, prediction in zip(out, predictions):
+        assert len(prediction) == classes
+        for i, _, p in prediction:
+            row[i] = p
+    return out
+
+
+def softmax(logits) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
