@@ -18,6 +18,14 @@ def close(actual, reference, rel=1e-4):
     assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * max |ref| {scale:.3g}"
 
 
+def slicing_modes(arch) -> dict[str, dict]:
+    """Engine settings other than t = 1: t = 2, uneven slices, one channel per slice
+    (t = expansion width), row streaming."""
+    return {"t=2": dict(t=2), "t=3": dict(t=3), "t=5": dict(t=5),
+            "t=width": dict(t=[b.hidden for b in arch.blocks]),
+            "rows": dict(rows=True), "rows,t=3": dict(rows=True, t=3)}
+
+
 def skip_unless_ci(msg: str):
     """Skip what needs a missing reference; under CI fail instead, so that a broken
     install cannot pass as a green run with its checks skipped."""

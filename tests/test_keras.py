@@ -18,7 +18,7 @@ import pytest
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close, probabilities, softmax
+from conftest import close, probabilities, slicing_modes, softmax
 
 # Keras's torch backend warns about NumPy 2's copy keyword on every array it converts.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -121,6 +121,19 @@ def test_engine_matches_keras(keras_model, tmp_path, layout):
     assert (engine.arch.alpha, engine.arch.size, engine.arch.classes, engine.arch.padding) == \
         (alpha, (size, size), classes, "same")
     close(engine.forward(x), ref)
+
+
+def test_every_mode_matches_keras_in_forward(keras_model, tmp_path):
+    """Sliced and row-streamed forward() calls with TensorFlow's 'same' padding (its
+    stride-2 pad of 0 before and 1 after meets every slice and row boundary)."""
+    alpha, size, classes, model, x, ref = keras_model
+    model.save_weights(tmp_path / "model.weights.h5")
+    ws = convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size)
+    for label, kw in slicing_modes(ws.architecture).items():
+        try:
+            close(Engine(ws, **kw).forward(x), ref)
+        except AssertionError as e:
+            raise AssertionError(f"{label}: {e}") from None
 
 
 def test_predict_on_photos_matches_keras_with_its_own_preprocessing(keras_model, tmp_path, photo_paths):

@@ -8,23 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mnv2engine import Engine, convert
+from mnv2engine import Engine
 
 from conftest import close, probabilities, softmax
-from torch_reference import MobileNetV2, randomized, run_with_blocks
+from torch_reference import reference_and_engine, run_with_blocks
 
 # alpha 0.35 / 1.0 / 1.4, sizes 96 / 224 / odd, batch 1 and 3, with and without the top
 CASES = [(0.35, 96, 3, 1000), (1.0, 224, 1, 1000), (1.4, 113, 3, 10), (1.0, 97, 1, 0)]
-
-
-def reference_and_engine(tmp_path, alpha, size, classes, seed):
-    model = randomized(MobileNetV2(num_classes=max(classes, 1), width_mult=alpha), seed)
-    state = model.state_dict()
-    if classes == 0:  # a headless feature extractor: no classifier tensors in the file
-        state = {k: v for k, v in state.items() if not k.startswith("classifier")}
-    torch.save(state, tmp_path / "mnv2.pth")
-    convert(tmp_path / "mnv2.pth", tmp_path / "mnv2.h5", size=size)
-    return model, Engine.load(tmp_path / "mnv2.h5")
 
 
 @pytest.mark.parametrize("alpha,size,batch,classes", CASES)
