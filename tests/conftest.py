@@ -1,5 +1,7 @@
 import importlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,15 @@ def close(actual, reference, rel=1e-4):
     scale = float(np.abs(reference).max())
     diff = float(np.abs(actual.astype(np.float64) - reference).max())
     assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * max |ref| {scale:.3g}"
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def slicing_modes(arch) -> dict[str, dict]:

@@ -18,7 +18,7 @@ import pytest
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close, probabilities, slicing_modes, softmax
+from conftest import close, load_benchmark, probabilities, slicing_modes, softmax
 
 # Keras's torch backend warns about NumPy 2's copy keyword on every array it converts.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -134,6 +134,14 @@ def test_every_mode_matches_keras_in_forward(keras_model, tmp_path):
             close(Engine(ws, **kw).forward(x), ref)
         except AssertionError as e:
             raise AssertionError(f"{label}: {e}") from None
+
+
+def test_benchmarks_numpy_reference_matches_keras(keras_model, tmp_path):
+    """benchmarks/_check.py's network, the benchmarks' reference, with 'same' padding."""
+    check = load_benchmark("_check")
+    alpha, size, classes, model, x, ref = keras_model
+    model.save_weights(tmp_path / "model.weights.h5")
+    close(check.network(convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size), x), ref, 1e-5)
 
 
 def test_predict_on_photos_matches_keras_with_its_own_preprocessing(keras_model, tmp_path, photo_paths):
