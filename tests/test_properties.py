@@ -80,7 +80,7 @@ def assert_identical(got, want):
             assert got.layers[name].bn.epsilon == layer.bn.epsilon, f"{name}/batchnorm epsilon"
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_files_load_identically_or_fail_cleanly(small_file, small_weights, tmp_path, data):
     blob = bytearray(small_file.read_bytes())
