@@ -22,6 +22,8 @@ from mnv2engine.kernels.simd import LANES, vfma, vsplat, vstore
 from mnv2engine.kernels.target import current
 from mnv2engine.arch import Architecture
 
+from _check import check, conv3x3 as reference_conv3x3
+
 RELU6 = (0.0, 6.0)
 
 
@@ -82,14 +84,16 @@ def median_seconds(fn, runs: int) -> float:
 
 
 def layer_calls(arch: Architecture, rng):
-    """(name, kind, multiply-adds, call) for every conv of the network, batch 1."""
+    """(name, kind, multiply-adds, call, reference) for every conv of the network, batch 1:
+    call() runs the kernel and returns its output, reference() the NumPy one."""
     def rand(*shape):
         return rng.standard_normal(shape, dtype=np.float32)
 
     def pw(P, cin, cout, lo, hi):
-        x, w, b, out = rand(P, cin), pack_panels(rand(cin, cout)), rand(cout), np.empty((P, cout), np.float32)
-        none = np.empty((0, cout), np.float32)
-        return lambda: pointwise(x, w, b, lo, hi, out, none, False)
+        x, w, b, out = rand(P, cin), rand(cin, cout), rand(cout), np.empty((P, cout), np.float32)
+        panels, none = pack_panels(w), np.empty((0, cout), np.float32)
+        return (lambda: (pointwise(x, panels, b, lo, hi, out, none, False), out)[1],
+                lambda: np.clip(x.astype(np.float64) @ w + b, lo, hi))
 
     def dw(hw, c, stride):
         H, W = hw
@@ -97,7 +101,8 @@ def layer_calls(arch: Architecture, rng):
         pads = np.array(arch.pads(hw, stride), np.int64)
         Ho, Wo = -(-H // stride), -(-W // stride)
         out = np.empty((1, Ho, Wo, c), np.float32)
-        return lambda: depthwise3x3(x, w, b, stride, pads, *RELU6, out), Ho * Wo * 9 * c
+        return (lambda: (depthwise3x3(x, w, b, stride, pads, *RELU6, out), out)[1],
+                lambda: np.clip(reference_conv3x3(x, w, stride, pads, depthwise=True) + b, *RELU6)), Ho * Wo * 9 * c
 
     H, W = arch.size
     c0 = arch.stem_channels
@@ -105,18 +110,19 @@ def layer_calls(arch: Architecture, rng):
     pads = np.array(arch.pads(arch.size, 2), np.int64)
     Ho, Wo = arch.stem_out_size
     out = np.empty((1, Ho, Wo, c0), np.float32)
-    yield "stem", "conv3x3", Ho * Wo * 27 * c0, lambda: conv3x3(x, w, b, 2, pads, *RELU6, out)
+    yield ("stem", "conv3x3", Ho * Wo * 27 * c0, lambda: (conv3x3(x, w, b, 2, pads, *RELU6, out), out)[1],
+           lambda: np.clip(reference_conv3x3(x, w, 2, pads) + b, *RELU6))
     for blk in arch.blocks:
         P_in = blk.in_size[0] * blk.in_size[1]
         P_out = blk.out_size[0] * blk.out_size[1]
         if blk.expansion != 1:
-            yield f"{blk.name}/expand", "expand 1x1", P_in * blk.cin * blk.hidden, pw(P_in, blk.cin, blk.hidden, *RELU6)
-        call, macs = dw(blk.in_size, blk.hidden, blk.stride)
-        yield f"{blk.name}/depthwise s{blk.stride}", f"depthwise s{blk.stride}", macs, call
-        yield f"{blk.name}/project", "project 1x1", P_out * blk.hidden * blk.cout, pw(P_out, blk.hidden, blk.cout, -np.inf, np.inf)
+            yield f"{blk.name}/expand", "expand 1x1", P_in * blk.cin * blk.hidden, *pw(P_in, blk.cin, blk.hidden, *RELU6)
+        calls, macs = dw(blk.in_size, blk.hidden, blk.stride)
+        yield f"{blk.name}/depthwise s{blk.stride}", f"depthwise s{blk.stride}", macs, *calls
+        yield f"{blk.name}/project", "project 1x1", P_out * blk.hidden * blk.cout, *pw(P_out, blk.hidden, blk.cout, -np.inf, np.inf)
     P = arch.blocks[-1].out_size[0] * arch.blocks[-1].out_size[1]
-    yield "head", "head 1x1", P * arch.blocks[-1].cout * arch.last_channels, pw(P, arch.blocks[-1].cout, arch.last_channels, *RELU6)
-    yield "classifier", "classifier", arch.last_channels * arch.classes, pw(1, arch.last_channels, arch.classes, -np.inf, np.inf)
+    yield "head", "head 1x1", P * arch.blocks[-1].cout * arch.last_channels, *pw(P, arch.blocks[-1].cout, arch.last_channels, *RELU6)
+    yield "classifier", "classifier", arch.last_channels * arch.classes, *pw(1, arch.last_channels, arch.classes, -np.inf, np.inf)
 
 
 def main(argv=None):
@@ -129,8 +135,11 @@ def main(argv=None):
 
     arch = Architecture(alpha=args.alpha, size=args.size)
     peak = fma_peak()
+    layers = list(layer_calls(arch, np.random.default_rng(0)))
+    check("NumPy float64, per layer", [(name, call(), reference()) for name, _, _, call, reference in layers],
+          summary=not args.layers)
     rows, kinds = [], {}
-    for name, kind, macs, call in layer_calls(arch, np.random.default_rng(0)):
+    for name, kind, macs, call, _ in layers:
         sec = median_seconds(call, args.runs)
         rows.append((name, macs, sec))
         k = kinds.setdefault(kind, [0, 0.0])

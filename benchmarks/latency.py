@@ -5,7 +5,8 @@ state_dict, converted to mnv2.h5 and loaded by the engine in four modes (t=1 mat
 t=4 sliced, rows row-streamed, rows with t=4); the same model is exported to ONNX for ONNX
 Runtime and OpenVINO (CPU device, f32 precision hint, latency hint; skipped, with a note,
 where the openvino package is absent). Every runtime's logits are checked against
-PyTorch's first. Then every runtime is timed at batch 1 and 32 with 1 and 2 threads,
+PyTorch's first, and again for every thread count and batch size just before
+it is timed (benchmarks/_check.py). Every runtime is timed at batch 1 and 32 with 1 and 2 threads,
 round-robin over runs (the order rotated each run) so a noisy moment hits all of them
 alike; medians are reported. A table on stdout, with the SIMD target the engine was
 compiled for, and a bar chart, latency.png (where matplotlib is installed).
@@ -20,13 +21,14 @@ import os
 import platform
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from _check import check
 
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = (1, 2)
@@ -141,10 +143,6 @@ def set_threads(n: int):
         raise RuntimeError(f"asked torch for {n} threads, got {torch.get_num_threads()}")
 
 
-def rel_diff(got, ref) -> tuple[float, float]:
-    return float(np.abs(got.astype(np.float64) - ref).max()), float(np.abs(ref).max())
-
-
 SETTLE = 0.05  # seconds of sleep before each runtime's turn (see time_round_robin)
 
 
@@ -247,16 +245,7 @@ def main(argv=None):
     checks[ORT] = ort_session(onnx_model, 1).run(None, {"input": x_nchw})[0]
     if openvino[1]:
         checks[OPENVINO] = openvino[1](x_nchw).copy()
-    ok = True
-    print("check vs PyTorch logits (batch 2), tolerance max |diff| <= 1e-4 * max |ref|:")
-    for name, got in checks.items():
-        diff, scale = rel_diff(got, ref)
-        good = diff <= 1e-4 * scale
-        ok &= good
-        print(f"  {name:<16} max |diff| {diff:.3g}  max |ref| {scale:.3g}  "
-              f"ratio {diff / scale:.2g}  {'OK' if good else 'FAIL'}")
-    if not ok:
-        sys.exit("results differ from PyTorch: timings would be meaningless")
+    check("PyTorch logits (batch 2)", [(name, got, ref) for name, got in checks.items()])
     del checks, x, x_nchw
 
     set_threads(THREADS[0])
@@ -282,6 +271,13 @@ def main(argv=None):
             if openvino[threads]:
                 fns[OPENVINO] = lambda run=openvino[threads]: run(x_nchw)
             fns.update({name: (lambda e=e: e.forward(x)) for name, e in engines.items()})
+            with torch.inference_mode():  # the very engines, threads and batch about to be timed
+                want = model(x_torch).numpy()
+            outputs = {ORT: sess.run(None, {"input": x_nchw})[0], **{n: e.forward(x) for n, e in engines.items()}}
+            if openvino[threads]:
+                outputs[OPENVINO] = openvino[threads](x_nchw).copy()
+            check(f"PyTorch logits (threads={threads}, batch={batch})", [(n, o, want) for n, o in outputs.items()])
+            del outputs, want
             runs, warmup = (args.runs, 3) if batch == 1 else (args.big_runs, 1)
             (busy0, own0), wall0 = busy_seconds(), time.perf_counter()
             for name, secs in time_round_robin(fns, runs, warmup, 1, not args.blocked).items():

@@ -1,5 +1,6 @@
 """Peak activation memory and latency of MobileNetV2 vs the number of expansion slices t.
 
+Every mode's logits are checked against a NumPy reference first (benchmarks/_check.py).
 For each t (and the row-streamed mode): the planner's peak, the tracemalloc peak of one
 real forward call, the paper's formula max over blocks of |x| + |y| + |E|/t, and the
 median latency; a table on stdout and a PNG plot. The modes are timed round-robin, the
@@ -17,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from mnv2engine import Engine
+
+from _check import check, network
 
 TS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 MIB = 2 ** 20
@@ -64,6 +67,8 @@ def main(argv=None):
                                                      ("rows,t=4", dict(rows=True, t=4), None)]
     engines = [Engine.random(alpha=args.alpha, size=args.size, **kw) for _, kw, _ in modes]
     x = np.random.default_rng(0).uniform(-1, 1, (1, *engines[0].arch.size, 3)).astype(np.float32)
+    reference = network(engines[0].weights, x)
+    check("NumPy float64 logits", [(label, engine.forward(x), reference) for (label, _, _), engine in zip(modes, engines)])
     traced = [traced_peak(engine, x) for engine in engines]
     latencies = interleaved_medians(engines, x, args.runs)
     rows = []

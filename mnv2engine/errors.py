@@ -14,3 +14,7 @@ class WeightFileError(EngineError):
 
 class InputError(EngineError, ValueError):
     """An input tensor or image the engine cannot take."""
+
+
+class UnverifiedWeightsWarning(UserWarning):
+    """A weight file loaded without an integrity check: written before mnv2.h5 had a digest."""

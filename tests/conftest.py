@@ -1,4 +1,7 @@
+import importlib
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +20,67 @@ def close(actual, reference, rel=1e-4):
     assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * max |ref| {scale:.3g}"
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def slicing_modes(arch) -> dict[str, dict]:
+    """Engine settings other than t = 1: t = 2, uneven slices, one channel per slice
+    (t = expansion width), row streaming."""
+    return {"t=2": dict(t=2), "t=3": dict(t=3), "t=5": dict(t=5),
+            "t=width": dict(t=[b.hidden for b in arch.blocks]),
+            "rows": dict(rows=True), "rows,t=3": dict(rows=True, t=3)}
+
+
+def skip_unless_ci(msg: str):
+    """Skip what needs a missing reference; under CI fail instead, so that a broken
+    install cannot pass as a green run with its checks skipped."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(msg + " -- required under CI", pytrace=False)
+    pytest.skip(msg, allow_module_level=True)
+
+
+def require(module: str):
+    """`pytest.importorskip`, but failing under CI (see skip_unless_ci)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        skip_unless_ci(f"{module} does not import ({e})")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The shared folder of real weights and photos; skipped where absent, but under CI a
     missing folder is a failure, not a skip."""
     if not (DATA / "models").is_dir():
-        msg = f"test data folder {DATA} not found (set MNV2_TEST_DATA to its path)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg + " -- required under CI")
-        pytest.skip(msg)
+        skip_unless_ci(f"test data folder {DATA} not found (set MNV2_TEST_DATA to its path)")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def photo_paths(shared_data) -> list[Path]:
+    """The real photos of the shared folder, in name order."""
+    paths = sorted(p for p in (shared_data / "images").iterdir() if p.suffix.lower() in (".bmp", ".jpg", ".png"))
+    assert paths, f"no photos in {shared_data / 'images'}"
+    return paths
+
+
+def probabilities(predictions, classes: int) -> np.ndarray:
+    """predict's (index, label, probability) lists (top = classes) as a [N, classes] array."""
+    out = np.zeros((len(predictions), classes))
+    for row, prediction in zip(out, predictions):
+        assert len(prediction) == classes
+        for i, _, p in prediction:
+            row[i] = p
+    return out
+
+
+def softmax(logits) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)

@@ -5,12 +5,26 @@ from PIL import Image
 
 from mnv2engine import Engine, EngineError, InputError
 
+from conftest import close
+from torch_reference import reference_and_engine, run_with_blocks
+
 SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def engine():
     return Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+
+
+@pytest.fixture(scope="module")
+def pytorch(tmp_path_factory):
+    """(PyTorch model, Engine on its weights): the reference of the concurrency tests, which
+    would otherwise compare outputs only with each other (identical wrong ones would pass)."""
+    return reference_and_engine(tmp_path_factory.mktemp("torch"), 0.35, SIZE, 10, seed=1)
+
+
+def pytorch_logits(model, x):
+    return run_with_blocks(model, x)["logits"]
 
 
 @pytest.fixture(scope="module")
@@ -124,13 +138,16 @@ def test_headless_engine_returns_pooled_features():
         e.predict(np.zeros((8, 8, 3), np.uint8))
 
 
-def test_concurrent_calls_from_threads_match_sequential_ones(engine):
+def test_concurrent_calls_from_threads_match_sequential_ones_and_pytorch(pytorch):
     from concurrent.futures import ThreadPoolExecutor
+    model, engine = pytorch
     xs = [np.random.default_rng(i).uniform(-1, 1, (2, SIZE, SIZE, 3)).astype(np.float32) for i in range(8)]
     sequential = [engine.forward(x) for x in xs]
     with ThreadPoolExecutor(4) as pool:
         parallel = list(pool.map(engine.forward, xs))
     assert all(np.array_equal(a, b) for a, b in zip(sequential, parallel))
+    for got, x in zip(parallel, xs):
+        close(got, pytorch_logits(model, x))
 
 
 def test_threads_split_a_batch_without_changing_results():
@@ -166,7 +183,7 @@ def test_more_threads_than_cores_still_finish():
     assert np.array_equal(many.forward(x), one.forward(x))
 
 
-def test_concurrent_first_calls_wait_for_one_plan(monkeypatch):
+def test_concurrent_first_calls_wait_for_one_plan(monkeypatch, pytorch):
     """The first calls of a batch size make its plan and program; concurrent ones must not
     see them half made (making the program is slowed here to widen the window)."""
     import time
@@ -178,19 +195,23 @@ def test_concurrent_first_calls_wait_for_one_plan(monkeypatch):
         time.sleep(0.05)
         return real(*args)
     monkeypatch.setattr(engine_module, "compile_plan", slow_compile_plan)
-    e = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+    model, loaded = pytorch
+    e = Engine(loaded.weights)
     x = np.random.default_rng(0).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda _: e.forward(x), range(4)))
-    assert all(np.array_equal(g, got[0]) for g in got)
+    want = pytorch_logits(model, x)
+    for g in got:
+        close(g, want)
 
 
-def test_concurrent_calls_on_shared_image_threads_match():
+def test_concurrent_calls_on_shared_image_threads_match(pytorch):
     """Calls from 4 threads into an engine whose 3 threads share each image."""
     from concurrent.futures import ThreadPoolExecutor
-    one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
+    model, one = pytorch
     shared = Engine(one.weights, threads=3)
     xs = [np.random.default_rng(i).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32) for i in range(12)]
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(shared.forward, xs))
     assert all(np.array_equal(g, one.forward(x)) for g, x in zip(got, xs))
+    close(np.concatenate(got), pytorch_logits(model, np.concatenate(xs)))

@@ -18,7 +18,7 @@ import pytest
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close
+from conftest import close, load_benchmark, probabilities, slicing_modes, softmax
 
 # Keras's torch backend warns about NumPy 2's copy keyword on every array it converts.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -115,11 +115,50 @@ def test_engine_matches_keras(keras_model, tmp_path, layout):
     SAVERS[layout](model, src)
     ws = convert(src, tmp_path / "mnv2.h5", size=size)
     assert ws.source == f"keras {src}" and ws.labels is None
-    np.testing.assert_allclose(ws.scale * 255 + ws.offset, 1.0, rtol=1e-6)  # x / 127.5 - 1
+    np.testing.assert_allclose(ws.scale, 1 / 127.5, rtol=1e-6)  # x / 127.5 - 1
+    np.testing.assert_allclose(ws.offset, -1.0, rtol=1e-6)
     engine = Engine.load(tmp_path / "mnv2.h5")
     assert (engine.arch.alpha, engine.arch.size, engine.arch.classes, engine.arch.padding) == \
         (alpha, (size, size), classes, "same")
     close(engine.forward(x), ref)
+
+
+def test_every_mode_matches_keras_in_forward(keras_model, tmp_path):
+    """Sliced and row-streamed forward() calls with TensorFlow's 'same' padding (its
+    stride-2 pad of 0 before and 1 after meets every slice and row boundary)."""
+    alpha, size, classes, model, x, ref = keras_model
+    model.save_weights(tmp_path / "model.weights.h5")
+    ws = convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size)
+    for label, kw in slicing_modes(ws.architecture).items():
+        try:
+            close(Engine(ws, **kw).forward(x), ref)
+        except AssertionError as e:
+            raise AssertionError(f"{label}: {e}") from None
+
+
+def test_benchmarks_numpy_reference_matches_keras(keras_model, tmp_path):
+    """benchmarks/_check.py's network, the benchmarks' reference, with 'same' padding."""
+    check = load_benchmark("_check")
+    alpha, size, classes, model, x, ref = keras_model
+    model.save_weights(tmp_path / "model.weights.h5")
+    close(check.network(convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size), x), ref, 1e-5)
+
+
+def test_predict_on_photos_matches_keras_with_its_own_preprocessing(keras_model, tmp_path, photo_paths):
+    """Photos as a Keras user feeds them: `keras.utils.load_img` (bilinear resize to the
+    input size, the engine's documented resize) and `mobilenet_v2.preprocess_input`; the
+    engine gets the file names."""
+    alpha, size, classes, model, _, _ = keras_model
+    pixels = [keras.utils.img_to_array(keras.utils.load_img(p, target_size=(size, size), interpolation="bilinear"))
+              for p in photo_paths]
+    ref = model.predict(keras.applications.mobilenet_v2.preprocess_input(np.stack(pixels)), verbose=0)
+    model.save_weights(tmp_path / "model.weights.h5")
+    convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size)
+    engine = Engine.load(tmp_path / "mnv2.h5")
+    if classes:
+        close(probabilities(engine.predict(photo_paths, top=classes), classes), softmax(ref))
+    else:  # headless: predict refuses; its preprocessing, then the features
+        close(engine.forward(np.stack([engine.preprocess(p) for p in photo_paths])), ref)
 
 
 # -- refusals -------------------------------------------------------------------------------

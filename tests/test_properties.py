@@ -1,6 +1,6 @@
 """Property-based tests: the kernels' shape and padding arithmetic on arbitrary shapes, and
-the weight-file loader on mutated files (a clear WeightFileError or a correct load, never
-anything else)."""
+the weight-file loader on mutated files (a clear WeightFileError, or the very weights that
+were written, never anything else)."""
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -51,15 +51,38 @@ def test_depthwise_and_stem_match_naive_on_any_shape(n, h, w, c, stride, conv, s
 
 
 @pytest.fixture(scope="module")
-def small_file(tmp_path_factory):
+def small_weights():
+    return random_weightset(alpha=0.35, size=32, classes=3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def small_file(tmp_path_factory, small_weights):
     path = tmp_path_factory.mktemp("w") / "m.h5"
-    write_mnv2(random_weightset(alpha=0.35, size=32, classes=3, seed=0), path)
+    write_mnv2(small_weights, path)
     return path
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def assert_identical(got, want):
+    """Every field and every tensor bit for bit (compared here, not with the file's digest)."""
+    for field in ("alpha", "classes", "padding", "labels", "source"):
+        assert getattr(got, field) == getattr(want, field), field
+    assert tuple(got.size) == tuple(want.size)
+    for field in ("scale", "offset"):
+        assert np.asarray(getattr(got, field), np.float32).tobytes() == \
+            np.asarray(getattr(want, field), np.float32).tobytes(), field
+    assert got.layers.keys() == want.layers.keys()
+    for name, layer in want.layers.items():
+        tensors = got.layers[name].tensors()
+        assert tensors.keys() == layer.tensors().keys(), name
+        for t, arr in layer.tensors().items():
+            assert tensors[t].dtype == arr.dtype and tensors[t].tobytes() == arr.tobytes(), f"{name}/{t}"
+        if layer.bn is not None:
+            assert got.layers[name].bn.epsilon == layer.bn.epsilon, f"{name}/batchnorm epsilon"
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_mutated_files_load_or_fail_cleanly(small_file, tmp_path, data):
+def test_mutated_files_load_identically_or_fail_cleanly(small_file, small_weights, tmp_path, data):
     blob = bytearray(small_file.read_bytes())
     kind = data.draw(st.sampled_from(["flip", "truncate", "zero-range"]))
     if kind == "truncate":
@@ -75,5 +98,5 @@ def test_mutated_files_load_or_fail_cleanly(small_file, tmp_path, data):
         ws = read_mnv2(path)
     except EngineError:
         return
-    # Loaded: then it must be a valid model (validated shapes, finite values).
-    assert ws.classes == 3 and ws.alpha == 0.35
+    # Loaded: then the damage missed everything the engine uses (free space, HDF5 bookkeeping).
+    assert_identical(ws, small_weights)

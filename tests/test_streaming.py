@@ -9,14 +9,8 @@ from numba.core.runtime import _nrt_python, rtsys
 from mnv2engine import Engine
 from mnv2engine.plan import layout_plan
 
-from conftest import close
-
-
-def modes(arch):
-    """t = 2, uneven slices, one channel per slice (t = expansion width), row streaming."""
-    return {"t=2": dict(t=2), "t=3": dict(t=3), "t=5": dict(t=5),
-            "t=width": dict(t=[b.hidden for b in arch.blocks]),
-            "rows": dict(rows=True), "rows,t=3": dict(rows=True, t=3)}
+from conftest import close, slicing_modes
+from torch_reference import reference_and_engine, run_with_blocks
 
 
 @pytest.mark.parametrize("alpha", [0.35, 1.0, 1.4])
@@ -25,13 +19,28 @@ def test_every_mode_equals_materialized_block_by_block(alpha):
     base = Engine.random(alpha=alpha, size=size, classes=20, seed=7)
     x = np.random.default_rng(1).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
     ref = base.intermediates(x)
-    for label, kw in modes(base.arch).items():
+    for label, kw in slicing_modes(base.arch).items():
         got = Engine(base.weights, **kw).intermediates(x)
         for name, want in ref.items():
             try:
                 close(got[name], want, 1e-5)
             except AssertionError as e:
                 raise AssertionError(f"{label}, {name}: {e}") from None
+
+
+@pytest.mark.parametrize("alpha", [0.35, 1.4])
+def test_every_mode_matches_pytorch_in_forward(tmp_path, alpha):
+    """forward() runs the one-call network program, not intermediates()'s block by block
+    path: every mode of it against PyTorch (symmetric padding; test_keras has 'same')."""
+    size = 67
+    model, base = reference_and_engine(tmp_path, alpha, size, 20, seed=8)
+    x = np.random.default_rng(2).uniform(-1, 1, (2, size, size, 3)).astype(np.float32)
+    want = run_with_blocks(model, x)["logits"]
+    for label, kw in {"t=1": {}, **slicing_modes(base.arch)}.items():
+        try:
+            close(Engine(base.weights, **kw).forward(x), want)
+        except AssertionError as e:
+            raise AssertionError(f"{label}: {e}") from None
 
 
 def test_slices_may_differ_per_block():

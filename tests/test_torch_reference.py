@@ -6,24 +6,15 @@ every block's output must match, so a failure names the block that broke.
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from mnv2engine import Engine, convert
+from mnv2engine import Engine
 
-from conftest import close
-from torch_reference import MobileNetV2, randomized, run_with_blocks
+from conftest import close, probabilities, softmax
+from torch_reference import reference_and_engine, run_with_blocks
 
 # alpha 0.35 / 1.0 / 1.4, sizes 96 / 224 / odd, batch 1 and 3, with and without the top
 CASES = [(0.35, 96, 3, 1000), (1.0, 224, 1, 1000), (1.4, 113, 3, 10), (1.0, 97, 1, 0)]
-
-
-def reference_and_engine(tmp_path, alpha, size, classes, seed):
-    model = randomized(MobileNetV2(num_classes=max(classes, 1), width_mult=alpha), seed)
-    state = model.state_dict()
-    if classes == 0:  # a headless feature extractor: no classifier tensors in the file
-        state = {k: v for k, v in state.items() if not k.startswith("classifier")}
-    torch.save(state, tmp_path / "mnv2.pth")
-    convert(tmp_path / "mnv2.pth", tmp_path / "mnv2.h5", size=size)
-    return model, Engine.load(tmp_path / "mnv2.h5")
 
 
 @pytest.mark.parametrize("alpha,size,batch,classes", CASES)
@@ -49,3 +40,21 @@ def test_one_image_shared_by_two_threads_matches_pytorch(tmp_path, kw):
     x = np.random.default_rng(2).uniform(-1, 1, (1, 99, 99, 3)).astype(np.float32)
     want = run_with_blocks(model, x)["logits"]
     close(Engine(engine.weights, threads=2, **kw).forward(x), want)
+
+
+# torchvision's ImageNet recipe, written out here rather than taken from weights/:
+# transforms.ToTensor (pixel / 255), then Normalize with these means and deviations.
+TORCHVISION_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+TORCHVISION_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def test_predict_on_photos_matches_pytorch_with_torchvisions_preprocessing(tmp_path, photo_paths):
+    """The engine gets the file names; PyTorch gets the photos as torchvision prepares
+    them, after the engine's documented resize (bilinear to the input size: torchvision's
+    presets also crop, which the engine does not)."""
+    size = 160
+    model, engine = reference_and_engine(tmp_path, 0.5, size, 1000, seed=7)
+    pixels = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in photo_paths]
+    x = np.stack([(p.astype(np.float32) / 255 - TORCHVISION_MEAN) / TORCHVISION_STD for p in pixels])
+    ref = run_with_blocks(model, x)["logits"]
+    close(probabilities(engine.predict(photo_paths, top=1000), 1000), softmax(ref))

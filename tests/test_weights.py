@@ -1,10 +1,13 @@
 """mnv2.h5 round trips, format detection by content, and refusals that name the problem."""
+import re
+import warnings
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from mnv2engine import EngineError, WeightFileError, convert
+from mnv2engine import EngineError, UnverifiedWeightsWarning, WeightFileError, convert
 from mnv2engine.weights import detect_format, read_mnv2, write_mnv2
 from mnv2engine.weights.random import random_weightset
 
@@ -72,6 +75,53 @@ def test_tensor_of_wrong_shape_names_the_layer(h5file):
     _rewrite(h5file, swap)
     with pytest.raises(WeightFileError, match=r"block5/depthwise/kernel.*\(3, 3, 7\)"):
         read_mnv2(h5file)
+
+
+@pytest.mark.parametrize("tensor", ["layers/block3/expand/kernel", "layers/block9/depthwise/batchnorm/var",
+                                    "layers/classifier/bias", "preprocess/offset"])
+def test_a_flipped_bit_in_a_tensor_is_refused_as_damage(h5file, tensor):
+    """The lowest mantissa bit of one value: still a finite float32 of the right shape,
+    which only the digest tells from the written one."""
+    with h5py.File(h5file, "r") as f:
+        offset = f[tensor].id.get_offset()  # contiguous storage: the first value's first byte
+    blob = bytearray(h5file.read_bytes())
+    blob[offset] ^= 1
+    h5file.write_bytes(bytes(blob))
+    with pytest.raises(WeightFileError, match=re.escape(str(h5file)) + ": damaged mnv2 file"):
+        read_mnv2(h5file)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: f["layers/block2/project/batchnorm"].attrs.__setitem__("epsilon", 2e-3),
+    lambda f: f.attrs.__setitem__("padding", "symmetric"),  # valid, and shapes do not tell
+    lambda f: f["labels"].__setitem__(0, "cat"),
+    lambda f: f.attrs.__setitem__("sha256", "0" * 64),
+], ids=["epsilon", "padding", "label", "digest"])
+def test_valid_looking_metadata_changes_are_refused_as_damage(h5file, edit):
+    _rewrite(h5file, edit)
+    with pytest.raises(WeightFileError, match="damaged mnv2 file: its tensors or metadata differ"):
+        read_mnv2(h5file)
+
+
+def test_a_missing_digest_is_damage(h5file):
+    _rewrite(h5file, lambda f: f.attrs.__delitem__("sha256"))
+    with pytest.raises(WeightFileError, match="damaged mnv2 file: its sha256 digest is missing"):
+        read_mnv2(h5file)
+
+
+def test_a_file_from_before_the_digest_loads_with_a_warning_saying_to_reconvert(h5file, ws, tmp_path):
+    def as_version_1(f):
+        del f.attrs["sha256"]
+        f.attrs["schema_version"] = 1
+    _rewrite(h5file, as_version_1)
+    with pytest.warns(UnverifiedWeightsWarning, match=re.escape(str(h5file)) + r": written before .* mnv2 convert"):
+        old = read_mnv2(h5file)
+    assert old.layers["head"].kernel.tobytes() == ws.layers["head"].kernel.tobytes()
+    with pytest.warns(UnverifiedWeightsWarning):
+        convert(h5file, tmp_path / "new.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_mnv2(tmp_path / "new.h5")  # re-converted: a digest, and no warning
 
 
 @pytest.mark.parametrize("content,message", [

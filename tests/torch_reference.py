@@ -97,3 +97,15 @@ def run_with_blocks(model: MobileNetV2, x_nhwc: np.ndarray) -> dict[str, np.ndar
         out["pooled"] = pooled.numpy()
         out["logits"] = model.classifier(pooled).numpy()
     return out
+
+
+def reference_and_engine(tmp_path, alpha, size, classes, seed, **engine_kw):
+    """A randomized model, and an Engine on its state_dict as `mnv2 convert` makes it."""
+    from mnv2engine import Engine, convert
+    model = randomized(MobileNetV2(num_classes=max(classes, 1), width_mult=alpha), seed)
+    state = model.state_dict()
+    if classes == 0:  # a headless feature extractor: no classifier tensors in the file
+        state = {k: v for k, v in state.items() if not k.startswith("classifier")}
+    torch.save(state, tmp_path / "mnv2.pth")
+    convert(tmp_path / "mnv2.pth", tmp_path / "mnv2.h5", size=size)
+    return model, Engine.load(tmp_path / "mnv2.h5", **engine_kw)

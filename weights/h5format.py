@@ -1,15 +1,18 @@
 """mnv2.h5: the engine's weight file. Schema in weights/README.md."""
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 
-from mnv2engine.errors import WeightFileError
+from mnv2engine.errors import UnverifiedWeightsWarning, WeightFileError
 
+from .digest import weightset_digest
 from .weightset import BatchNorm, Layer, WeightSet, validate
 
 FORMAT = "mnv2engine"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the sha256 digest
 
 
 def write_mnv2(ws: WeightSet, path) -> None:
@@ -18,7 +21,7 @@ def write_mnv2(ws: WeightSet, path) -> None:
     with h5py.File(path, "w") as f:
         f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, alpha=ws.alpha,
                        input_size=np.asarray(ws.size, np.int64), classes=ws.classes,
-                       padding=ws.padding, source=ws.source)
+                       padding=ws.padding, source=ws.source, sha256=weightset_digest(ws))
         pre = f.create_group("preprocess")
         pre.create_dataset("scale", data=np.asarray(ws.scale, np.float32))
         pre.create_dataset("offset", data=np.asarray(ws.offset, np.float32))
@@ -45,7 +48,7 @@ def read_mnv2(path) -> WeightSet:
             if not is_mnv2(f):
                 raise WeightFileError(f"{path}: an HDF5 file, but not an mnv2engine weight file "
                                       "(convert it first: mnv2 convert SRC DST)")
-            ws = _read_open(f)
+            ws, version, stored = _read_open(f)
     except FileNotFoundError:
         raise WeightFileError(f"{path}: no such file") from None
     except WeightFileError as e:
@@ -57,14 +60,33 @@ def read_mnv2(path) -> WeightSet:
         validate(ws)
     except WeightFileError as e:
         raise WeightFileError(f"{path}: {e}") from None
+    _verify(path, ws, version, stored)
     return ws
 
 
-def _read_open(f: h5py.File) -> WeightSet:
+def _verify(path, ws: WeightSet, version: int, stored) -> None:
+    """Refuse a file whose content differs from what convert wrote. A version-1 file has
+    no digest: it loads, with a warning that says how to add one."""
+    if version == 1:
+        warnings.warn(f"{path}: written before mnv2.h5 carried a sha256 digest (schema version 1), so "
+                      f"damage to it cannot be detected; re-convert it to add one: mnv2 convert {path} NEW.h5",
+                      UnverifiedWeightsWarning, stacklevel=3)
+        return
+    if stored is None:
+        raise WeightFileError(f"{path}: damaged mnv2 file: its sha256 digest is missing")
+    if not isinstance(stored, str) or stored != weightset_digest(ws):
+        raise WeightFileError(f"{path}: damaged mnv2 file: its tensors or metadata differ from the sha256 "
+                              "digest written when it was converted; convert it again from the original weights")
+
+
+def _read_open(f: h5py.File) -> tuple[WeightSet, int, object]:
+    """The WeightSet, the schema version and the stored digest (None where absent)."""
     version = int(f.attrs["schema_version"])
     if version > SCHEMA_VERSION:
         raise WeightFileError(f"schema version {version} is newer than this mnv2engine reads "
                               f"({SCHEMA_VERSION}); upgrade mnv2engine")
+    if version < 1:
+        raise WeightFileError(f"schema version {version}: no such version (damaged file?)")
     layers = {}
 
     def visit(name, obj):
@@ -76,10 +98,11 @@ def _read_open(f: h5py.File) -> WeightSet:
     if "labels" in f:
         labels = [s.decode() if isinstance(s, bytes) else str(s) for s in f["labels"][()]]
     size = tuple(int(s) for s in np.atleast_1d(f.attrs["input_size"]))
-    return WeightSet(alpha=float(f.attrs["alpha"]), size=size, classes=int(f.attrs["classes"]),
-                     padding=str(f.attrs["padding"]), layers=layers,
-                     scale=f["preprocess/scale"][()], offset=f["preprocess/offset"][()],
-                     labels=labels, source=str(f.attrs.get("source", "")))
+    ws = WeightSet(alpha=float(f.attrs["alpha"]), size=size, classes=int(f.attrs["classes"]),
+                   padding=str(f.attrs["padding"]), layers=layers,
+                   scale=f["preprocess/scale"][()], offset=f["preprocess/offset"][()],
+                   labels=labels, source=str(f.attrs.get("source", "")))
+    return ws, version, f.attrs.get("sha256")
 
 
 def _read_layer(g: h5py.Group) -> Layer:

@@ -1,0 +1,14 @@
+"""The suite's own guards: a missing reference fails a CI run instead of skipping it."""
+import pytest
+
+from conftest import require
+
+
+def test_a_reference_that_does_not_import_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="no_such_reference does not import.*required under CI"):
+        require("no_such_reference")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="no_such_reference does not import"):
+        require("no_such_reference")
+    assert require("numpy").__name__ == "numpy"

@@ -1,0 +1,32 @@
+"""The sha256 digest of a WeightSet, which mnv2.h5 stores so that damage cannot load silently.
+
+HDF5 checks nothing by itself here: contiguous datasets and attributes carry no checksum,
+so a flipped bit in a tensor, or in an attribute such as `epsilon`, reads back as another
+valid number. The digest covers everything `read_mnv2` returns (the tensors, the
+architecture, the preprocessing, labels, source), hashed from the values rather than the
+file's bytes, so it does not depend on how h5py lays the file out.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+
+def weightset_digest(ws) -> str:
+    """Hex sha256 over the metadata (as canonical JSON), then every tensor in name order:
+    its name, dtype and shape as JSON, then its little-endian float32 bytes."""
+    h = hashlib.sha256()
+    meta = {"alpha": float(ws.alpha), "size": [int(s) for s in ws.size], "classes": int(ws.classes),
+            "padding": str(ws.padding), "labels": ws.labels, "source": str(ws.source),
+            "epsilon": {name: float(layer.bn.epsilon) for name, layer in ws.layers.items() if layer.bn}}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    tensors = {"preprocess/scale": ws.scale, "preprocess/offset": ws.offset}
+    tensors.update({f"layers/{name}/{t}": arr for name, layer in ws.layers.items()
+                    for t, arr in layer.tensors().items()})
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name], "<f4")
+        h.update(json.dumps([name, arr.dtype.str, arr.shape]).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
