@@ -6,6 +6,9 @@ Faults are injected by wrapping the network kernel the engine calls on each thre
 wait inside a barrier), or by a thread that stops arriving at barriers at all. The
 references are PyTorch's logits for the same weights.
 """
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -166,3 +169,40 @@ def test_a_thread_failing_on_its_share_of_a_batch_stops_the_others(model_file, m
     assert len(passes) < 12, "the caller went on with its share after the helper failed"
     monkeypatch.undo()
     close(engine.forward(batch), np.concatenate([want] * 4))
+
+
+CHILD = """
+import sys, time
+import numpy as np
+from mnv2engine import Engine
+engine = Engine.load(sys.argv[1], threads=2)
+x = np.load(sys.argv[2])
+engine.forward(x)
+print("ready", flush=True)
+try:
+    while True:
+        engine.forward(x)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+np.save(sys.argv[3], engine.forward(x))
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 3], ids=["shared image", "split batch"])
+def test_ctrl_c_during_a_two_thread_forward_returns_and_leaves_the_engine_usable(model_file, tmp_path, batch):
+    path, want, x = model_file
+    np.save(tmp_path / "x.npy", x[:batch])
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(tmp_path / "x.npy"),
+                              str(tmp_path / "after.npy")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # well inside the loop of forward calls
+        child.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert child.stdout.readline().strip() == "interrupted"
+        took = time.monotonic() - sent
+        assert child.wait(60) == 0
+    finally:
+        child.kill()
+    assert took < HANG, f"Ctrl-C took {took:.1f} s to stop a forward call"
+    close(np.load(tmp_path / "after.npy"), want[:batch])
