@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import EngineError
 
-MAX_MEMORY = 256 * 2**20  # bytes: the default budget, some hundred images at alpha 1.0 / 224
+MAX_MEMORY = 256 * 2**20  # bytes: the default budget; 1.0 / 224 holds 6 MiB an image (1.4 row-streamed)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ max_memory), with batches of 1 to 5 images. Every output must equal its single-t
 reference (itself checked against PyTorch), and the process's resident memory must
 not grow after warm-up.
 
-Bounded in time: MNV2_SOAK_SECONDS (default 20) of rounds after the warm-up.
+Bounded in time: MNV2_SOAK_SECONDS (default 12) of rounds after the warm-up.
 """
 import os
 import threading
@@ -21,7 +21,7 @@ from conftest import close
 from torch_reference import MobileNetV2, randomized, run_with_blocks
 
 SIZE = 64
-SECONDS = float(os.environ.get("MNV2_SOAK_SECONDS", 20))
+SECONDS = float(os.environ.get("MNV2_SOAK_SECONDS", 12))
 WARM_UP_ROUNDS = 3
 CALLERS = 4
 MODES = [dict(), dict(t=3), dict(rows=True), dict(rows=True, t=2)]
