@@ -18,7 +18,7 @@ from numba import njit
 from .block import inverted_residual
 from .gemm import FASTMATH, PANEL, gemm
 from .pool import pointwise_avg_pool
-from .sync import barrier, share
+from .sync import barrier, given_up, share
 
 BLOCK = np.dtype([(name, np.int64) for name in (
     "x", "n", "h", "w", "cin",           # input [n, h, w, cin] at arena[x:]
@@ -42,10 +42,14 @@ HEAD = np.dtype([(name, np.int64) for name in (
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def forward(arena, params, ints, blocks, head, tid, threads, sync, out, streamed, whole, sliced):
     """Thread tid of `threads` runs its share of every layer; out [n, classes] logits.
-    streamed, whole, sliced: which evaluations of a block the table uses (modes())."""
+    streamed, whole, sliced: which evaluations of a block the table uses (modes()).
+    Stops after the block where the pass was given up (sync.py): the caller raises."""
     for i in range(len(blocks)):
+        if given_up(sync):
+            return
         run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced)
-    run_head(arena, params, head, tid, threads, sync, out)
+    if not given_up(sync):
+        run_head(arena, params, head, tid, threads, sync, out)
 
 
 def modes(blocks: np.ndarray) -> tuple:

@@ -6,6 +6,8 @@ of microseconds of waking a thread that sleeps on a lock. So the threads spin, i
 the nogil kernels, on one shared counter in a small int64 array (`new_sync`):
 
     sync[0]                 how many threads have arrived, over all barriers so far
+    sync[1]                 RUNNING, or why the pass was given up: FAILED, STALLED
+    sync[2]                 the patience: nanoseconds without progress before STALLED
     sync[8 * (1 + tid)]     how many barriers thread tid has passed (its own cache line)
 
 Barrier number k (counted per thread) is passed once the counter reaches k * threads.
@@ -13,8 +15,20 @@ The counter only grows, so no thread can be released by an earlier or later barr
 A waiting thread gives up its core (sched_yield) every SPINS_BEFORE_YIELD spins (a few
 microseconds), so more threads than cores still make progress, and a helper woken on
 its caller's core lets the caller run.
+
+A pass can be given up. A thread that fails (an exception before or between its
+kernels, on the caller or on a helper) would leave the others spinning forever, without
+the GIL, where not even Ctrl-C reaches them; so the engine marks the pass FAILED
+(`give_up`), and every waiting thread leaves at its next spin. The state shares the
+counter's cache line, so checking it costs the spin nothing. As a last defence, a
+thread that has seen the counter stand still for the patience (PATIENCE seconds; a
+phase takes milliseconds) marks the pass STALLED and leaves. After either, the threads
+run the rest of their current block without waiting (its numbers are garbage, in the
+pass's own arena), the network stops at the block's end (network.py), and the engine
+raises.
 """
 import platform
+import time
 
 import llvmlite.ir as ir
 import numpy as np
@@ -25,11 +39,25 @@ from numba.extending import intrinsic
 _X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 SPINS_BEFORE_YIELD = 100
 LINE = 8  # int64 per 64-byte cache line
+ARRIVED, STATE, PATIENCE_NS = 0, 1, 2  # slots of the first line
+RUNNING, FAILED, STALLED = 0, 1, 2     # values of sync[STATE]
+# seconds without progress before a waiting thread gives the pass up: far above any
+# phase (milliseconds at 224; a 2048 x 2048 image's largest phase takes seconds)
+PATIENCE = 30.0
+_CLOCK_MONOTONIC = time.CLOCK_MONOTONIC
 
 
 def new_sync(threads: int) -> np.ndarray:
-    """The zeroed shared state of one forward pass run by `threads` threads."""
-    return np.zeros(LINE * (1 + threads), np.int64)
+    """The shared state of one forward pass run by `threads` threads: RUNNING, none arrived."""
+    sync = np.zeros(LINE * (1 + threads), np.int64)
+    sync[PATIENCE_NS] = int(PATIENCE * 1e9)
+    return sync
+
+
+def give_up(sync: np.ndarray) -> None:
+    """Mark the pass FAILED (unless it already stalled): waiting threads leave."""
+    if sync[STATE] == RUNNING:
+        sync[STATE] = FAILED
 
 
 def _slot_pointer(context, builder, arrty, arr, index):
@@ -85,22 +113,56 @@ def _sched_yield(typingctx):
     return types.none(), codegen
 
 
+@intrinsic
+def _monotonic_ns(typingctx):
+    """clock_gettime(CLOCK_MONOTONIC) in nanoseconds (a 64-bit timespec: two int64)."""
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        timespec = ir.LiteralStructType([i64, i64])
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), timespec.as_pointer()]),
+            "clock_gettime")
+        ts = cgutils.alloca_once(builder, timespec)
+        builder.call(fn, [ir.Constant(ir.IntType(32), _CLOCK_MONOTONIC), ts])
+        sec = builder.load(cgutils.gep_inbounds(builder, ts, 0, 0))
+        nsec = builder.load(cgutils.gep_inbounds(builder, ts, 0, 1))
+        return builder.add(builder.mul(sec, ir.Constant(i64, 1_000_000_000)), nsec)
+    return types.int64(), codegen
+
+
 @njit(cache=True, nogil=True, _nrt=False)
 def barrier(sync, tid, threads):
-    """Wait until all `threads` threads have called their next barrier. One thread: no-op."""
+    """Wait until all `threads` threads have called their next barrier, or the pass is
+    given up (see the module's docstring). One thread: no-op."""
     if threads == 1:
         return
     mine = LINE * (1 + tid)
     passed = sync[mine] + 1
     sync[mine] = passed
-    atomic_add(sync, 0, 1)
+    atomic_add(sync, ARRIVED, 1)
     spins = 0
-    while atomic_load(sync, 0) < passed * threads:
+    seen, since = -1, 0  # the count last seen, and when it was first seen
+    while True:
+        arrived = atomic_load(sync, ARRIVED)
+        if arrived >= passed * threads or atomic_load(sync, STATE) != RUNNING:
+            return
         _pause()
         spins += 1
         if spins == SPINS_BEFORE_YIELD:
             _sched_yield()
             spins = 0
+            now = _monotonic_ns()
+            if arrived != seen:
+                seen, since = arrived, now
+            elif now - since > sync[PATIENCE_NS]:
+                sync[STATE] = STALLED
+                return
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def given_up(sync):
+    """Whether the pass was given up: the threads stop at the end of the block."""
+    return atomic_load(sync, STATE) != RUNNING
 
 
 @njit(cache=True)

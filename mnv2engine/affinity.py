@@ -7,6 +7,10 @@ two spinning threads on one core take turns by time slice until the scheduler mo
 a forward on 2 threads took 11 ms instead of 3. So each helper, before it starts, leaves
 the caller's core (its own affinity only; the caller's is never touched).
 Where the platform can't tell the current core, helpers run wherever they are put.
+
+This is only for speed, so it never raises: where the affinity calls fail (EINVAL when
+a container's cpuset changes under the process, EPERM under a seccomp policy), the
+helper runs where it is.
 """
 from __future__ import annotations
 
@@ -30,12 +34,15 @@ def current_cpu() -> int:
     return _sched_getcpu() if _CAN_PIN else -1
 
 
-def run_away_from(cpu: int, fn, *args):
-    """fn(*args) on the calling (helper) thread, moved off core `cpu` first if it can be."""
-    if cpu >= 0 and getattr(_avoided, "cpu", None) != cpu:
+def leave(cpu: int) -> None:
+    """Move the calling (helper) thread off core `cpu` if it can be; best effort."""
+    if cpu < 0 or getattr(_avoided, "cpu", None) == cpu:
+        return
+    try:
         allowed = os.sched_getaffinity(0) | getattr(_avoided, "allowed", set())
         _avoided.allowed = allowed
         if len(allowed) > 1 and cpu in allowed:
             os.sched_setaffinity(0, allowed - {cpu})
         _avoided.cpu = cpu
-    return fn(*args)
+    except Exception:  # noqa: BLE001 -- an optimisation only: see the module's docstring
+        pass

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EngineError
+from .files import reason
 
 
 def _t_arg(text: str) -> int:
@@ -86,8 +87,11 @@ def resolve_weights(given: str | None) -> Path:
     if os.environ.get("MNV2_WEIGHTS"):
         return Path(os.environ["MNV2_WEIGHTS"])
     cached = default_weights_path()
-    if cached.exists():
-        return cached
+    try:
+        if cached.exists():
+            return cached
+    except OSError as e:
+        raise EngineError(f"{cached}: cannot read the cached weights ({reason(e)})") from None
     raise EngineError(f"no weights: pass --weights FILE, set MNV2_WEIGHTS, or put an mnv2.h5 at {cached} "
                       "(mnv2 fetch-weights downloads one; or make one from a framework's file with: "
                       "mnv2 convert SRC DST)")
@@ -103,7 +107,10 @@ def expand_images(paths) -> list[Path]:
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            try:
+                out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            except OSError as e:
+                raise EngineError(f"{p}: cannot list the folder ({reason(e)})") from None
         else:
             out.append(p)
     return out
@@ -263,6 +270,9 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except EngineError as e:
+        print(f"mnv2: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the last net: every known filesystem error is an EngineError already
         print(f"mnv2: error: {e}", file=sys.stderr)
         return 2
 

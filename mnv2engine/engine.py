@@ -1,21 +1,21 @@
 """The public API: Engine.load / Engine.random, forward, predict, memory_report."""
 from __future__ import annotations
 
-import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import preprocess
-from . import affinity
+from .budget import MAX_MEMORY, Budget
 from .errors import EngineError, InputError
 from .memory import allocate, view
 from .model import block_weights, fold_all, packed
 from .plan import build_plan, resolve_t, slice_bounds
 from .program import compile_plan, gather
+from .spread import spread
 from .kernels.network import forward, modes, run_block, run_head
-from .kernels.sync import new_sync
+from .kernels.sync import RUNNING, STATE, new_sync
 
 
 class Engine:
@@ -28,9 +28,11 @@ class Engine:
         each with its own arena; a smaller batch (one image) is shared by the threads,
         each computing its share of every layer. The kernels release the GIL. Calls from
         several threads at once are safe: every call allocates its own arena.
+    max_memory: the bytes of activations one forward call may hold, whatever the batch;
+        a larger batch runs in sub-batches (budget.py). The returned logits are extra.
     """
 
-    def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1):
+    def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY):
         self.weights = weightset
         self.arch, self.convs = fold_all(weightset)
         self.t = resolve_t(self.arch, t)
@@ -56,19 +58,27 @@ class Engine:
         # Shared-image calls take turns: with 2+ helpers, two calls at once could each hold
         # a helper the other waits for at a barrier.
         self._sharing_lock = threading.Lock()
+        self._budget = Budget(max_memory, lambda images, sharing: build_plan(
+            self.arch, [w.bounds for w in self.blocks], self.rows, images, sharing).arena_bytes)
+        self._budget.schedule(1, self.threads)  # refuse a budget too small for one image now
 
     @classmethod
-    def load(cls, path, t=None, rows: bool = False, threads: int = 1) -> "Engine":
+    def load(cls, path, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY) -> "Engine":
         """Load an mnv2.h5 file (or any weight file the converters read)."""
         from .weights import read_any
-        return cls(read_any(path), t=t, rows=rows, threads=threads)
+        return cls(read_any(path), t=t, rows=rows, threads=threads, max_memory=max_memory)
 
     @classmethod
     def random(cls, alpha=1.0, size=224, classes=1000, seed=0, padding="same", t=None,
-               rows: bool = False, threads: int = 1) -> "Engine":
+               rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY) -> "Engine":
         """A seeded, randomly initialised network: for benchmarks and demos."""
         from .weights.random import random_weightset
-        return cls(random_weightset(alpha, size, classes, seed, padding), t=t, rows=rows, threads=threads)
+        return cls(random_weightset(alpha, size, classes, seed, padding), t=t, rows=rows, threads=threads,
+                   max_memory=max_memory)
+
+    @property
+    def max_memory(self) -> int:
+        return self._budget.max_memory
 
     def __repr__(self):
         a = self.arch
@@ -88,20 +98,30 @@ class Engine:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
-        (pooled features [N, last_channels] for a headless model)."""
+        (pooled features [N, last_channels] for a headless model).
+
+        Sub-batches of at most schedule.sub_batch images, within max_memory: all threads
+        on each sub-batch in turn (a batch smaller than the threads), or each thread on
+        its share of the batch, one sub-batch after another."""
         x = self._check_input(x)
-        sharing = self._sharing(len(x))
-        if sharing == self.threads:
-            return self._run(x, sharing)
-        parts = [x[idx[0]:idx[-1] + 1] for idx in np.array_split(np.arange(len(x)), self.threads)]
-        return np.concatenate(self._spread(self._run, [(part, 1) for part in parts]))
+        s = self._budget.schedule(len(x), self.threads)
+        out = self._output(len(x))
+        if s.sharing > 1:
+            for lo in range(0, len(x), s.sub_batch):
+                self._run(x[lo:lo + s.sub_batch], out[lo:lo + s.sub_batch], s.sharing)
+            return out
+        stop = new_sync(1)  # the pass's state: a failure on one thread stops the others
+        shares = [(idx[0], idx[-1] + 1) for idx in np.array_split(np.arange(len(x)), s.arenas)]
+        spread(self._helpers, self._run_share, [(x, out, lo, hi, s.sub_batch, stop) for lo, hi in shares], stop)
+        return out
 
     def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Copies of every block's output, the pooled features and the logits: to find
-        which layer disagrees with a reference, not just that the logits do."""
-        out = {}
-        out["logits"] = self._run(self._check_input(x), 1,
-                                  observe=lambda name, a: out.__setitem__(name, a.copy()))
+        which layer disagrees with a reference, not just that the logits do. The whole
+        batch at once, outside max_memory: it returns every activation anyway."""
+        x = self._check_input(x)
+        out = {"logits": self._output(len(x))}
+        self._run(x, out["logits"], 1, observe=lambda name, a: out.__setitem__(name, a.copy()))
         return out
 
     def _check_input(self, x) -> np.ndarray:
@@ -113,21 +133,41 @@ class Engine:
                              f"got shape {x.shape}")
         if x.dtype.kind != "f" or x.dtype.itemsize != 4:
             raise InputError(f"forward expects float32 input, got {x.dtype}")
-        if not np.isfinite(x).all():
+        # min and max see every NaN and infinity, and allocate nothing (a batch may be huge)
+        if not (np.isfinite(x.min()) and np.isfinite(x.max())):
             raise InputError("input contains NaN or infinite values")
         return x
 
-    def _run(self, x: np.ndarray, threads: int, observe=None) -> np.ndarray:
-        """One forward call on the batch x, each image shared by `threads` threads."""
+    def _output(self, images: int) -> np.ndarray:
+        width = self.arch.last_channels if self.arch.headless else self.arch.classes
+        try:
+            return np.empty((images, width), np.float32)
+        except MemoryError:
+            raise EngineError(f"the output of {images:,} images ({images * width * 4:,} bytes) does not fit "
+                              "in memory: pass fewer images per call") from None
+
+    def _run_share(self, x, out, lo, hi, images, stop):
+        """Images lo..hi of x into out, `images` at a time, on this thread alone; stops
+        between sub-batches once the pass is given up (a failure on another thread)."""
+        for at in range(lo, hi, images):
+            if stop[STATE] != RUNNING:
+                return
+            self._run(x[at:min(at + images, hi)], out[at:min(at + images, hi)], 1)
+
+    def _run(self, x: np.ndarray, out: np.ndarray, threads: int, observe=None):
+        """One forward pass on the batch x into out, each image shared by `threads` threads."""
         plan = self.plan(x.shape[0], threads)
         blocks, head = self._programs[(x.shape[0], threads)]
         w = self._weights
-        # One arena per call, dropped on return: calls are independent, and tracemalloc
-        # sees exactly this forward's activation memory.
-        arena = allocate(plan.arena_bytes)
+        # One arena per pass, dropped on return: calls are independent, and tracemalloc
+        # sees exactly this pass's activation memory.
+        try:
+            arena = allocate(plan.arena_bytes)
+        except MemoryError:
+            raise EngineError(f"could not allocate {plan.arena_bytes:,} bytes of activations for "
+                              f"{x.shape[0]} images (max_memory={self.max_memory:,}): lower max_memory") from None
         np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
         floats = arena.view(np.float32)
-        out = np.empty((x.shape[0], 0 if self.arch.headless else self.arch.classes), np.float32)
         sync = new_sync(threads)
         if observe:  # block by block, to show each output before the next block overwrites it
             for i, step in enumerate(plan.steps):
@@ -135,11 +175,14 @@ class Engine:
                 observe(step.block.name, view(arena, step.y))
             run_head(floats, w.params, head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
+        elif threads == 1:
+            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, *modes(blocks))
         else:
-            with self._sharing_lock if threads > 1 else contextlib.nullcontext():
-                self._spread(forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
-                                        *modes(blocks)) for tid in range(threads)])
-        return view(arena, plan.pooled).copy() if self.arch.headless else out
+            with self._sharing_lock:
+                spread(self._helpers, forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
+                                                  *modes(blocks)) for tid in range(threads)], sync)
+        if self.arch.headless:
+            out[:] = view(arena, plan.pooled)
 
     # -- images --------------------------------------------------------------------
     def predict(self, images, top: int = 5):
@@ -174,23 +217,12 @@ class Engine:
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
             raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
 
-    def _spread(self, fn, calls):
-        """fn(*args) for every args of calls, the first on this thread and the others on
-        the helpers, each moved off this thread's core first (affinity.py); the results
-        in order."""
-        cpu = affinity.current_cpu()
-        helpers = [self._helpers.submit(affinity.run_away_from, cpu, fn, *args) for args in calls[1:]]
-        return [fn(*calls[0])] + [h.result() for h in helpers]
-
-    def _sharing(self, batch: int) -> int:
-        """How many threads share each image of a batch: all of them when there are
-        fewer images than threads; else each thread takes whole images."""
-        return self.threads if batch < self.threads else 1
-
     def memory_report(self, batch: int = 1):
-        """The planner's buffers of one forward call on `batch` images."""
+        """The planner's buffers of one forward call on `batch` images: those of one
+        sub-batch, and how many sub-batches and arenas the call takes."""
         from .report import MemoryReport
-        return MemoryReport(self.plan(batch, self._sharing(batch)))
+        s = self._budget.schedule(batch, self.threads)
+        return MemoryReport(self.plan(s.sub_batch, s.sharing), s, self.max_memory)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

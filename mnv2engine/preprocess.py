@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import InputError
+from .files import reason
 
 
 def to_pil(image) -> Image.Image:
@@ -25,7 +26,11 @@ def to_pil(image) -> Image.Image:
             raise InputError(f"{path}: not an image file Pillow can read") from None
         except Image.DecompressionBombError as e:
             raise InputError(f"{path}: refused, too many pixels to decode safely ({e})") from None
-        except (OSError, SyntaxError, ValueError) as e:
+        except OSError as e:
+            if e.errno is None:  # Pillow's own: the bytes, not the filesystem
+                raise InputError(f"{path}: damaged or truncated image ({e})") from None
+            raise InputError(f"{path}: cannot read ({reason(e)})") from None
+        except (SyntaxError, ValueError) as e:
             raise InputError(f"{path}: damaged or truncated image ({e})") from None
     if isinstance(image, Image.Image):
         return image.convert("RGB")

@@ -14,10 +14,16 @@ class StepMemory:
 
 
 class MemoryReport:
-    """Per block: the live tensors with shapes and bytes, and the peak; the input included."""
+    """Per block: the live tensors with shapes and bytes, and the peak; the input included.
 
-    def __init__(self, plan: Plan):
+    The buffers are those of one sub-batch (`schedule.sub_batch` images, budget.py); a
+    call holds `schedule.arenas` such arenas at once, and the output of the whole batch.
+    """
+
+    def __init__(self, plan: Plan, schedule, max_memory: int):
         self.plan = plan
+        self.schedule = schedule
+        self.max_memory = max_memory
         buffers = plan.buffers
         self.steps = []
         n_blocks = len(plan.steps)
@@ -31,25 +37,37 @@ class MemoryReport:
 
     @property
     def arena_bytes(self) -> int:
+        """One sub-batch's arena."""
         return self.plan.arena_bytes
 
     @property
+    def output_bytes(self) -> int:
+        """The logits (or features) of the whole batch."""
+        return self.schedule.batch * self.plan.output_shape[1] * 4
+
+    @property
     def peak_bytes(self) -> int:
-        """What one forward call allocates for activations: the arena and the output."""
-        return self.plan.peak_bytes
+        """What one forward call allocates for activations: its arenas and the output."""
+        return self.schedule.arenas * self.arena_bytes + self.output_bytes
 
     @property
     def ideal_bytes(self) -> int:
         """The peak with perfect packing: the most bytes live at once."""
-        return max(s.peak_live_bytes for s in self.steps) + self.plan.output_bytes
+        return self.schedule.arenas * max(s.peak_live_bytes for s in self.steps) + self.output_bytes
 
     def __str__(self):
         lines = [f"{'step':<10} {'peak live':>12}  live tensors"]
         for s in self.steps:
             tensors = ", ".join(f"{n.split('/')[-1]}{list(shape)}" for n, shape, _ in s.live)
             lines.append(f"{s.name:<10} {_kib(s.peak_live_bytes):>12}  {tensors}")
-        lines.append(f"arena {_kib(self.arena_bytes)} + output {_kib(self.plan.output_bytes)} "
+        s = self.schedule
+        arenas = f"{s.arenas} arenas x " if s.arenas > 1 else "arena "
+        lines.append(f"{arenas}{_kib(self.arena_bytes)} + output {_kib(self.output_bytes)} "
                      f"= peak {_kib(self.peak_bytes)} (perfect packing: {_kib(self.ideal_bytes)})")
+        lines.append(f"batch {s.batch} in sub-batches of {s.sub_batch}"
+                     + (f", {s.arenas} at once (one per thread)" if s.arenas > 1 else "")
+                     + (f", each image shared by {s.sharing} threads" if s.sharing > 1 else "")
+                     + f": within max_memory {_kib(self.max_memory)}")
         return "\n".join(lines)
 
 

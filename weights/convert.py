@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from mnv2engine.errors import EngineError, WeightFileError
+from mnv2engine.files import check_destination, reason, temporary, writing
 
 from .h5format import is_mnv2, read_mnv2, write_mnv2
 from .labels import read_labels
@@ -21,8 +21,11 @@ def detect_format(path) -> str:
         raise WeightFileError(f"{path}: no such file")
     if path.is_dir():
         raise WeightFileError(f"{path}: is a directory, expected a weight file")
-    with open(path, "rb") as f:
-        head = f.read(8)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise WeightFileError(f"{path}: cannot read ({reason(e)})") from None
     if not head:
         raise WeightFileError(f"{path}: empty file (0 bytes)")
     if head == HDF5_SIGNATURE:
@@ -68,21 +71,17 @@ def convert(src, dst, *, force: bool = False, size=None, labels=None) -> WeightS
     """Convert any supported weight file to mnv2.h5 at `dst`.
 
     Writes to a temporary file beside `dst` and renames it into place, so a failed or
-    interrupted conversion never leaves a half-written or clobbered destination.
-    Refuses to overwrite an existing `dst` unless `force`.
+    interrupted conversion never leaves a half-written or clobbered destination
+    (mnv2engine/files.py). Refuses to overwrite an existing `dst` unless `force`.
     """
     dst = Path(dst)
+    check_destination(dst)
     if dst.exists() and not force:
         raise EngineError(f"{dst}: already exists (use --force / force=True to overwrite)")
     if Path(src).resolve() == dst.resolve():
         raise EngineError(f"{dst}: source and destination are the same file")
     ws = read_any(src, size=size, labels=labels)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent or ".")
-    os.close(fd)
-    try:
+    with temporary(dst) as tmp, writing(dst):
         write_mnv2(ws, tmp)
         os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return ws

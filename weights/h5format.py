@@ -1,6 +1,7 @@
 """mnv2.h5: the engine's weight file. Schema in weights/README.md."""
 from __future__ import annotations
 
+import io
 import warnings
 
 import h5py
@@ -16,9 +17,21 @@ SCHEMA_VERSION = 2  # 2 added the sha256 digest
 
 
 def write_mnv2(ws: WeightSet, path) -> None:
-    """Write a validated WeightSet to `path` (overwrites; callers handle safety)."""
+    """Write a validated WeightSet to `path` (overwrites; callers handle safety).
+
+    The file is made in memory, then written in one go: HDF5 writing straight onto a
+    full disk printed an error per dataset and then crashed the interpreter (h5py 3,
+    measured on a full tmpfs), where a plain write raises OSError (ENOSPC). The
+    files are small (14 MB at alpha 1.0)."""
+    with open(path, "wb") as out:
+        out.write(mnv2_bytes(ws))
+
+
+def mnv2_bytes(ws: WeightSet) -> bytes:
+    """The bytes of the mnv2.h5 file of a validated WeightSet."""
     validate(ws)
-    with h5py.File(path, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, alpha=ws.alpha,
                        input_size=np.asarray(ws.size, np.int64), classes=ws.classes,
                        padding=ws.padding, source=ws.source, sha256=weightset_digest(ws))
@@ -35,6 +48,7 @@ def write_mnv2(ws: WeightSet, path) -> None:
                 g.create_dataset(tname, data=arr)
             if layer.bn is not None:
                 g["batchnorm"].attrs["epsilon"] = layer.bn.epsilon
+    return buffer.getvalue()
 
 
 def is_mnv2(f: h5py.File) -> bool:
