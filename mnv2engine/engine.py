@@ -92,7 +92,8 @@ class Engine:
         with self._planning:  # concurrent first calls would otherwise see a plan without its program
             if key not in self._plans:
                 plan = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
-                self._programs[key] = compile_plan(plan, self._weights, self._stem_pads, self._dw_pads)
+                blocks, head = compile_plan(plan, self._weights, self._stem_pads, self._dw_pads)
+                self._programs[key] = blocks, head, modes(blocks, self._weights.ints)
                 self._plans[key] = plan
         return self._plans[key]
 
@@ -157,7 +158,7 @@ class Engine:
     def _run(self, x: np.ndarray, out: np.ndarray, threads: int, observe=None):
         """One forward pass on the batch x into out, each image shared by `threads` threads."""
         plan = self.plan(x.shape[0], threads)
-        blocks, head = self._programs[(x.shape[0], threads)]
+        blocks, head, used = self._programs[(x.shape[0], threads)]
         w = self._weights
         # One arena per pass, dropped on return: calls are independent, and tracemalloc
         # sees exactly this pass's activation memory.
@@ -171,16 +172,16 @@ class Engine:
         sync = new_sync(threads)
         if observe:  # block by block, to show each output before the next block overwrites it
             for i, step in enumerate(plan.steps):
-                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, *modes(blocks))
+                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, *used)
                 observe(step.block.name, view(arena, step.y))
             run_head(floats, w.params, head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
         elif threads == 1:
-            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, *modes(blocks))
+            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, *used)
         else:
             with self._sharing_lock:
                 spread(self._helpers, forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
-                                                  *modes(blocks)) for tid in range(threads)], sync)
+                                                  *used) for tid in range(threads)], sync)
         if self.arch.headless:
             out[:] = view(arena, plan.pooled)
 
