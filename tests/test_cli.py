@@ -60,3 +60,31 @@ def test_predict_without_weights_says_how_to_get_them(tmp_path, capsys, monkeypa
     monkeypatch.setattr("mnv2engine.cli.default_weights_path", lambda: tmp_path / "none.h5")
     assert main(["predict", "x.jpg"]) == 2
     assert "mnv2 convert" in capsys.readouterr().err
+
+
+def test_compilation_is_announced_once_and_only_when_numba_compiles():
+    """The first-run message comes from Numba's compile events: a new function compiles
+    (one line, however many functions), a function already compiled does not."""
+    import io
+
+    from numba import njit
+
+    from mnv2engine.compiling import announce_compilation
+
+    @njit
+    def twice(a):
+        return 2 * a
+
+    @njit
+    def thrice(a):
+        return 3 * a
+
+    out = io.StringIO()
+    with announce_compilation(out):
+        twice(1)
+        thrice(1)
+    assert out.getvalue().count("compiling kernels for this CPU (first run only") == 1
+    quiet = io.StringIO()
+    with announce_compilation(quiet):
+        twice(2)
+    assert quiet.getvalue() == ""
