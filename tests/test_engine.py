@@ -61,9 +61,9 @@ def test_predict_takes_path_pil_array_and_lists(engine, photo, tmp_path):
 
 
 @pytest.mark.parametrize("bad,message", [
-    (np.zeros((SIZE, SIZE, 3), np.float32), r"shape \(N, 64, 64, 3\)"),
+    (np.zeros((SIZE, SIZE, 3), np.float32), r"shape \(N, H, W, 3\) with H, W >= 32"),
     (np.zeros((2, SIZE, SIZE, 4), np.float32), "shape"),
-    (np.zeros((1, SIZE + 1, SIZE, 3), np.float32), "shape"),
+    (np.zeros((1, 31, SIZE, 3), np.float32), r">= 32, got shape \(1, 31, 64, 3\)"),
     (np.zeros((0, SIZE, SIZE, 3), np.float32), "shape"),
     (np.zeros((1, SIZE, SIZE, 3), np.float64), "float32"),
     (np.zeros((1, SIZE, SIZE, 3), np.int64), "float32"),
