@@ -100,6 +100,7 @@ def save_unnamed_weights_h5(model, path):
 
 
 SAVERS = {
+    "model.keras": lambda model, path: model.save(path),
     "full-model.h5": lambda model, path: model.save(path),
     "model.weights.h5": lambda model, path: model.save_weights(path),
     "unnamed.weights.h5": save_unnamed_weights_h5,
@@ -234,7 +235,7 @@ def tiny_sequential():
 
 
 @pytest.mark.parametrize("build", [other_application, tiny_sequential])
-@pytest.mark.parametrize("layout", ["full-model.h5", "model.weights.h5", "unnamed.weights.h5"])
+@pytest.mark.parametrize("layout", ["model.keras", "full-model.h5", "model.weights.h5", "unnamed.weights.h5"])
 def test_other_keras_models_are_refused(tmp_path, build, layout):
     src = tmp_path / layout
     SAVERS[layout](build(), src)

@@ -69,6 +69,20 @@ class WeightSet:
         self.offset = (-np.asarray(mean, np.float64) / std).astype(np.float32)
 
 
+DEFAULT_SIZE = 224
+
+
+def settled_size(path, recorded, given) -> tuple[int, int]:
+    """The input size to record: the file's own where it has one, else `given`, else 224.
+    A `given` size that contradicts the file is refused, naming both."""
+    given = (given, given) if isinstance(given, int) else (tuple(given) if given is not None else None)
+    if recorded is not None and given is not None and tuple(recorded) != given:
+        raise WeightFileError(f"{path}: the file records input size {recorded[0]}x{recorded[1]}, but size "
+                              f"{given[0]}x{given[1]} was asked for (--size / size=); leave it out to use "
+                              "the file's (the engine runs any size at run time)")
+    return tuple(recorded or given or (DEFAULT_SIZE, DEFAULT_SIZE))
+
+
 def validate(ws: WeightSet) -> Architecture:
     """Check every tensor against the architecture `ws` claims; name the first problem."""
     try:
