@@ -16,8 +16,8 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 def detect_format(path) -> str:
-    """'mnv2', 'hdf5' (another HDF5 file), 'keras' (a Keras 3 zip), 'torch' or 'tflite',
-    from the first bytes."""
+    """'mnv2', 'hdf5' (another HDF5 file), 'keras' (a Keras 3 zip), 'torch', 'tflite' or
+    'onnx', from the first bytes."""
     path = Path(path)
     if not path.exists():
         raise WeightFileError(f"{path}: no such file")
@@ -39,12 +39,14 @@ def detect_format(path) -> str:
             raise WeightFileError(f"{path}: damaged HDF5 file ({e})") from None
     if head[4:8] == b"TFL3":
         return "tflite"
+    if head[:1] == b"\x08" or path.suffix.lower() == ".onnx":  # ModelProto starts with ir_version (field 1)
+        return "onnx"
     if head[:2] == b"PK" and _is_keras_zip(path):
         return "keras"
     if head[:2] == b"PK" or head[:1] == b"\x80":  # torch zip archive, or a legacy pickle
         return "torch"
     raise WeightFileError(f"{path}: unknown weight file format (expected mnv2.h5, a PyTorch "
-                          f".pth state_dict, a TFLite flatbuffer or a Keras .h5)")
+                          f".pth state_dict, a TFLite flatbuffer, a Keras .h5 or .keras, or an ONNX model)")
 
 
 def _is_keras_zip(path) -> bool:
@@ -75,6 +77,9 @@ def read_any(path, size=None, labels=None) -> WeightSet:
         from .tflite import read_tflite
         ws = read_tflite(path)
         ws.size = settled_size(path, ws.size, size)
+    elif fmt == "onnx":
+        from .onnxgraph import read_onnx
+        ws = read_onnx(path, size=size)
     elif fmt == "keras":
         from .keras import read_keras_zip
         ws = read_keras_zip(path, size=size)
