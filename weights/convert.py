@@ -17,12 +17,16 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def detect_format(path) -> str:
     """'mnv2', 'hdf5' (another HDF5 file), 'keras' (a Keras 3 zip), 'torch', 'tflite' or
-    'onnx', from the first bytes."""
+    'onnx', from the first bytes; 'huggingface' for a folder with config.json."""
     path = Path(path)
     if not path.exists():
         raise WeightFileError(f"{path}: no such file")
     if path.is_dir():
-        raise WeightFileError(f"{path}: is a directory, expected a weight file")
+        from .huggingface import is_huggingface
+        if is_huggingface(path):
+            return "huggingface"
+        raise WeightFileError(f"{path}: is a directory, expected a weight file "
+                              "(or a Hugging Face save_pretrained folder, with config.json)")
     try:
         with open(path, "rb") as f:
             head = f.read(8)
@@ -77,6 +81,9 @@ def read_any(path, size=None, labels=None) -> WeightSet:
         from .tflite import read_tflite
         ws = read_tflite(path)
         ws.size = settled_size(path, ws.size, size)
+    elif fmt == "huggingface":
+        from .huggingface import read_huggingface
+        ws = read_huggingface(path, size=size)
     elif fmt == "onnx":
         from .onnxgraph import read_onnx
         ws = read_onnx(path, size=size)

@@ -53,7 +53,7 @@ def load_graph(path):
         from onnx import numpy_helper
     except ImportError:
         raise WeightFileError(f"{path}: converting an ONNX file needs the onnx package "
-                              "(pip install onnx)") from None
+                              "(pip install 'mnv2engine[onnx]')") from None
     try:
         model = onnx.load(str(path))
     except Exception as e:  # protobuf's DecodeError and others

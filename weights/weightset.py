@@ -75,7 +75,8 @@ DEFAULT_SIZE = 224
 def settled_size(path, recorded, given) -> tuple[int, int]:
     """The input size to record: the file's own where it has one, else `given`, else 224.
     A `given` size that contradicts the file is refused, naming both."""
-    given = (given, given) if isinstance(given, int) else (tuple(given) if given is not None else None)
+    square = lambda s: (s, s) if isinstance(s, int) else (tuple(s) if s is not None else None)
+    recorded, given = square(recorded), square(given)
     if recorded is not None and given is not None and tuple(recorded) != given:
         raise WeightFileError(f"{path}: the file records input size {recorded[0]}x{recorded[1]}, but size "
                               f"{given[0]}x{given[1]} was asked for (--size / size=); leave it out to use "
