@@ -145,7 +145,7 @@ def _predict(args) -> int:
 
     for path in progress:
         try:
-            ok.append((path, engine.preprocess(path, size)))
+            ok.append((path, engine.preprocess(path, size, crop=not args.no_crop)))
         except EngineError as e:
             failed[path] = str(e)
             print(f"mnv2: skipped {path}: {e}", file=sys.stderr)
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="mnv2.h5 file; default $MNV2_WEIGHTS, then the per-user cache")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--size", type=int, help="input size to resize images to (default: the size the weights record)")
+    p.add_argument("--no-crop", action="store_true",
+                   help="resize the whole image, not the centre crop the weights were evaluated with")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_engine_args(p)
     p.set_defaults(func=cmd_predict)

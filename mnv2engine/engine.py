@@ -221,24 +221,28 @@ class Engine:
             out[:] = view(arena, plan.pooled)
 
     # -- images --------------------------------------------------------------------
-    def predict(self, images, top: int = 5, size=None):
+    def predict(self, images, top: int = 5, size=None, crop: bool = True):
         """Top classes of one image or a list of them.
 
-        An image is a path, a PIL image or an HWC uint8 array, resized to `size` (default:
-        the recorded size). Returns, per image, a list of (index, label, probability); a
+        An image is a path, a PIL image or an HWC uint8 array, cropped as the weight file
+        records (crop=False: the whole image) and resized to `size` (default: the
+        recorded size). Returns, per image, a list of (index, label, probability); a
         single image gives a single list.
         """
         single = not isinstance(images, (list, tuple))
         self.check_top(top)
         size = self.input_size(size)
-        batch = np.stack([self.preprocess(image, size) for image in ([images] if single else images)])
+        batch = np.stack([self.preprocess(image, size, crop) for image in ([images] if single else images)])
         results = self.classify(batch, top)
         return results[0] if single else results
 
-    def preprocess(self, image, size=None) -> np.ndarray:
+    def preprocess(self, image, size=None, crop: bool = True) -> np.ndarray:
         """One image as the network's float32 [H, W, 3] input at `size` (default: the
-        recorded size), as the weight file says."""
-        return preprocess.to_input(image, self.input_size(size), self.weights.scale, self.weights.offset)
+        recorded size), cropped and scaled as the weight file says; crop=False resizes
+        the whole image."""
+        ws = self.weights
+        return preprocess.to_input(image, self.input_size(size), ws.scale, ws.offset,
+                                   ws.crop if crop else "none", ws.crop_fraction)
 
     def classify(self, batch: np.ndarray, top: int = 5):
         """Per image of a preprocessed batch, the top (index, label, probability)."""

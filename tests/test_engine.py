@@ -34,7 +34,8 @@ def photo():
 
 
 def reference_preprocess(engine, array):
-    """Independent of mnv2engine.preprocess: PIL bilinear resize, then x * scale + offset."""
+    """Independent of mnv2engine.preprocess: PIL bilinear resize of the whole image (crop=False),
+    then x * scale + offset."""
     img = Image.fromarray(array).resize((SIZE, SIZE), Image.BILINEAR)
     return (np.asarray(img, np.float64) * engine.weights.scale + engine.weights.offset).astype(np.float32)
 
@@ -43,7 +44,7 @@ def test_predict_matches_forward_on_reference_preprocessing(engine, photo):
     logits = engine.forward(reference_preprocess(engine, photo)[None])[0]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    top = engine.predict(photo, top=3)
+    top = engine.predict(photo, top=3, crop=False)
     assert [i for i, _, _ in top] == list(np.argsort(-probs)[:3])
     assert np.allclose([p for _, _, p in top], np.sort(probs)[::-1][:3], rtol=1e-5)
     assert all(label == f"class {i}" for i, label, _ in top)

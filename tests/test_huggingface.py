@@ -72,8 +72,10 @@ def test_the_preprocessor_config_gives_the_preprocessing(tmp_path):
     folder = tmp_path / "m"
     save(dict(depth_multiplier=0.35, num_labels=3), True, "safetensors", folder)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-    (folder / "preprocessor_config.json").write_text(json.dumps(dict(image_mean=mean, image_std=std)))
+    (folder / "preprocessor_config.json").write_text(json.dumps(dict(
+        image_mean=mean, image_std=std, size={"shortest_edge": 200}, crop_size={"height": 160, "width": 160})))
     ws = convert(folder, tmp_path / "mnv2.h5")
+    assert (ws.crop, ws.crop_fraction) == ("shorter-side", 0.8)
     pixel = np.array([0, 128, 255], np.float32)
     np.testing.assert_allclose(pixel * ws.scale + ws.offset, (pixel / 255 - mean) / std, rtol=1e-6)
 

@@ -65,6 +65,7 @@ def test_one_engine_matches_onnxruntime_at_every_size(exported, tmp_path):
     ws = convert(path, tmp_path / "mnv2.h5")
     assert (ws.classes, ws.padding, ws.size) == (10, "symmetric", (224, 224))  # dynamic H, W: the default
     np.testing.assert_allclose(ws.offset, -np.array(IMAGENET_MEAN) / IMAGENET_STD, rtol=1e-6)
+    assert (ws.crop, ws.crop_fraction) == ("shorter-side", 0.875)  # the model zoo's: 256, then 224
     engine = Engine.load(tmp_path / "mnv2.h5")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in SIZES:

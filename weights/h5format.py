@@ -13,7 +13,7 @@ from .digest import weightset_digest
 from .weightset import BatchNorm, Layer, WeightSet, validate
 
 FORMAT = "mnv2engine"
-SCHEMA_VERSION = 2  # 2 added the sha256 digest
+SCHEMA_VERSION = 3  # 2 added the sha256 digest, 3 the crop recipe
 
 
 def write_mnv2(ws: WeightSet, path) -> None:
@@ -38,7 +38,7 @@ def mnv2_bytes(ws: WeightSet) -> bytes:
         pre = f.create_group("preprocess")
         pre.create_dataset("scale", data=np.asarray(ws.scale, np.float32))
         pre.create_dataset("offset", data=np.asarray(ws.offset, np.float32))
-        pre.attrs.update(channel_order="RGB", resize="bilinear")
+        pre.attrs.update(channel_order="RGB", resize="bilinear", crop=ws.crop, crop_fraction=float(ws.crop_fraction))
         if ws.labels is not None:
             f.create_dataset("labels", data=np.array(ws.labels, dtype=h5py.string_dtype()))
         layers = f.create_group("layers")
@@ -88,7 +88,7 @@ def _verify(path, ws: WeightSet, version: int, stored) -> None:
         return
     if stored is None:
         raise WeightFileError(f"{path}: damaged mnv2 file: its sha256 digest is missing")
-    if not isinstance(stored, str) or stored != weightset_digest(ws):
+    if not isinstance(stored, str) or stored != weightset_digest(ws, version):
         raise WeightFileError(f"{path}: damaged mnv2 file: its tensors or metadata differ from the sha256 "
                               "digest written when it was converted; convert it again from the original weights")
 
@@ -116,6 +116,11 @@ def _read_open(f: h5py.File) -> tuple[WeightSet, int, object]:
                    padding=str(f.attrs["padding"]), layers=layers,
                    scale=f["preprocess/scale"][()], offset=f["preprocess/offset"][()],
                    labels=labels, source=str(f.attrs.get("source", "")))
+    if version >= 3:
+        pre = f["preprocess"].attrs
+        ws.crop, ws.crop_fraction = str(pre["crop"]), float(pre["crop_fraction"])
+    else:  # written before the recipe: the whole image, as predict then did
+        ws.crop, ws.crop_fraction = "none", 1.0
     return ws, version, f.attrs.get("sha256")
 
 

@@ -155,19 +155,26 @@ def read_huggingface(folder, size=None) -> WeightSet:
 
 
 def _preprocessing(folder: Path, ws: WeightSet) -> None:
-    """x = (pixel * rescale_factor - mean) / std from preprocessor_config.json where present;
-    without it, transformers' MobileNetV2 image processor's defaults (1/255, 0.5, 0.5),
-    which are the WeightSet default, x = pixel / 127.5 - 1."""
+    """The recipe of preprocessor_config.json where present, else of transformers'
+    MobileNetV2ImageProcessor's defaults: shorter side to 256, centre crop 224,
+    x = (pixel * rescale_factor - mean) / std with 1/255, 0.5, 0.5 (x = pixel / 127.5 - 1)."""
     path = folder / "preprocessor_config.json"
+    ws.crop, ws.crop_fraction = "shorter-side", 224 / 256
     if not path.is_file():
         return
     try:
         pre = json.loads(path.read_text())
+        shorter = (pre.get("size") or {}).get("shortest_edge", 256)
+        crop = pre.get("crop_size") or {"height": 224}
+        if pre.get("do_center_crop", True):
+            ws.crop_fraction = min(1.0, float(crop.get("height", 224)) / float(shorter))
+        else:
+            ws.crop = "none"
         rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
         mean, std = ((np.asarray(pre.get("image_mean", (0.5,) * 3), np.float64),
                       np.asarray(pre.get("image_std", (0.5,) * 3), np.float64))
                      if pre.get("do_normalize", True) else (np.zeros(3), np.ones(3)))
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError, TypeError, AttributeError) as e:
         raise WeightFileError(f"{path}: unreadable ({e})") from None
     ws.scale = (rescale / std).astype(np.float32)
     ws.offset = (-mean / std).astype(np.float32)

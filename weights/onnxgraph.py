@@ -286,5 +286,5 @@ def _weightset(path, arch: Architecture, found: list[Found], expected, size, gra
     size = settled_size(path, _input_size(graph), size)
     ws = WeightSet(alpha=arch.alpha, size=size, classes=arch.classes, padding=padding, layers=layers,
                    source=f"onnx {path}")
-    ws.set_mean_std()  # torchvision's and the ONNX model zoo's ImageNet mean and std
+    ws.set_torchvision_preprocessing()  # as torchvision and the ONNX model zoo evaluate
     return ws
