@@ -95,3 +95,10 @@ def test_configs_the_engine_does_not_run_are_refused_naming_the_setting(tmp_path
     with pytest.raises(WeightFileError, match=message):
         convert(folder, tmp_path / "mnv2.h5")
     assert not (tmp_path / "mnv2.h5").exists()
+
+
+def test_mnv2_convert_takes_the_folder(tmp_path, capsys):
+    from mnv2engine.cli import main
+    save(dict(depth_multiplier=0.35, num_labels=3, image_size=128), True, "safetensors", tmp_path / "m")
+    assert main(["convert", str(tmp_path / "m"), str(tmp_path / "dst.h5")]) == 0
+    assert "alpha=0.35, size=128x128, classes=3, padding=same" in capsys.readouterr().out
