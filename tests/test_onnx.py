@@ -115,6 +115,18 @@ def test_a_graph_that_is_not_mobilenet_v2_names_the_first_node_that_does_not_fit
         convert(edited(src, tmp_path / "nores.onnx", no_residual), tmp_path / "x.h5")
 
 
+def test_gluons_block_0_expansion_is_refused_saying_so(tmp_path):
+    """MXNet Gluon's MobileNetV2 (the ONNX model zoo's) expands block 0 by a factor of 1
+    with a 1x1 conv that the paper's network does not have."""
+    from torch_reference import ConvBNReLU6
+    model = MobileNetV2(num_classes=10, width_mult=0.35)
+    model.features[1].conv = torch.nn.Sequential(ConvBNReLU6(16, 16, kernel_size=1), *model.features[1].conv)
+    path = export(randomized(model, 1).eval(), tmp_path / "gluon-like.onnx", 11)
+    with pytest.raises(WeightFileError, match=r"node '/features/features.1/conv/conv.0/conv.0.0/Conv' \(Conv\): "
+                                              "block 0 has a 1x1 expansion conv, as MXNet Gluon's"):
+        convert(path, tmp_path / "x.h5")
+
+
 def test_a_resnet_style_graph_is_refused_saying_what_was_found(tmp_path):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 7, 2, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1),
                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10)).eval()

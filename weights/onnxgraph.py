@@ -7,12 +7,14 @@ pooling and the classifier. Each conv may be followed by a BatchNormalization (t
 keeps it at opset 7 or without constant folding, and folds it otherwise) and by ReLU6 as
 Clip(0, 6) (bounds as attributes before opset 11, as inputs after). Pooling is
 GlobalAveragePool or ReduceMean over H and W; the classifier Gemm, MatMul (+ Add), or a
-1x1 Conv on the pooled features (the model zoo's Gluon export), around Flatten/Reshape.
+1x1 Conv on the pooled features (as MXNet Gluon exports it), around Flatten/Reshape.
 Where the graph does not fit, the error names the first node that doesn't. Convs are OIHW.
+The ONNX model zoo's mobilenetv2-7 / -12 come from Gluon, whose block 0 has a 1x1
+expansion conv the paper's network does not: they are refused, saying so.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -218,7 +220,6 @@ def read_onnx(path, size=None) -> WeightSet:
     found = walk(path, graph, consts, numpy_helper)
     if not found or found[0].node.op_type != "Conv":
         raise WeightFileError(f"{path}: not a MobileNetV2: no convolution at the start of the graph")
-    head = [f for f in found if not f.after_pool]
     tail = [f for f in found if f.after_pool]
     if len(tail) > 1:
         raise WeightFileError(f"{path}: {describe(tail[1].node)} does not fit a MobileNetV2: "
@@ -233,7 +234,7 @@ def read_onnx(path, size=None) -> WeightSet:
     for alpha in ALPHAS:
         arch = Architecture(alpha=alpha, classes=classes)
         expected = _expected(arch)
-        for i, (f, want) in enumerate(zip(head + tail, expected)):
+        for i, (f, want) in enumerate(zip(found, expected)):
             why = _mismatch(f, want)
             if why:
                 break
@@ -244,6 +245,10 @@ def read_onnx(path, size=None) -> WeightSet:
         if best is None or i > best[0]:
             best = (i, why, alpha, expected)
     i, why, alpha, expected = best
+    if i == 1 and found[1].kernel.shape[2:] == (1, 1) and found[1].kernel.shape[0] == found[0].kernel.shape[0]:
+        raise WeightFileError(f"{path}: {describe(found[1].node)}: block 0 has a 1x1 expansion conv, as MXNet "
+                              "Gluon's MobileNetV2 does (the ONNX model zoo's mobilenetv2-7 and -12); the paper's "
+                              "block 0 has none (expansion factor 1), and the engine runs the paper's network")
     if why is None:
         where = (f"the graph ends after {describe(found[-1].node)}" if i < len(expected)
                  else f"{describe(found[i].node)} is one layer too many")
