@@ -21,6 +21,7 @@ from mnv2engine.kernels import conv3x3, depthwise3x3, pack_panels, pointwise
 from mnv2engine.kernels.simd import LANES, vfma, vsplat, vstore
 from mnv2engine.kernels.target import current
 from mnv2engine.arch import Architecture
+from mnv2engine.memory import allocate
 
 from _check import check, conv3x3 as reference_conv3x3
 
@@ -83,15 +84,23 @@ def median_seconds(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def aligned(a: np.ndarray) -> np.ndarray:
+    """A copy of a starting on a cache line, as the engine's arena and weights do (NumPy's
+    own arrays start 16 bytes into one, and then half the 32-byte loads cross a line)."""
+    out = allocate(a.nbytes).view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def layer_calls(arch: Architecture, rng):
     """(name, kind, multiply-adds, call, reference) for every conv of the network, batch 1:
     call() runs the kernel and returns its output, reference() the NumPy one."""
     def rand(*shape):
-        return rng.standard_normal(shape, dtype=np.float32)
+        return aligned(rng.standard_normal(shape, dtype=np.float32))
 
     def pw(P, cin, cout, lo, hi):
-        x, w, b, out = rand(P, cin), rand(cin, cout), rand(cout), np.empty((P, cout), np.float32)
-        panels, none = pack_panels(w), np.empty((0, cout), np.float32)
+        x, w, b, out = rand(P, cin), rand(cin, cout), rand(cout), aligned(np.empty((P, cout), np.float32))
+        panels, none = aligned(pack_panels(w)), np.empty((0, cout), np.float32)
         return (lambda: (pointwise(x, panels, b, lo, hi, out, none, False), out)[1],
                 lambda: np.clip(x.astype(np.float64) @ w + b, lo, hi))
 
@@ -100,7 +109,7 @@ def layer_calls(arch: Architecture, rng):
         x, w, b = rand(1, H, W, c), rand(3, 3, c), rand(c)
         pads = np.array(arch.pads(hw, stride), np.int64)
         Ho, Wo = -(-H // stride), -(-W // stride)
-        out = np.empty((1, Ho, Wo, c), np.float32)
+        out = aligned(np.empty((1, Ho, Wo, c), np.float32))
         return (lambda: (depthwise3x3(x, w, b, stride, pads, *RELU6, out), out)[1],
                 lambda: np.clip(reference_conv3x3(x, w, stride, pads, depthwise=True) + b, *RELU6)), Ho * Wo * 9 * c
 
@@ -109,7 +118,7 @@ def layer_calls(arch: Architecture, rng):
     x, w, b = rand(1, H, W, 3), rand(3, 3, 3, c0), rand(c0)
     pads = np.array(arch.pads(arch.size, 2), np.int64)
     Ho, Wo = arch.stem_out_size
-    out = np.empty((1, Ho, Wo, c0), np.float32)
+    out = aligned(np.empty((1, Ho, Wo, c0), np.float32))
     yield ("stem", "conv3x3", Ho * Wo * 27 * c0, lambda: (conv3x3(x, w, b, 2, pads, *RELU6, out), out)[1],
            lambda: np.clip(reference_conv3x3(x, w, 2, pads) + b, *RELU6))
     for blk in arch.blocks:

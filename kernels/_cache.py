@@ -6,6 +6,7 @@ code after _rows.py changes, until block.py changes too. So: one digest of all t
 kernel sources, stored beside the cache; when it differs, every cached kernel is dropped.
 """
 import hashlib
+import os
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -15,6 +16,9 @@ STAMP = CACHE / "kernel-sources.sha256"
 
 def drop_stale_cache() -> None:
     sources = b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))
+    # The tile table is frozen into the kernels, and Numba's cache keys on the CPU only:
+    # a table chosen by hand (target.py, for tests) must not meet kernels built without.
+    sources += os.environ.get("MNV2_TILES", "").encode()
     digest = hashlib.sha256(sources).hexdigest()
     try:
         if STAMP.read_text() == digest:

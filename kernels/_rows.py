@@ -42,7 +42,7 @@ def pointwise_row(x, w, b, lo, hi, out):
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
+def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out, narrow=True):
     """Output row `oy` of a 3x3 depthwise conv, with the clamp epilogue.
 
     e [R, W, C] holds input row iy at e[iy % R] (R = H for a whole tensor, 3 for a line
@@ -56,6 +56,9 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
     instead and multiplies it by a zero weight, so the edges run the same FMAs with no
     branch per tap. (The rows and columns read are always ones already computed: they
     hold finite values, and the product is exactly 0.)
+
+    narrow=None leaves the 8-channel path (_pairs_interior) out of the compiled code:
+    the caller promises C != 8.
     """
     R, W, C = e.shape
     Wo = out.shape[0]
@@ -71,7 +74,7 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out):
         w10, w11, w12 = _tap(w, 1, 0, c, n, True), _tap(w, 1, 1, c, n, True), _tap(w, 1, 2, c, n, True)
         w20, w21, w22 = _tap(w, 2, 0, c, n, bottom), _tap(w, 2, 1, c, n, bottom), _tap(w, 2, 2, c, n, bottom)
         paired, paired_end = pad_left, pad_left  # pixels done two per vector
-        if C == LANES // 2 and stride == 1:
+        if narrow is not None and C == LANES // 2 and stride == 1:
             paired_end = _pairs_interior(e, r0, r1, r2, pad_left, bias, w00, w01, w02, w10, w11, w12,
                                          w20, w21, w22, lo32, hi32, out)
         ox = 0

@@ -59,12 +59,12 @@ def _pack_expansion_slice(w, stem):
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out):
+def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out, narrow):
     """Row iy of an expansion slice of image n: out [We, cs]."""
     if stem:
         conv3x3_row(x[n], iy, we, be, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], out)
     else:
-        _pointwise(x[n, iy], we, be, out)
+        _pointwise(x[n, iy], we, be, out, narrow)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
@@ -83,7 +83,7 @@ def _project(d, wp, bp, first, use_residual, x_row, y_row):
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-                  wp, bp, use_residual, e, d, tid, threads, sync):
+                  wp, bp, use_residual, e, d, tid, threads, sync, narrow):
     """t = 1, every image at once: expand all rows, then filter all, then project.
 
     e [N, He, We, hidden], d [N, Ho, Wo, hidden]. The phase order is what lets the memory
@@ -96,12 +96,12 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
     """
     N, He, Ho, Wo = x.shape[0], e.shape[1], d.shape[1], d.shape[2]
     for n in range(N):
-        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e[n], tid, threads)
+        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e[n], tid, threads, narrow)
     barrier(sync, tid, threads)
     r0, r1 = share(Ho, tid, threads)
     for n in range(N):
         for oy in range(r0, r1):
-            depthwise_row(e[n], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[n, oy])
+            depthwise_row(e[n], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[n, oy], narrow)
     barrier(sync, tid, threads)
     p0, p1 = share(Ho * Wo, tid, threads)
     for n in range(N):
@@ -110,7 +110,7 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, s, use_residual, e, d, tid, threads, sync):
+            wp, bp, s, use_residual, e, d, tid, threads, sync, narrow):
     """Slice s of image n, with e [He, We, cs] and d [Ho, Wo, cs] whole, computed in
     bands of ROW_BAND output rows: the expansion rows a band needs, its depthwise rows,
     then its projection. Every row of E and D is made, in the same buffers, but each is
@@ -128,7 +128,7 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
     He, Ho = e.shape[0], d.shape[0]
     made0 = made1 = 0  # E's rows made0..made1 are made
     if threads > 1:
-        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads)
+        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads, narrow)
         barrier(sync, tid, threads)
         made1 = He
     oy0, oy1 = share(Ho, tid, threads)
@@ -141,43 +141,43 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
         if made1 == made0:
             made0 = made1 = need0
         if need1 > made1:
-            _expand_rows(x, n, made1, need1, stem, we, be, exp_stride, exp_pads, e)
+            _expand_rows(x, n, made1, need1, stem, we, be, exp_stride, exp_pads, e, narrow)
             made1 = need1
         if need0 < made0:
-            _expand_rows(x, n, need0, made0, stem, we, be, exp_stride, exp_pads, e)
+            _expand_rows(x, n, need0, made0, stem, we, be, exp_stride, exp_pads, e, narrow)
             made0 = need0
         for oy in range(b0, b1):
-            depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[oy])
+            depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[oy], narrow)
         _project(_pixels(d[b0:b1]), wp, bp, s == 0, use_residual, _pixels(x[n, b0:b1]), _pixels(y[n, b0:b1]))
     barrier(sync, tid, threads)  # the next slice overwrites E and D
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads):
+def _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads, narrow):
     """Thread tid's share of image n's expansion slice e [He, We, cs]: rows of the stem,
     pixels of a 1x1 conv (a 7x7 block's 7 rows split 4 and 3 between two threads)."""
     if stem:
         r0, r1 = share(e.shape[0], tid, threads)
-        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e)
+        _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e, narrow)
     else:
         p0, p1 = share(e.shape[0] * e.shape[1], tid, threads)
-        _pointwise(_pixels(x[n])[p0:p1], we, be, _pixels(e)[p0:p1])
+        _pointwise(_pixels(x[n])[p0:p1], we, be, _pixels(e)[p0:p1], narrow)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e):
+def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e, narrow):
     """Rows r0..r1 of image n's expansion slice into e [He, We, cs]."""
     if stem:
         for iy in range(r0, r1):
             conv3x3_row(x[n], iy, we, be, exp_stride, exp_pads[0], exp_pads[2], RELU6[0], RELU6[1], e[iy])
     elif r1 > r0:
-        _pointwise(_pixels(x[n, r0:r1]), we, be, _pixels(e[r0:r1]))
+        _pointwise(_pixels(x[n, r0:r1]), we, be, _pixels(e[r0:r1]), narrow)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def _pointwise(x, we, be, out):
+def _pointwise(x, we, be, out, narrow):
     """A 1x1 expansion with ReLU6, packed by pack_expansion."""
-    if uses_pairs(out.shape[1], x.shape[1]):
+    if narrow is not None and uses_pairs(out.shape[1], x.shape[1]):
         pointwise_pairs(x, we, be, RELU6[0], RELU6[1], out)
     else:
         pointwise_row(x, we, be, RELU6[0], RELU6[1], out)
@@ -192,7 +192,7 @@ def _pixels(image):
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _stream(x, y, n, oy0, oy1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-            wp, bp, first, use_residual, e, d):
+            wp, bp, first, use_residual, e, d, narrow):
     """Row-streamed order for output rows oy0..oy1 of image n: e [3, We, cs] line buffer,
     d [Wo, cs] one row. Row iy of the expansion lives in e[iy % 3]."""
     He = _expanded_height(x, stem, exp_stride, exp_pads)
@@ -200,9 +200,9 @@ def _stream(x, y, n, oy0, oy1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_st
     for oy in range(oy0, oy1):
         needed = min(oy * dw_stride - dw_pads[0] + 2, He - 1)
         while next_row <= needed:  # rows below `needed - 2` are no longer used: overwrite
-            _expand_row(x, n, next_row, stem, we, be, exp_stride, exp_pads, e[next_row % 3])
+            _expand_row(x, n, next_row, stem, we, be, exp_stride, exp_pads, e[next_row % 3], narrow)
             next_row += 1
-        depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d)
+        depthwise_row(e, He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d, narrow)
         _project(d, wp, bp, first, use_residual, x[n, oy], y[n, oy])
 
 
@@ -248,7 +248,7 @@ def _slice_weights(we, be, wd, bd, wp, bounds, s, we_at, stem, cin):
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
                       wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync,
-                      streamed=True, whole=True, sliced=True):
+                      streamed=True, whole=True, sliced=True, narrow=True):
     """One inverted residual block, any t, materialized or row-streamed.
 
     x [N, H, W, Cin]        block input (the image when stem=True)
@@ -266,6 +266,9 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                             together (sync.py); every thread makes the same call
     streamed, whole, sliced True, or None to leave that evaluation out of the compiled
                             code (network.modes); a block that needs it then raises
+    narrow                  True, or None where no slice is narrower than 16 channels
+                            or not a multiple of them (then no weights are packed by
+                            pairs, and no depthwise has 8 channels: that code is left out)
     """
     N = x.shape[0]
     He = _expanded_height(x, stem, exp_stride, exp_pads)
@@ -296,7 +299,7 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                     e = ebuf[tid * 3 * We * cs:(tid + 1) * 3 * We * cs].reshape((3, We, cs))
                     d = dbuf[tid * Wo * cs:(tid + 1) * Wo * cs].reshape((Wo, cs))
                     _stream(x, y, n, b0, min(b0 + band, oy1), stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
-                            dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d)
+                            dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d, narrow)
     elif t == 1:
         if whole is None:
             return
@@ -305,7 +308,7 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
         e = ebuf[:N * He * We * be.shape[0]].reshape((N, He, We, be.shape[0]))
         d = dbuf[:N * Ho * Wo * be.shape[0]].reshape((N, Ho, Wo, be.shape[0]))
         _materialized(x, y, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
-                      wp_s, bp, use_residual, e, d, tid, threads, sync)
+                      wp_s, bp, use_residual, e, d, tid, threads, sync, narrow)
     else:
         if sliced is None:
             return
@@ -319,5 +322,5 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
                 e = ebuf[:He * We * cs].reshape((He, We, cs))
                 d = dbuf[:Ho * Wo * cs].reshape((Ho, Wo, cs))
                 _sliced(x, y, n, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
-                        wp_s, bp, s, use_residual, e, d, tid, threads, sync)
+                        wp_s, bp, s, use_residual, e, d, tid, threads, sync, narrow)
     barrier(sync, tid, threads)  # the next block reads all of y

@@ -17,6 +17,7 @@ from numba import njit
 
 from .block import inverted_residual
 from .gemm import FASTMATH, PANEL, gemm
+from .simd import LANES
 from .pool import pointwise_avg_pool
 from .sync import barrier, given_up, share
 
@@ -40,29 +41,32 @@ HEAD = np.dtype([(name, np.int64) for name in (
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def forward(arena, params, ints, blocks, head, tid, threads, sync, out, streamed, whole, sliced):
+def forward(arena, params, ints, blocks, head, tid, threads, sync, out, streamed, whole, sliced, narrow):
     """Thread tid of `threads` runs its share of every layer; out [n, classes] logits.
-    streamed, whole, sliced: which evaluations of a block the table uses (modes()).
+    streamed, whole, sliced, narrow: what the table's blocks use (modes()).
     Stops after the block where the pass was given up (sync.py): the caller raises."""
     for i in range(len(blocks)):
         if given_up(sync):
             return
-        run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced)
+        run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced, narrow)
     if not given_up(sync):
         run_head(arena, params, head, tid, threads, sync, out)
 
 
-def modes(blocks: np.ndarray) -> tuple:
-    """(streamed, whole, sliced) for forward and run_block: True where some block of the
-    table is evaluated that way, None where none is. None is a type of its own to Numba,
-    so the code of an evaluation that is None is not compiled at all: a first forward
-    compiles only what its engine uses (t = 1 alone: 30% less to compile)."""
+def modes(blocks: np.ndarray, ints: np.ndarray) -> tuple:
+    """(streamed, whole, sliced, narrow) for forward and run_block: True where some block
+    of the table is evaluated that way (narrow: has a slice whose width is not a multiple
+    of 16, run by pairs.py or, at 8, the two-pixel depthwise), None where none is. None
+    is a type of its own to Numba, so the code of what is None is not compiled at all:
+    a first forward compiles only what its engine uses (t = 1 alone: 40% less)."""
     rows, t = blocks["rows"] != 0, blocks["t"]
-    return tuple(True if used else None for used in (rows.any(), (~rows & (t == 1)).any(), (~rows & (t > 1)).any()))
+    narrow = any((np.diff(ints[b["bounds"]:b["bounds"] + b["t"] + 1]) % LANES != 0).any() for b in blocks)
+    used = (rows.any(), (~rows & (t == 1)).any(), (~rows & (t > 1)).any(), narrow)
+    return tuple(True if u else None for u in used)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced):
+def run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced, narrow):
     b = blocks[i]
     x = arena[b.x:b.x + b.n * b.h * b.w * b.cin].reshape((b.n, b.h, b.w, b.cin))
     y = arena[b.y:b.y + b.n * b.ho * b.wo * b.cout].reshape((b.n, b.ho, b.wo, b.cout))
@@ -74,7 +78,7 @@ def run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whol
                       b.dw_stride, (b.dw_top, b.dw_bottom, b.dw_left, b.dw_right),
                       wp, params[b.bp:b.bp + b.cout], ints[b.bounds:b.bounds + b.t + 1],
                       b.residual != 0, b.rows != 0, arena[b.e:b.e + b.e_len], arena[b.d:b.d + b.d_len],
-                      y, tid, threads, sync, streamed, whole, sliced)
+                      y, tid, threads, sync, streamed, whole, sliced, narrow)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)

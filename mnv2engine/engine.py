@@ -109,11 +109,13 @@ class Engine:
         return self._planned(batch, self.input_size(size), threads)[0]
 
     def _planned(self, batch: int, size: tuple[int, int], threads: int):
-        """(plan, program), made on first use; concurrent first calls make it once."""
+        """(plan, (blocks, head, evaluation flags)), made on first use; concurrent first
+        calls make it once."""
         def make():
             at = self._at(size)
             plan = build_plan(at.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
-            return plan, compile_plan(plan, self._weights, at.stem_pads, at.dw_pads)
+            blocks, head = compile_plan(plan, self._weights, at.stem_pads, at.dw_pads)
+            return plan, (blocks, head, modes(blocks, self._weights.ints))
         with self._planning:
             return self._plans.get((batch, *size, threads), make)
 
@@ -193,7 +195,7 @@ class Engine:
 
     def _run(self, x: np.ndarray, out: np.ndarray, threads: int, observe=None):
         """One forward pass on the batch x into out, each image shared by `threads` threads."""
-        plan, (blocks, head) = self._planned(x.shape[0], x.shape[1:3], threads)
+        plan, (blocks, head, used) = self._planned(x.shape[0], x.shape[1:3], threads)
         w = self._weights
         # One arena per pass, dropped on return: calls are independent, and tracemalloc
         # sees exactly this pass's activation memory.
@@ -207,16 +209,16 @@ class Engine:
         sync = new_sync(threads)
         if observe:  # block by block, to show each output before the next block overwrites it
             for i, step in enumerate(plan.steps):
-                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, *modes(blocks))
+                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, *used)
                 observe(step.block.name, view(arena, step.y))
             run_head(floats, w.params, head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
         elif threads == 1:
-            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, *modes(blocks))
+            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, *used)
         else:
             with self._sharing_lock:
                 spread(self._helpers, forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
-                                                  *modes(blocks)) for tid in range(threads)], sync)
+                                                  *used) for tid in range(threads)], sync)
         if self.arch.headless:
             out[:] = view(arena, plan.pooled)
 

@@ -82,3 +82,31 @@ def test_the_recorded_size_is_the_default_of_summary_memory_and_predict(tmp_path
         assert got == [round(p, 6) for _, _, p in engine.predict(tmp_path / "a.png", top=4, size=size)]
     assert main(["predict", str(tmp_path / "a.png"), *weights, "--top", "1", "--size", "16"]) == 2
     assert "input size must be" in capsys.readouterr().err
+
+
+def test_compilation_is_announced_once_and_only_when_numba_compiles():
+    """The first-run message comes from Numba's compile events: a new function compiles
+    (one line, however many functions), a function already compiled does not."""
+    import io
+
+    from numba import njit
+
+    from mnv2engine.compiling import announce_compilation
+
+    @njit
+    def twice(a):
+        return 2 * a
+
+    @njit
+    def thrice(a):
+        return 3 * a
+
+    out = io.StringIO()
+    with announce_compilation(out):
+        twice(1)
+        thrice(1)
+    assert out.getvalue().count("compiling kernels for this CPU (first run only") == 1
+    quiet = io.StringIO()
+    with announce_compilation(quiet):
+        twice(2)
+    assert quiet.getvalue() == ""

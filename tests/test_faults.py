@@ -70,13 +70,13 @@ def failing(who, where, blocks_before=3):
     tid 0) raises, `where` = 'before' its kernel or 'inside' it, after `blocks_before` blocks."""
     victim = 1 if who == "helper" else 0
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out):
+    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
         if tid == victim:
             if where == "inside":
                 for i in range(blocks_before):
-                    run_block(arena, params, ints, blocks, i, tid, threads, sync)
+                    run_block(arena, params, ints, blocks, i, tid, threads, sync, *modes)
             raise RuntimeError(f"injected fault on thread {tid}")
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out)
+        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
     return forward
 
 
@@ -134,14 +134,14 @@ def test_a_thread_that_stops_arriving_is_given_up_after_the_patience(model_file,
     engine = Engine.load(path, threads=2)
     monkeypatch.setattr(sync_module, "PATIENCE", 0.3)
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out):
+    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
         if tid == 1:
-            run_block(arena, params, ints, blocks, 0, tid, threads, sync)
+            run_block(arena, params, ints, blocks, 0, tid, threads, sync, *modes)
             end = time.monotonic() + HANG
             while sync[sync_module.STATE] == sync_module.RUNNING and time.monotonic() < end:
                 time.sleep(0.01)
             return
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out)
+        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
     monkeypatch.setattr(engine_module, "forward", forward)
     box = within(HANG, engine.forward, x[:1])
     assert isinstance(box.get("error"), EngineError) and "no progress for 0.3 s" in str(box["error"]), box
@@ -157,12 +157,12 @@ def test_a_thread_failing_on_its_share_of_a_batch_stops_the_others(model_file, m
     batch = np.concatenate([x] * 4)  # 12 images, 6 per thread, 1 per sub-batch
     passes = []
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out):
+    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
         passes.append(threading.current_thread().name)
         if threading.current_thread().name.startswith("mnv2-helper"):
             raise RuntimeError("injected fault on a helper's share")
         time.sleep(0.05)  # the helper fails while this thread is busy
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out)
+        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
     monkeypatch.setattr(engine_module, "forward", forward)
     box = within(HANG, engine.forward, batch)
     assert isinstance(box.get("error"), EngineError) and "injected fault" in str(box["error"]), box

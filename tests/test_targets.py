@@ -1,8 +1,9 @@
 """Every tile path is correct on every target: the kernel and engine tests again, compiled
-for AVX2 (NUMBA_CPU_NAME=haswell) and for baseline x86-64 (generic: 128-bit SSE, no FMA),
-whatever this machine has. The tiles differ per target (kernels/target.py), so a path the
-native run never takes (the AVX2 tiles on an AVX-512 machine, the 128-bit ones anywhere)
-is run here. Numba's cache keys on the CPU, so the builds of every target coexist.
+for AVX2 (NUMBA_CPU_NAME=haswell) where the native run is AVX-512, and the kernel tests
+for baseline x86-64 (generic: 128-bit SSE, no FMA) and with the AVX-512 tile table where
+the CPU has no AVX-512. The tiles differ per target (kernels/target.py), so a path the
+native run never takes is run here. Numba's cache keys on the CPU, so the builds of every
+target coexist.
 """
 import os
 import platform
@@ -39,11 +40,26 @@ def _run_for(cpu: str, files: list[str], isa: str):
 
 
 def test_kernels_and_engine_compiled_for_avx2():
+    if current().isa == "avx2":
+        pytest.skip("the native run already compiles the AVX2 tiles")
     _run_for("haswell", KERNEL_TESTS + ENGINE_TESTS, "avx2")
 
 
 def test_kernels_compiled_for_baseline_x86_64():
     _run_for("generic", KERNEL_TESTS, "sse")
+
+
+def test_kernels_with_the_avx512_tiles_on_this_cpu(tmp_path):
+    """The AVX-512 tile table (4-vector GEMM tiles, 64-channel panels, the stem's two-vector
+    tile) run on whatever this CPU is: the same results, so this covers that code on a
+    machine without AVX-512. Its own Numba cache: the table is frozen into the kernels."""
+    if current().isa == "avx512":
+        pytest.skip("the native run uses the AVX-512 tiles")
+    env = dict(os.environ, MNV2_TILES="avx512", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          *[str(HERE / f) for f in KERNEL_TESTS]],
+                         env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
+    assert run.returncode == 0, f"tests with the AVX-512 tiles failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
 
 
 def test_native_target_is_what_the_cpu_reports():
