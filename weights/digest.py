@@ -14,7 +14,7 @@ import json
 import numpy as np
 
 
-def weightset_digest(ws, version: int = 3) -> str:
+def weightset_digest(ws, version: int) -> str:
     """Hex sha256 over the metadata (as canonical JSON), then every tensor in name order:
     its name, dtype and shape as JSON, then its little-endian float32 bytes. Schema
     version 3 added the crop recipe to the metadata; a version-2 file's digest is

@@ -34,7 +34,7 @@ def mnv2_bytes(ws: WeightSet) -> bytes:
     with h5py.File(buffer, "w") as f:
         f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, alpha=ws.alpha,
                        input_size=np.asarray(ws.size, np.int64), classes=ws.classes,
-                       padding=ws.padding, source=ws.source, sha256=weightset_digest(ws))
+                       padding=ws.padding, source=ws.source, sha256=weightset_digest(ws, SCHEMA_VERSION))
         pre = f.create_group("preprocess")
         pre.create_dataset("scale", data=np.asarray(ws.scale, np.float32))
         pre.create_dataset("offset", data=np.asarray(ws.offset, np.float32))
