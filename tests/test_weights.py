@@ -198,3 +198,14 @@ def test_torch_state_dict_with_extra_or_missing_tensors(tmp_path):
     torch.save(sd, tmp_path / "missing.pth")
     with pytest.raises(WeightFileError, match="block4/depthwise.*running_var"):
         convert(tmp_path / "missing.pth", tmp_path / "b.h5")
+
+
+def test_strings_are_stored_in_place_so_a_damaged_file_cannot_hang_the_reader(tmp_path):
+    """Variable-length strings live in HDF5's global heap ("GCOL"), and libhdf5 loops
+    forever reading one from a heap with a zeroed range: mnv2.h5 keeps none."""
+    ws = random_weightset(alpha=0.35, size=32, classes=3, seed=1)
+    ws.labels, ws.source = ["naïve", "", "日本"], "from /tmp/café.pth"
+    write_mnv2(ws, tmp_path / "m.h5")
+    assert b"GCOL" not in (tmp_path / "m.h5").read_bytes()
+    back = read_mnv2(tmp_path / "m.h5")
+    assert (back.labels, back.source, back.padding, back.crop) == (ws.labels, ws.source, ws.padding, ws.crop)
