@@ -20,6 +20,13 @@ from .errors import EngineError
 MAX_MEMORY = 256 * 2**20  # bytes: the default budget; 1.0 / 224 holds 6 MiB an image (1.4 row-streamed)
 
 
+def checked(max_memory) -> int:
+    """max_memory as an int, or an EngineError naming what was given."""
+    if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 1:
+        raise EngineError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
+    return int(max_memory)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How one forward call runs a batch."""
@@ -37,9 +44,7 @@ class Budget:
     """
 
     def __init__(self, max_memory, arena_bytes):
-        if isinstance(max_memory, bool) or not isinstance(max_memory, (int, np.integer)) or max_memory < 1:
-            raise EngineError(f"max_memory must be a positive number of bytes, got {max_memory!r}")
-        self.max_memory = int(max_memory)
+        self.max_memory = checked(max_memory)
         self._arena_bytes = arena_bytes
         self._one = {}      # sharing -> the arena of one image
         self._largest = {}  # (sharing, arenas) -> the largest sub-batch that fits

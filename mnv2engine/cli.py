@@ -129,6 +129,7 @@ def _predict(args) -> int:
 
     engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows, threads=args.threads)
     engine.check_top(args.top)  # fail before reading any image
+    size = engine.input_size(args.size)
     images = expand_images(args.images)
     if not images:
         raise EngineError("no images found")
@@ -144,7 +145,7 @@ def _predict(args) -> int:
 
     for path in progress:
         try:
-            ok.append((path, engine.preprocess(path)))
+            ok.append((path, engine.preprocess(path, size, crop=not args.no_crop)))
         except EngineError as e:
             failed[path] = str(e)
             print(f"mnv2: skipped {path}: {e}", file=sys.stderr)
@@ -184,9 +185,10 @@ def cmd_summary(args) -> int:
     from .summary import format_table
     if args.weights:
         from .weights import read_any
-        arch = read_any(args.weights).architecture
+        ws = read_any(args.weights)
+        arch = Architecture(alpha=ws.alpha, size=args.size or ws.size, classes=ws.classes, padding=ws.padding)
     else:
-        arch = Architecture(alpha=args.alpha, size=args.size, classes=args.classes)
+        arch = Architecture(alpha=args.alpha, size=args.size or 224, classes=args.classes)
     print(format_table(arch))
     return 0
 
@@ -197,9 +199,11 @@ def cmd_memory(args) -> int:
     if args.weights:
         from .weights import read_any
         ws = read_any(args.weights)
+        if args.size:  # the recorded size is only the default
+            ws.size = (args.size, args.size)
         make = lambda **kw: Engine(ws, **kw)
     else:
-        make = lambda **kw: Engine.random(alpha=args.alpha, size=args.size, **kw)
+        make = lambda **kw: Engine.random(alpha=args.alpha, size=args.size or 224, **kw)
     engines = {"materialized (t=1)": make(t=1)}
     for t in sorted({args.t, 4} - {1}):
         engines[f"sliced (t={t})"] = make(t=t)
@@ -234,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--weights", help="mnv2.h5 file; default $MNV2_WEIGHTS, then the per-user cache")
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--size", type=int, help="input size to resize images to (default: the size the weights record)")
+    p.add_argument("--no-crop", action="store_true",
+                   help="resize the whole image, not the centre crop the weights were evaluated with")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_engine_args(p)
     p.set_defaults(func=cmd_predict)
@@ -241,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("memory", help="the paper's Table 3 and the peak memory of each mode")
     p.add_argument("--weights", help="take the architecture from this weight file")
     p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=int, help="input size (default: the weights' recorded size, else 224)")
     p.add_argument("--t", type=_t_arg, default=4, help="slices for the sliced mode (default 4)")
     p.add_argument("--bytes", type=int, choices=(2, 4), default=2,
                    help="bytes per activation value: 2 as in the paper's Table 3, 4 for float32")
@@ -259,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-layer table: shapes, parameters, multiply-adds")
     p.add_argument("--weights", help="take the architecture from this weight file")
     p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", type=int, help="input size (default: the weights' recorded size, else 224)")
     p.add_argument("--classes", type=int, default=1000)
     p.set_defaults(func=cmd_summary)
     return parser

@@ -1,25 +1,45 @@
 """The public API: Engine.load / Engine.random, forward, predict, memory_report."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import preprocess
-from .budget import MAX_MEMORY, Budget
+from .arch import MIN_SIZE, Architecture
+from .budget import MAX_MEMORY, Budget, checked
 from .errors import EngineError, InputError
 from .memory import allocate, view
 from .model import block_weights, fold_all, packed
 from .plan import build_plan, resolve_t, slice_bounds
 from .program import compile_plan, gather
+from .recent import Recent
 from .spread import spread
 from .kernels.network import forward, modes, run_block, run_head
 from .kernels.sync import RUNNING, STATE, new_sync
 
+PLANS_KEPT = 8  # plans (with their compiled programs) per (batch, height, width, threads)
+SIZES_KEPT = 4  # input sizes whose architecture and sub-batch budget are kept
+
+
+@dataclasses.dataclass(frozen=True)
+class _AtSize:
+    """What depends on the input size: the layers' shapes, the paddings, the sub-batches."""
+    arch: Architecture
+    stem_pads: tuple
+    dw_pads: list
+    budget: Budget
+
 
 class Engine:
-    """A MobileNetV2 ready to run: folded weights, and a plan per batch size.
+    """A MobileNetV2 ready to run at any input size: folded weights, and a plan per
+    (batch, height, width, threads), made on first use and kept in a bounded cache.
+
+    MobileNetV2 is fully convolutional, so one set of weights runs any H, W >= 32; the
+    size recorded in the weight file (`arch.size`) is only the default of predict's
+    preprocessing and of memory_report.
 
     t: channel slices of each expansion (an int, or one per block); 1 = materialized.
     rows: the lowest memory: stream blocks row by row through a 3-row line buffer where
@@ -40,8 +60,6 @@ class Engine:
         self._weights = gather(block_weights(self.arch, self.convs, bounds), packed(self.convs["head"]),
                                None if self.arch.headless else packed(self.convs["classifier"]))
         self.blocks = self._weights.blocks
-        self._stem_pads = self.arch.pads(self.arch.size, 2)
-        self._dw_pads = [self.arch.pads(b.in_size, b.stride) for b in self.arch.blocks]
         if not isinstance(rows, (bool, np.bool_)):
             raise EngineError(f"rows must be True or False, got {rows!r}")
         self.rows = bool(rows)
@@ -49,8 +67,8 @@ class Engine:
             raise EngineError(f"threads must be a positive integer, got {threads!r}")
         self.threads = int(threads)
         self.labels = weightset.labels or [f"class {i}" for i in range(self.arch.classes)]
-        self._plans = {}
-        self._programs = {}
+        self._plans = Recent(PLANS_KEPT)   # (batch, H, W, threads) -> (plan, program)
+        self._sizes = Recent(SIZES_KEPT)   # (H, W) -> _AtSize
         self._planning = threading.Lock()
         # the threads - 1 helpers that share an image with the calling thread (none start
         # until first used)
@@ -58,9 +76,8 @@ class Engine:
         # Shared-image calls take turns: with 2+ helpers, two calls at once could each hold
         # a helper the other waits for at a barrier.
         self._sharing_lock = threading.Lock()
-        self._budget = Budget(max_memory, lambda images, sharing: build_plan(
-            self.arch, [w.bounds for w in self.blocks], self.rows, images, sharing).arena_bytes)
-        self._budget.schedule(1, self.threads)  # refuse a budget too small for one image now
+        self._max_memory = checked(max_memory)
+        self._at(self.arch.size).budget.schedule(1, self.threads)  # refuse a budget too small for one image now
 
     @classmethod
     def load(cls, path, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY) -> "Engine":
@@ -78,7 +95,7 @@ class Engine:
 
     @property
     def max_memory(self) -> int:
-        return self._budget.max_memory
+        return self._max_memory
 
     def __repr__(self):
         a = self.arch
@@ -86,16 +103,36 @@ class Engine:
                 f"t={self.t if len(set(self.t)) > 1 else self.t[0]}, rows={self.rows})")
 
     # -- running -------------------------------------------------------------------
-    def plan(self, batch: int = 1, threads: int = 1):
-        """The buffers of a forward call on `batch` images, each shared by `threads` threads."""
-        key = (batch, threads)
-        with self._planning:  # concurrent first calls would otherwise see a plan without its program
-            if key not in self._plans:
-                plan = build_plan(self.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
-                blocks, head = compile_plan(plan, self._weights, self._stem_pads, self._dw_pads)
-                self._programs[key] = blocks, head, modes(blocks, self._weights.ints)
-                self._plans[key] = plan
-        return self._plans[key]
+    def plan(self, batch: int = 1, threads: int = 1, size=None):
+        """The buffers of a forward call on `batch` images of `size` (default: the
+        recorded size), each shared by `threads` threads."""
+        return self._planned(batch, self.input_size(size), threads)[0]
+
+    def _planned(self, batch: int, size: tuple[int, int], threads: int):
+        """(plan, (blocks, head, evaluation flags)), made on first use; concurrent first
+        calls make it once."""
+        def make():
+            at = self._at(size)
+            plan = build_plan(at.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
+            blocks, head = compile_plan(plan, self._weights, at.stem_pads, at.dw_pads)
+            return plan, (blocks, head, modes(blocks, self._weights.ints))
+        with self._planning:
+            return self._plans.get((batch, *size, threads), make)
+
+    def _at(self, size: tuple[int, int]) -> _AtSize:
+        def make():
+            arch = dataclasses.replace(self.arch, size=size)
+            bounds = [w.bounds for w in self.blocks]
+            budget = Budget(self._max_memory, lambda images, sharing: build_plan(
+                arch, bounds, self.rows, images, sharing).arena_bytes)
+            return _AtSize(arch, arch.pads(size, 2), [arch.pads(b.in_size, b.stride) for b in arch.blocks], budget)
+        return self._sizes.get(size, make)
+
+    def input_size(self, size=None) -> tuple[int, int]:
+        """An input size as (height, width): None is the recorded size, an int a square."""
+        if size is None:
+            return self.arch.size
+        return Architecture(alpha=self.arch.alpha, size=size, classes=0).size  # checks it, naming it
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
@@ -105,7 +142,9 @@ class Engine:
         on each sub-batch in turn (a batch smaller than the threads), or each thread on
         its share of the batch, one sub-batch after another."""
         x = self._check_input(x)
-        s = self._budget.schedule(len(x), self.threads)
+        with self._planning:
+            budget = self._at(x.shape[1:3]).budget
+        s = budget.schedule(len(x), self.threads)
         out = self._output(len(x))
         if s.sharing > 1:
             for lo in range(0, len(x), s.sub_batch):
@@ -128,10 +167,9 @@ class Engine:
     def _check_input(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise InputError(f"forward expects a numpy array, got {type(x).__name__}")
-        H, W = self.arch.size
-        if x.ndim != 4 or x.shape[1:] != (H, W, 3) or x.shape[0] < 1:
-            raise InputError(f"forward expects a float32 NHWC batch of shape (N, {H}, {W}, 3), "
-                             f"got shape {x.shape}")
+        if x.ndim != 4 or x.shape[3] != 3 or x.shape[0] < 1 or min(x.shape[1:3]) < MIN_SIZE:
+            raise InputError(f"forward expects a float32 NHWC batch of shape (N, H, W, 3) with H, W >= "
+                             f"{MIN_SIZE}, got shape {x.shape}")
         if x.dtype.kind != "f" or x.dtype.itemsize != 4:
             raise InputError(f"forward expects float32 input, got {x.dtype}")
         # min and max see every NaN and infinity, and allocate nothing (a batch may be huge)
@@ -157,8 +195,7 @@ class Engine:
 
     def _run(self, x: np.ndarray, out: np.ndarray, threads: int, observe=None):
         """One forward pass on the batch x into out, each image shared by `threads` threads."""
-        plan = self.plan(x.shape[0], threads)
-        blocks, head, used = self._programs[(x.shape[0], threads)]
+        plan, (blocks, head, used) = self._planned(x.shape[0], x.shape[1:3], threads)
         w = self._weights
         # One arena per pass, dropped on return: calls are independent, and tracemalloc
         # sees exactly this pass's activation memory.
@@ -186,21 +223,28 @@ class Engine:
             out[:] = view(arena, plan.pooled)
 
     # -- images --------------------------------------------------------------------
-    def predict(self, images, top: int = 5):
+    def predict(self, images, top: int = 5, size=None, crop: bool = True):
         """Top classes of one image or a list of them.
 
-        An image is a path, a PIL image or an HWC uint8 array. Returns, per image, a list
-        of (index, label, probability); a single image gives a single list.
+        An image is a path, a PIL image or an HWC uint8 array, cropped as the weight file
+        records (crop=False: the whole image) and resized to `size` (default: the
+        recorded size). Returns, per image, a list of (index, label, probability); a
+        single image gives a single list.
         """
         single = not isinstance(images, (list, tuple))
         self.check_top(top)
-        batch = np.stack([self.preprocess(image) for image in ([images] if single else images)])
+        size = self.input_size(size)
+        batch = np.stack([self.preprocess(image, size, crop) for image in ([images] if single else images)])
         results = self.classify(batch, top)
         return results[0] if single else results
 
-    def preprocess(self, image) -> np.ndarray:
-        """One image as the network's float32 [H, W, 3] input, as the weight file says."""
-        return preprocess.to_input(image, self.arch.size, self.weights.scale, self.weights.offset)
+    def preprocess(self, image, size=None, crop: bool = True) -> np.ndarray:
+        """One image as the network's float32 [H, W, 3] input at `size` (default: the
+        recorded size), cropped and scaled as the weight file says; crop=False resizes
+        the whole image."""
+        ws = self.weights
+        return preprocess.to_input(image, self.input_size(size), ws.scale, ws.offset,
+                                   ws.crop if crop else "none", ws.crop_fraction)
 
     def classify(self, batch: np.ndarray, top: int = 5):
         """Per image of a preprocessed batch, the top (index, label, probability)."""
@@ -218,12 +262,16 @@ class Engine:
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
             raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
 
-    def memory_report(self, batch: int = 1):
-        """The planner's buffers of one forward call on `batch` images: those of one
-        sub-batch, and how many sub-batches and arenas the call takes."""
+    def memory_report(self, batch: int = 1, size=None):
+        """The planner's buffers of one forward call on `batch` images of `size` (default:
+        the recorded size): those of one sub-batch, and how many sub-batches and arenas
+        the call takes."""
         from .report import MemoryReport
-        s = self._budget.schedule(batch, self.threads)
-        return MemoryReport(self.plan(s.sub_batch, s.sharing), s, self.max_memory)
+        size = self.input_size(size)
+        with self._planning:
+            budget = self._at(size).budget
+        s = budget.schedule(batch, self.threads)
+        return MemoryReport(self.plan(s.sub_batch, s.sharing, size), s, self.max_memory)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

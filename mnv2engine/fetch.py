@@ -37,7 +37,7 @@ def fetch_weights(dst, url: str = OFFICIAL_URL, sha256: str | None = OFFICIAL_SH
         if digest != sha256.lower():
             raise EngineError(f"{url}: sha256 {digest} does not match the expected {sha256}; "
                               "the download was discarded")
-        return convert(tmp, dst, force=force, size=224, labels=labels)
+        return convert(tmp, dst, force=force, labels=labels)  # a weights-only file: recorded at 224
 
 
 def _download(url: str, tmp: Path, dst: Path, timeout: float) -> str:

@@ -1,8 +1,8 @@
 """The execution plan: which kernel runs when, on which arena buffers, for one batch size.
 
-A plan is built for (architecture, slices per block, rows mode, batch) and holds no
-arrays but weights, so one Engine can keep a plan per batch size and allocate a fresh
-arena for every forward call.
+A plan is built for (architecture at one input size, slices per block, rows mode, batch)
+and holds no arrays but weights, so one Engine can keep a plan per (batch, input size,
+threads) and allocate a fresh arena for every forward call.
 """
 from __future__ import annotations
 

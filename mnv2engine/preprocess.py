@@ -1,4 +1,14 @@
-"""Images -> the network's input: RGB, bilinear resize, x = pixel * scale + offset."""
+"""Images -> the network's input: RGB, the crop the weights were evaluated with, a
+bilinear resize, x = pixel * scale + offset.
+
+Weights reach their published accuracy on the input they were evaluated with, and the
+frameworks crop differently before resizing (the crop is recorded per source in mnv2.h5):
+- "central" (Keras, TF, TFLite): the central `fraction` of each side
+  (tf.image.central_crop), then a resize of that to the input size;
+- "shorter-side" (torchvision, the ONNX model zoo, Hugging Face): the shorter side resized
+  to the input size / `fraction` (256 for 224), then a centre crop of the input size;
+- "none": the whole image resized to the input size (the aspect ratio is lost).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +62,26 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
 
 
-def to_input(image, size, scale, offset) -> np.ndarray:
-    """One image as the network's float32 [H, W, 3] input."""
+CROPS = ("central", "shorter-side", "none")
+
+
+def cropped(img: Image.Image, size, crop: str, fraction: float) -> Image.Image:
+    """The image as the network sees it: `size` (H, W) pixels, by the recipe `crop`."""
     H, W = size
-    img = to_pil(image).resize((W, H), Image.BILINEAR)
+    w, h = img.size
+    if crop == "central":
+        top, left = int((h - h * fraction) / 2), int((w - w * fraction) / 2)
+        img = img.crop((left, top, w - left, h - top))
+    elif crop == "shorter-side":  # torchvision's Resize(S) then CenterCrop((H, W))
+        short = round(max(H, W) / fraction)
+        rw, rh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+        img = img.resize((rw, rh), Image.BILINEAR)
+        top, left = int(round((rh - H) / 2)), int(round((rw - W) / 2))
+        return img.crop((left, top, left + W, top + H))
+    return img.resize((W, H), Image.BILINEAR)
+
+
+def to_input(image, size, scale, offset, crop: str = "none", fraction: float = 1.0) -> np.ndarray:
+    """One image as the network's float32 [H, W, 3] input."""
+    img = cropped(to_pil(image), size, crop, fraction)
     return (np.asarray(img, np.float32) * scale + offset).astype(np.float32)

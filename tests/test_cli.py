@@ -62,6 +62,28 @@ def test_predict_without_weights_says_how_to_get_them(tmp_path, capsys, monkeypa
     assert "mnv2 convert" in capsys.readouterr().err
 
 
+def test_the_recorded_size_is_the_default_of_summary_memory_and_predict(tmp_path, capsys):
+    write_mnv2(random_weightset(alpha=0.35, size=80, classes=4), tmp_path / "m.h5")
+    weights = ["--weights", str(tmp_path / "m.h5")]
+    assert main(["summary", *weights]) == 0
+    assert "input 80x80" in capsys.readouterr().out
+    assert main(["summary", *weights, "--size", "96"]) == 0
+    assert "input 96x96" in capsys.readouterr().out
+    assert main(["memory", *weights]) == 0
+    assert "0.35/80x80" in capsys.readouterr().out
+    assert main(["memory", *weights, "--size", "112"]) == 0
+    assert "0.35/112x112" in capsys.readouterr().out
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)).save(tmp_path / "a.png")
+    from mnv2engine import Engine
+    engine = Engine.load(tmp_path / "m.h5")
+    for flags, size in (([], None), (["--size", "48"], 48)):
+        assert main(["predict", str(tmp_path / "a.png"), *weights, "--top", "4", "--json", *flags]) == 0
+        got = [t["probability"] for t in json.loads(capsys.readouterr().out)[0]["top"]]
+        assert got == [round(p, 6) for _, _, p in engine.predict(tmp_path / "a.png", top=4, size=size)]
+    assert main(["predict", str(tmp_path / "a.png"), *weights, "--top", "1", "--size", "16"]) == 2
+    assert "input size must be" in capsys.readouterr().err
+
+
 def test_compilation_is_announced_once_and_only_when_numba_compiles():
     """The first-run message comes from Numba's compile events: a new function compiles
     (one line, however many functions), a function already compiled does not."""

@@ -34,7 +34,8 @@ def photo():
 
 
 def reference_preprocess(engine, array):
-    """Independent of mnv2engine.preprocess: PIL bilinear resize, then x * scale + offset."""
+    """Independent of mnv2engine.preprocess: PIL bilinear resize of the whole image (crop=False),
+    then x * scale + offset."""
     img = Image.fromarray(array).resize((SIZE, SIZE), Image.BILINEAR)
     return (np.asarray(img, np.float64) * engine.weights.scale + engine.weights.offset).astype(np.float32)
 
@@ -43,7 +44,7 @@ def test_predict_matches_forward_on_reference_preprocessing(engine, photo):
     logits = engine.forward(reference_preprocess(engine, photo)[None])[0]
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
-    top = engine.predict(photo, top=3)
+    top = engine.predict(photo, top=3, crop=False)
     assert [i for i, _, _ in top] == list(np.argsort(-probs)[:3])
     assert np.allclose([p for _, _, p in top], np.sort(probs)[::-1][:3], rtol=1e-5)
     assert all(label == f"class {i}" for i, label, _ in top)
@@ -61,9 +62,9 @@ def test_predict_takes_path_pil_array_and_lists(engine, photo, tmp_path):
 
 
 @pytest.mark.parametrize("bad,message", [
-    (np.zeros((SIZE, SIZE, 3), np.float32), r"shape \(N, 64, 64, 3\)"),
+    (np.zeros((SIZE, SIZE, 3), np.float32), r"shape \(N, H, W, 3\) with H, W >= 32"),
     (np.zeros((2, SIZE, SIZE, 4), np.float32), "shape"),
-    (np.zeros((1, SIZE + 1, SIZE, 3), np.float32), "shape"),
+    (np.zeros((1, 31, SIZE, 3), np.float32), r">= 32, got shape \(1, 31, 64, 3\)"),
     (np.zeros((0, SIZE, SIZE, 3), np.float32), "shape"),
     (np.zeros((1, SIZE, SIZE, 3), np.float64), "float32"),
     (np.zeros((1, SIZE, SIZE, 3), np.int64), "float32"),

@@ -100,6 +100,7 @@ def save_unnamed_weights_h5(model, path):
 
 
 SAVERS = {
+    "model.keras": lambda model, path: model.save(path),
     "full-model.h5": lambda model, path: model.save(path),
     "model.weights.h5": lambda model, path: model.save_weights(path),
     "unnamed.weights.h5": save_unnamed_weights_h5,
@@ -115,6 +116,7 @@ def test_engine_matches_keras(keras_model, tmp_path, layout):
     SAVERS[layout](model, src)
     ws = convert(src, tmp_path / "mnv2.h5", size=size)
     assert ws.source == f"keras {src}" and ws.labels is None
+    assert (ws.crop, ws.crop_fraction) == ("central", 0.875)  # Keras's ImageNet evaluation
     np.testing.assert_allclose(ws.scale, 1 / 127.5, rtol=1e-6)  # x / 127.5 - 1
     np.testing.assert_allclose(ws.offset, -1.0, rtol=1e-6)
     engine = Engine.load(tmp_path / "mnv2.h5")
@@ -145,8 +147,8 @@ def test_benchmarks_numpy_reference_matches_keras(keras_model, tmp_path):
 
 
 def test_predict_on_photos_matches_keras_with_its_own_preprocessing(keras_model, tmp_path, photo_paths):
-    """Photos as a Keras user feeds them: `keras.utils.load_img` (bilinear resize to the
-    input size, the engine's documented resize) and `mobilenet_v2.preprocess_input`; the
+    """Photos as a Keras user feeds them: `keras.utils.load_img` (bilinear resize of the
+    whole image to the input size: crop=False) and `mobilenet_v2.preprocess_input`; the
     engine gets the file names."""
     alpha, size, classes, model, _, _ = keras_model
     pixels = [keras.utils.img_to_array(keras.utils.load_img(p, target_size=(size, size), interpolation="bilinear"))
@@ -156,9 +158,9 @@ def test_predict_on_photos_matches_keras_with_its_own_preprocessing(keras_model,
     convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size)
     engine = Engine.load(tmp_path / "mnv2.h5")
     if classes:
-        close(probabilities(engine.predict(photo_paths, top=classes), classes), softmax(ref))
+        close(probabilities(engine.predict(photo_paths, top=classes, crop=False), classes), softmax(ref))
     else:  # headless: predict refuses; its preprocessing, then the features
-        close(engine.forward(np.stack([engine.preprocess(p) for p in photo_paths])), ref)
+        close(engine.forward(np.stack([engine.preprocess(p, crop=False) for p in photo_paths])), ref)
 
 
 # -- refusals -------------------------------------------------------------------------------
@@ -234,7 +236,7 @@ def tiny_sequential():
 
 
 @pytest.mark.parametrize("build", [other_application, tiny_sequential])
-@pytest.mark.parametrize("layout", ["full-model.h5", "model.weights.h5", "unnamed.weights.h5"])
+@pytest.mark.parametrize("layout", ["model.keras", "full-model.h5", "model.weights.h5", "unnamed.weights.h5"])
 def test_other_keras_models_are_refused(tmp_path, build, layout):
     src = tmp_path / layout
     SAVERS[layout](build(), src)

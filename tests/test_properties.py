@@ -64,7 +64,7 @@ def small_file(tmp_path_factory, small_weights):
 
 def assert_identical(got, want):
     """Every field and every tensor bit for bit (compared here, not with the file's digest)."""
-    for field in ("alpha", "classes", "padding", "labels", "source"):
+    for field in ("alpha", "classes", "padding", "labels", "source", "crop", "crop_fraction"):
         assert getattr(got, field) == getattr(want, field), field
     assert tuple(got.size) == tuple(want.size)
     for field in ("scale", "offset"):

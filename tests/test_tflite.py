@@ -231,7 +231,7 @@ def model(request, shared_data, photos, tmp_path_factory):
     pixels = [p for _, p in photos]
     return {"name": request.param, "ws": ws, "engine": engine, "pixels": pixels,
             "reference": litert_logits(src.read_bytes(), pixels),
-            "predictions": engine.predict(pixels, top=5),
+            "predictions": engine.predict(pixels, top=5, crop=False),
             "logits": engine.forward(np.stack([p * ws.scale + ws.offset for p in pixels]).astype(np.float32))}
 
 
@@ -241,6 +241,7 @@ def test_converts_to_a_1001_class_mobilenet_v2(model, shared_data):
     ws, engine = model["ws"], model["engine"]
     assert (ws.alpha, tuple(ws.size), ws.classes, ws.padding) == (1.0, (224, 224), 1001, "same")
     assert ws.source.startswith("tflite ") and ws.source.endswith(model["name"])
+    assert (ws.crop, ws.crop_fraction) == ("central", 0.875)  # TF's ImageNet evaluation
     labels = (shared_data / "imagenet_labels.txt").read_text(encoding="utf-8").splitlines()
     assert engine.labels == labels  # 1001 lines, 'background' first, as the outputs
     assert all(label == labels[i] for pred in model["predictions"] for i, label, _ in pred)
@@ -335,7 +336,7 @@ def test_int8_input_takes_pixels_minus_128(int8_model, photos, tmp_path):
     pixels = np.arange(256, dtype=np.float32)[:, None].repeat(3, axis=1)
     np.testing.assert_allclose(pixels * ws.scale + ws.offset, (pixels - 128 - zero_point) * scale, atol=1e-6)
     inputs = [(p.astype(np.int16) - 128).astype(np.int8) for _, p in photos[:3]]
-    got = Engine(ws).predict([p for _, p in photos[:3]], top=1)
+    got = Engine(ws).predict([p for _, p in photos[:3]], top=1, crop=False)
     assert [g[0][0] for g in got] == litert_logits(src.read_bytes(), inputs).argmax(axis=1).tolist()
 
 

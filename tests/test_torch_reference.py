@@ -48,13 +48,25 @@ TORCHVISION_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 TORCHVISION_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
+def torchvision_eval(path, size):
+    """torchvision's ImageNet evaluation preset, written out: Resize(size / 0.875) of the
+    shorter side (the longer truncated), bilinear, then CenterCrop(size)."""
+    img = Image.open(path).convert("RGB")
+    w, h = img.size
+    short = round(size / 0.875)
+    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    img = img.resize(new, Image.BILINEAR)
+    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    return np.asarray(img.crop((left, top, left + size, top + size)))
+
+
 def test_predict_on_photos_matches_pytorch_with_torchvisions_preprocessing(tmp_path, photo_paths):
-    """The engine gets the file names; PyTorch gets the photos as torchvision prepares
-    them, after the engine's documented resize (bilinear to the input size: torchvision's
-    presets also crop, which the engine does not)."""
+    """The engine gets the file names; PyTorch gets the photos as torchvision's evaluation
+    preset prepares them (the recipe a torchvision file records)."""
     size = 160
     model, engine = reference_and_engine(tmp_path, 0.5, size, 1000, seed=7)
-    pixels = [np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in photo_paths]
+    assert (engine.weights.crop, engine.weights.crop_fraction) == ("shorter-side", 0.875)
+    pixels = [torchvision_eval(p, size) for p in photo_paths]
     x = np.stack([(p.astype(np.float32) / 255 - TORCHVISION_MEAN) / TORCHVISION_STD for p in pixels])
     ref = run_with_blocks(model, x)["logits"]
     close(probabilities(engine.predict(photo_paths, top=1000), 1000), softmax(ref))

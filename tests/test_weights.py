@@ -96,7 +96,9 @@ def test_a_flipped_bit_in_a_tensor_is_refused_as_damage(h5file, tensor):
     lambda f: f.attrs.__setitem__("padding", "symmetric"),  # valid, and shapes do not tell
     lambda f: f["labels"].__setitem__(0, "cat"),
     lambda f: f.attrs.__setitem__("sha256", "0" * 64),
-], ids=["epsilon", "padding", "label", "digest"])
+    lambda f: f["preprocess"].attrs.__setitem__("crop", "none"),
+    lambda f: f["preprocess"].attrs.__setitem__("crop_fraction", 0.9),
+], ids=["epsilon", "padding", "label", "digest", "crop", "crop-fraction"])
 def test_valid_looking_metadata_changes_are_refused_as_damage(h5file, edit):
     _rewrite(h5file, edit)
     with pytest.raises(WeightFileError, match="damaged mnv2 file: its tensors or metadata differ"):
@@ -106,6 +108,25 @@ def test_valid_looking_metadata_changes_are_refused_as_damage(h5file, edit):
 def test_a_missing_digest_is_damage(h5file):
     _rewrite(h5file, lambda f: f.attrs.__delitem__("sha256"))
     with pytest.raises(WeightFileError, match="damaged mnv2 file: its sha256 digest is missing"):
+        read_mnv2(h5file)
+
+
+def test_a_version_2_file_loads_verified_and_crops_nothing(h5file, ws):
+    """Written before the crop recipe (schema 2): its digest is checked as it was
+    computed then, and predict resizes the whole image, as it did then."""
+    from mnv2engine.weights.digest import weightset_digest
+
+    def as_version_2(f):
+        del f["preprocess"].attrs["crop"], f["preprocess"].attrs["crop_fraction"]
+        f.attrs["schema_version"] = 2
+        f.attrs["sha256"] = weightset_digest(ws, version=2)
+    _rewrite(h5file, as_version_2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = read_mnv2(h5file)
+    assert (old.crop, old.crop_fraction) == ("none", 1.0)
+    _rewrite(h5file, lambda f: f.attrs.__setitem__("alpha", 0.35 if ws.alpha != 0.35 else 0.5))
+    with pytest.raises(WeightFileError):
         read_mnv2(h5file)
 
 
@@ -177,3 +198,14 @@ def test_torch_state_dict_with_extra_or_missing_tensors(tmp_path):
     torch.save(sd, tmp_path / "missing.pth")
     with pytest.raises(WeightFileError, match="block4/depthwise.*running_var"):
         convert(tmp_path / "missing.pth", tmp_path / "b.h5")
+
+
+def test_strings_are_stored_in_place_so_a_damaged_file_cannot_hang_the_reader(tmp_path):
+    """Variable-length strings live in HDF5's global heap ("GCOL"), and libhdf5 loops
+    forever reading one from a heap with a zeroed range: mnv2.h5 keeps none."""
+    ws = random_weightset(alpha=0.35, size=32, classes=3, seed=1)
+    ws.labels, ws.source = ["naïve", "", "日本"], "from /tmp/café.pth"
+    write_mnv2(ws, tmp_path / "m.h5")
+    assert b"GCOL" not in (tmp_path / "m.h5").read_bytes()
+    back = read_mnv2(tmp_path / "m.h5")
+    assert (back.labels, back.source, back.padding, back.crop) == (ws.labels, ws.source, ws.padding, ws.crop)

@@ -14,13 +14,17 @@ import json
 import numpy as np
 
 
-def weightset_digest(ws) -> str:
+def weightset_digest(ws, version: int) -> str:
     """Hex sha256 over the metadata (as canonical JSON), then every tensor in name order:
-    its name, dtype and shape as JSON, then its little-endian float32 bytes."""
+    its name, dtype and shape as JSON, then its little-endian float32 bytes. Schema
+    version 3 added the crop recipe to the metadata; a version-2 file's digest is
+    computed as it was written."""
     h = hashlib.sha256()
     meta = {"alpha": float(ws.alpha), "size": [int(s) for s in ws.size], "classes": int(ws.classes),
             "padding": str(ws.padding), "labels": ws.labels, "source": str(ws.source),
             "epsilon": {name: float(layer.bn.epsilon) for name, layer in ws.layers.items() if layer.bn}}
+    if version >= 3:
+        meta.update(crop=str(ws.crop), crop_fraction=float(ws.crop_fraction))
     h.update(json.dumps(meta, sort_keys=True).encode())
     tensors = {"preprocess/scale": ws.scale, "preprocess/offset": ws.offset}
     tensors.update({f"layers/{name}/{t}": arr for name, layer in ws.layers.items()

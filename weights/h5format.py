@@ -13,7 +13,7 @@ from .digest import weightset_digest
 from .weightset import BatchNorm, Layer, WeightSet, validate
 
 FORMAT = "mnv2engine"
-SCHEMA_VERSION = 2  # 2 added the sha256 digest
+SCHEMA_VERSION = 3  # 2 added the sha256 digest, 3 the crop recipe
 
 
 def write_mnv2(ws: WeightSet, path) -> None:
@@ -32,15 +32,18 @@ def mnv2_bytes(ws: WeightSet) -> bytes:
     validate(ws)
     buffer = io.BytesIO()
     with h5py.File(buffer, "w") as f:
-        f.attrs.update(format=FORMAT, schema_version=SCHEMA_VERSION, alpha=ws.alpha,
+        f.attrs.update(format=_fixed(FORMAT), schema_version=SCHEMA_VERSION, alpha=ws.alpha,
                        input_size=np.asarray(ws.size, np.int64), classes=ws.classes,
-                       padding=ws.padding, source=ws.source, sha256=weightset_digest(ws))
+                       padding=_fixed(ws.padding), source=_fixed(ws.source),
+                       sha256=_fixed(weightset_digest(ws, SCHEMA_VERSION)))
         pre = f.create_group("preprocess")
         pre.create_dataset("scale", data=np.asarray(ws.scale, np.float32))
         pre.create_dataset("offset", data=np.asarray(ws.offset, np.float32))
-        pre.attrs.update(channel_order="RGB", resize="bilinear")
+        pre.attrs.update(channel_order=_fixed("RGB"), resize=_fixed("bilinear"), crop=_fixed(ws.crop),
+                         crop_fraction=float(ws.crop_fraction))
         if ws.labels is not None:
-            f.create_dataset("labels", data=np.array(ws.labels, dtype=h5py.string_dtype()))
+            encoded = [label.encode() for label in ws.labels]
+            f.create_dataset("labels", data=np.array(encoded, dtype=f"S{max([1, *map(len, encoded)])}"))
         layers = f.create_group("layers")
         for name, layer in ws.layers.items():
             g = layers.create_group(name)
@@ -51,8 +54,22 @@ def mnv2_bytes(ws: WeightSet) -> bytes:
     return buffer.getvalue()
 
 
+def _fixed(text: str) -> np.bytes_:
+    """A string as fixed-length UTF-8 bytes. Variable-length strings live in HDF5's global
+    heap, and libhdf5 (1.14) loops forever reading one from a heap with a zeroed range
+    (measured: 22 of 60 zeroed ranges in the heap hung the reader); fixed-length strings
+    are stored in place, so a damaged file reads back as a refusal, not a hang. Files
+    written before schema version 3 keep their variable-length strings and still read."""
+    return np.bytes_(text.encode())
+
+
+def _text(value) -> str:
+    """A string attribute of either kind as str."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def is_mnv2(f: h5py.File) -> bool:
-    return f.attrs.get("format") == FORMAT
+    return "format" in f.attrs and _text(f.attrs["format"]) == FORMAT
 
 
 def read_mnv2(path) -> WeightSet:
@@ -88,7 +105,7 @@ def _verify(path, ws: WeightSet, version: int, stored) -> None:
         return
     if stored is None:
         raise WeightFileError(f"{path}: damaged mnv2 file: its sha256 digest is missing")
-    if not isinstance(stored, str) or stored != weightset_digest(ws):
+    if not isinstance(stored, str) or stored != weightset_digest(ws, version):
         raise WeightFileError(f"{path}: damaged mnv2 file: its tensors or metadata differ from the sha256 "
                               "digest written when it was converted; convert it again from the original weights")
 
@@ -113,10 +130,16 @@ def _read_open(f: h5py.File) -> tuple[WeightSet, int, object]:
         labels = [s.decode() if isinstance(s, bytes) else str(s) for s in f["labels"][()]]
     size = tuple(int(s) for s in np.atleast_1d(f.attrs["input_size"]))
     ws = WeightSet(alpha=float(f.attrs["alpha"]), size=size, classes=int(f.attrs["classes"]),
-                   padding=str(f.attrs["padding"]), layers=layers,
+                   padding=_text(f.attrs["padding"]), layers=layers,
                    scale=f["preprocess/scale"][()], offset=f["preprocess/offset"][()],
-                   labels=labels, source=str(f.attrs.get("source", "")))
-    return ws, version, f.attrs.get("sha256")
+                   labels=labels, source=_text(f.attrs.get("source", "")))
+    if version >= 3:
+        pre = f["preprocess"].attrs
+        ws.crop, ws.crop_fraction = _text(pre["crop"]), float(pre["crop_fraction"])
+    else:  # written before the recipe: the whole image, as predict then did
+        ws.crop, ws.crop_fraction = "none", 1.0
+    stored = f.attrs.get("sha256")
+    return ws, version, None if stored is None else _text(stored)
 
 
 def _read_layer(g: h5py.Group) -> Layer:

@@ -1,7 +1,8 @@
 """Keras MobileNetV2 (`keras.applications.MobileNetV2`) weight files -> WeightSet.
 
-Read with h5py alone: converting needs neither Keras nor TensorFlow. Three HDF5 layouts
-hold the same tensors:
+Read with h5py and the standard library alone: converting needs neither Keras nor
+TensorFlow. A Keras 3 `.keras` file is a zip of `config.json` (the model) and
+`model.weights.h5` (the tensors). Three HDF5 layouts hold the same tensors:
 - legacy weights (the official applications files, Keras 2 `save_weights("x.h5")`): root
   attribute `layer_names`; each layer group lists its tensors in attribute `weight_names`
   ("Conv1/kernel:0", or "Conv1/kernel" without the suffix), stored at `<layer>/<weight name>`;
@@ -15,7 +16,10 @@ moving_mean, moving_variance), then mapped onto the engine's layers. Keras kerne
 """
 from __future__ import annotations
 
+import io
+import json
 import re
+import zipfile
 
 import h5py
 import numpy as np
@@ -23,7 +27,7 @@ import numpy as np
 from mnv2engine.arch import ALPHAS, Architecture
 from mnv2engine.errors import WeightFileError
 
-from .weightset import BatchNorm, Layer, WeightSet
+from .weightset import BatchNorm, Layer, WeightSet, settled_size
 
 KERAS_BN_EPSILON = 1e-3  # every BatchNormalization of keras.applications.MobileNetV2; not in the file
 BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's creation order
@@ -130,10 +134,11 @@ def _name_by_structure(entries) -> dict[str, dict[str, np.ndarray]]:
     return {name: tensors for cls in found for name, tensors in zip(expected[cls], found[cls])}
 
 
-def load_keras_tensors(path) -> dict[str, dict[str, np.ndarray]]:
-    """{Keras layer: {role: array}} of any of the three layouts."""
+def load_keras_tensors(path, source=None) -> dict[str, dict[str, np.ndarray]]:
+    """{Keras layer: {role: array}} of any of the three layouts, read from `source` (an
+    open file, such as the weights inside a `.keras` zip) or else `path`."""
     try:
-        f = h5py.File(path, "r")
+        f = h5py.File(path if source is None else source, "r")
     except FileNotFoundError:
         raise WeightFileError(f"{path}: no such file") from None
     except OSError as e:
@@ -205,18 +210,68 @@ def _infer_alpha(path, tensors: dict, classes: int) -> float:
                           f"{len(wrong)} of {total} tensors disagree; none of {ALPHAS} matches)")
 
 
-def read_keras(path, size=224) -> WeightSet:
+def read_keras_zip(path, size=None) -> WeightSet:
+    """A Keras 3 `.keras` file: its config gives the input size, its weights the tensors."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            config = json.loads(z.read("config.json"))
+            weights = io.BytesIO(z.read("model.weights.h5"))
+    except (KeyError, zipfile.BadZipFile, ValueError, OSError) as e:
+        raise WeightFileError(f"{path}: damaged or incomplete .keras file ({type(e).__name__}: {e})") from None
+    return read_keras(path, size, config=config, source=weights)
+
+
+def model_config(path) -> dict | None:
+    """The model config a full-model legacy `.h5` records (attribute `model_config`), else None."""
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get("model_config")
+    if text is None:
+        return None
+    try:
+        return json.loads(text.decode() if isinstance(text, bytes) else text)
+    except ValueError as e:
+        raise WeightFileError(f"{path}: damaged model_config attribute ({e})") from None
+
+
+def recorded_size(config: dict | None) -> tuple[int, int] | None:
+    """(height, width) of the model's InputLayer, where the config fixes it; None for
+    `input_shape=None` (any size) or no config. Keras 3 calls it `batch_shape`, Keras 2
+    `batch_input_shape`: [batch, H, W, channels]."""
+    for layer in ((config or {}).get("config") or {}).get("layers", []):
+        if layer.get("class_name") == "InputLayer":
+            cfg = layer.get("config", {})
+            shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+            if shape and len(shape) == 4 and all(isinstance(s, int) for s in shape[1:3]):
+                return int(shape[1]), int(shape[2])
+            return None
+    return None
+
+
+def _what(config: dict | None) -> str:
+    """What a config says the model is, for an error message."""
+    if not config:
+        return ""
+    return f"; the file holds a {config.get('class_name', '?')} model named {(config.get('config') or {}).get('name')!r}"
+
+
+def read_keras(path, size=None, config=None, source=None) -> WeightSet:
     """A Keras MobileNetV2 weight file as a WeightSet; alpha and classes follow from the shapes.
 
-    Weight files do not record the input size (the network runs at any), so it is `size`.
+    The input size is the one the model config records (a full-model file or a `.keras`
+    zip); a `size` that contradicts it is refused. Weights-only files do not record one
+    (the network runs at any size), so it is `size`, else 224.
     Padding is "same": Keras pads its stride-2 depthwise convs with `correct_pad` (0 before and
     1 after on an even size, 1 and 1 on an odd one) and runs them 'valid', which is TF 'same'.
     """
-    tensors = load_keras_tensors(path)
+    if source is None:
+        config = model_config(path)
+    tensors = load_keras_tensors(path, source)
     missing = [name for name in SIGNATURE if name not in tensors]
     if missing:
         raise WeightFileError(f"{path}: not a Keras MobileNetV2 weight file (no layer "
-                              f"{' / '.join(missing)}; its layers: {', '.join(list(tensors)[:8]) or 'none'})")
+                              f"{' / '.join(missing)}; its layers: {', '.join(list(tensors)[:8]) or 'none'}"
+                              f"{_what(config)})")
+    size = settled_size(path, recorded_size(config), size)
     classes = _classes(path, tensors)
     _check_tensors(path, tensors, classes)
     alpha = _infer_alpha(path, tensors, classes)

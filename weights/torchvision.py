@@ -107,5 +107,5 @@ def read_torchvision(path, size=224) -> WeightSet:
                               f"{', '.join(leftover[:5])}")
     ws = WeightSet(alpha=alpha, size=arch.size, classes=classes, padding="symmetric", layers=layers,
                    source=f"torchvision state_dict {path}")
-    ws.set_mean_std()
+    ws.set_torchvision_preprocessing()
     return ws

@@ -12,6 +12,7 @@ import numpy as np
 
 from mnv2engine.arch import Architecture
 from mnv2engine.errors import EngineError, WeightFileError
+from mnv2engine.preprocess import CROPS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,16 +58,39 @@ class WeightSet:
     offset: np.ndarray = field(default_factory=lambda: np.full(3, -1.0, np.float32))
     labels: list[str] | None = None
     source: str = ""
+    # the crop before the resize (mnv2engine/preprocess.py): the source's evaluation recipe
+    crop: str = "central"
+    crop_fraction: float = 0.875
 
     @property
     def architecture(self) -> Architecture:
         return Architecture(alpha=self.alpha, size=tuple(self.size), classes=self.classes, padding=self.padding)
+
+    def set_torchvision_preprocessing(self):
+        """torchvision's ImageNet evaluation: shorter side to 256, centre crop 224, mean and std."""
+        self.crop, self.crop_fraction = "shorter-side", 224 / 256
+        self.set_mean_std()
 
     def set_mean_std(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         """Preprocessing given as (pixel / 255 - mean) / std, stored as scale and offset."""
         std = np.asarray(std, np.float64)
         self.scale = (1 / (255 * std)).astype(np.float32)
         self.offset = (-np.asarray(mean, np.float64) / std).astype(np.float32)
+
+
+DEFAULT_SIZE = 224
+
+
+def settled_size(path, recorded, given) -> tuple[int, int]:
+    """The input size to record: the file's own where it has one, else `given`, else 224.
+    A `given` size that contradicts the file is refused, naming both."""
+    square = lambda s: (s, s) if isinstance(s, int) else (tuple(s) if s is not None else None)
+    recorded, given = square(recorded), square(given)
+    if recorded is not None and given is not None and tuple(recorded) != given:
+        raise WeightFileError(f"{path}: the file records input size {recorded[0]}x{recorded[1]}, but size "
+                              f"{given[0]}x{given[1]} was asked for (--size / size=); leave it out to use "
+                              "the file's (the engine runs any size at run time)")
+    return tuple(recorded or given or (DEFAULT_SIZE, DEFAULT_SIZE))
 
 
 def validate(ws: WeightSet) -> Architecture:
@@ -104,6 +128,9 @@ def validate(ws: WeightSet) -> Architecture:
         arr = getattr(ws, what)
         if np.shape(arr) != (3,) or not np.isfinite(arr).all():
             raise WeightFileError(f"preprocessing {what} must be 3 finite numbers, got {arr!r}")
+    if ws.crop not in CROPS or not 0 < ws.crop_fraction <= 1:
+        raise WeightFileError(f"preprocessing crop must be one of {CROPS} with a fraction in (0, 1], "
+                              f"got {ws.crop!r} {ws.crop_fraction!r}")
     if ws.labels is not None and len(ws.labels) != ws.classes:
         raise WeightFileError(f"{len(ws.labels)} labels for {ws.classes} classes")
     return arch

@@ -1,0 +1,180 @@
+"""Hugging Face `save_pretrained` folders of MobileNetV2 -> WeightSet, without transformers.
+
+A folder holds `config.json` (the architecture: `depth_multiplier`, `tf_padding`,
+`num_labels`, `id2label`, ...) and the tensors, in `model.safetensors` (read with
+safetensors' NumPy API) or `pytorch_model.bin` (torch.load with weights_only=True).
+transformers' module tree (MobileNetV2ForImageClassification; MobileNetV2Model is the same
+without `mobilenet_v2.` and `classifier`): `conv_stem.first_conv` is the stem,
+`conv_stem.conv_3x3` / `reduce_1x1` block 0, `layer.{i}.expand_1x1` / `conv_3x3` /
+`reduce_1x1` blocks 1-16, `conv_1x1` the head; each a `convolution` (OIHW, no bias) and a
+`normalization` (BatchNorm, epsilon `layer_norm_eps`); `classifier` the Linear.
+`tf_padding` pads like TensorFlow ('same'), otherwise 1 on every side ('symmetric').
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from mnv2engine.arch import ALPHAS, STEM_CHANNELS, TABLE2, Architecture, make_divisible
+from mnv2engine.errors import WeightFileError
+
+from .weightset import BatchNorm, Layer, WeightSet, settled_size
+
+# config.json settings the engine's architecture fixes: (key, transformers' default, the value we run)
+FIXED = (("expand_ratio", 6.0, 6.0), ("output_stride", 32, 32), ("depth_divisible_by", 8, 8),
+         ("first_layer_is_expansion", True, True), ("hidden_act", "relu6", "relu6"), ("num_channels", 3, 3))
+
+
+def is_huggingface(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _config(folder: Path) -> dict:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise WeightFileError(f"{folder}: unreadable config.json ({e})") from None
+    if not isinstance(config, dict):
+        raise WeightFileError(f"{folder}: config.json is not a JSON object")
+    if config.get("model_type") != "mobilenet_v2":
+        raise WeightFileError(f"{folder}: not a MobileNetV2: config.json describes model_type "
+                              f"{config.get('model_type')!r} (architectures {config.get('architectures')})")
+    return config
+
+
+def _tensors(folder: Path) -> dict[str, np.ndarray]:
+    if (folder / "model.safetensors").is_file():
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise WeightFileError(f"{folder}: reading model.safetensors needs safetensors (pip install 'mnv2engine[huggingface]')") from None
+        try:
+            return load_file(str(folder / "model.safetensors"))
+        except Exception as e:  # safetensors raises its own error types for damaged headers
+            raise WeightFileError(f"{folder / 'model.safetensors'}: damaged safetensors file ({e})") from None
+    if (folder / "pytorch_model.bin").is_file():
+        from .torchvision import load_state_dict
+        return load_state_dict(folder / "pytorch_model.bin")
+    raise WeightFileError(f"{folder}: a Hugging Face folder without model.safetensors or pytorch_model.bin")
+
+
+def _alpha(folder, config) -> float:
+    for key, default, want in FIXED:
+        if config.get(key, default) != want:
+            raise WeightFileError(f"{folder}: config.json sets {key}={config.get(key)!r}; the engine runs "
+                                  f"MobileNetV2 with {key}={want!r}")
+    alpha = config.get("depth_multiplier", 1.0)
+    if alpha not in ALPHAS:
+        raise WeightFileError(f"{folder}: depth_multiplier={alpha!r}; the engine runs {ALPHAS}")
+    min_depth = config.get("min_depth", 8)
+    for channels in (STEM_CHANNELS, *(c for _, c, _, _ in TABLE2)):
+        theirs = max(min_depth, make_divisible(int(round(channels * alpha))))  # transformers' rule
+        if theirs != make_divisible(channels * alpha):
+            raise WeightFileError(f"{folder}: min_depth={min_depth} with depth_multiplier={alpha} makes a layer of "
+                                  f"{channels} channels {theirs} wide, where MobileNetV2 {alpha} has "
+                                  f"{make_divisible(channels * alpha)}")
+    if not config.get("finegrained_output", True) and alpha < 1.0:
+        raise WeightFileError(f"{folder}: finegrained_output=false with depth_multiplier={alpha} narrows the "
+                              "last conv below 1280 channels; the engine runs the paper's 1280")
+    return float(alpha)
+
+
+def _layer_map(arch: Architecture, prefix: str) -> dict[str, str]:
+    out = {"stem": f"{prefix}conv_stem.first_conv"}
+    for b in arch.blocks:
+        p = f"{prefix}conv_stem" if b.index == 0 else f"{prefix}layer.{b.index - 1}"
+        if b.expansion != 1:
+            out[f"{b.name}/expand"] = f"{p}.expand_1x1"
+        out[f"{b.name}/depthwise"] = f"{p}.conv_3x3"
+        out[f"{b.name}/project"] = f"{p}.reduce_1x1"
+    out["head"] = f"{prefix}conv_1x1"
+    return out
+
+
+def _to_engine_layout(kind: str, w: np.ndarray) -> np.ndarray:
+    if kind == "stem":
+        return w.transpose(2, 3, 1, 0)            # OIHW -> HWIO
+    if kind == "depthwise":
+        return w[:, 0].transpose(1, 2, 0)         # [C, 1, 3, 3] -> [3, 3, C]
+    return w[:, :, 0, 0].T                         # [Cout, Cin, 1, 1] -> [Cin, Cout]
+
+
+def _labels(config, classes: int) -> list[str] | None:
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or len(id2label) != classes:
+        return None
+    labels = [id2label.get(str(i), id2label.get(i)) for i in range(classes)]
+    if any(not isinstance(label, str) for label in labels):
+        return None
+    # transformers fills id2label with LABEL_0, LABEL_1, ... when a model has no names
+    return None if all(label == f"LABEL_{i}" for i, label in enumerate(labels)) else labels
+
+
+def read_huggingface(folder, size=None) -> WeightSet:
+    folder = Path(folder)
+    config = _config(folder)
+    alpha = _alpha(folder, config)
+    sd = {k: np.asarray(v) for k, v in _tensors(folder).items()}
+    prefix = "mobilenet_v2." if any(k.startswith("mobilenet_v2.") for k in sd) else ""
+    classes = sd["classifier.weight"].shape[0] if "classifier.weight" in sd else 0
+    if classes and classes != config.get("num_labels", classes):
+        raise WeightFileError(f"{folder}: the classifier has {classes} outputs, config.json says "
+                              f"num_labels={config.get('num_labels')}")
+    padding = "same" if config.get("tf_padding", True) else "symmetric"
+    arch = Architecture(alpha=alpha, classes=classes, padding=padding)
+    epsilon = float(config.get("layer_norm_eps", 1e-3))
+    used, layers = set(), {}
+    for name, p in _layer_map(arch, prefix).items():
+        keys = [f"{p}.convolution.weight"] + [f"{p}.normalization.{k}"
+                                              for k in ("weight", "bias", "running_mean", "running_var")]
+        absent = [k for k in keys if k not in sd]
+        if absent:
+            raise WeightFileError(f"{folder}: layer {name} is missing {', '.join(absent)} "
+                                  f"(min_depth={config.get('min_depth', 8)}, depth_multiplier={alpha})")
+        used.update(keys + [f"{p}.normalization.num_batches_tracked", f"{p}.convolution.bias"])
+        f32 = lambda k: np.ascontiguousarray(sd[k], np.float32)
+        layers[name] = Layer(kernel=np.ascontiguousarray(_to_engine_layout(name.rsplit("/", 1)[-1], f32(keys[0]))),
+                             bias=f32(f"{p}.convolution.bias") if f"{p}.convolution.bias" in sd else None,
+                             bn=BatchNorm(*(f32(k) for k in keys[1:]), epsilon))
+    if classes:
+        layers["classifier"] = Layer(kernel=np.ascontiguousarray(sd["classifier.weight"].T, np.float32),
+                                     bias=np.ascontiguousarray(sd["classifier.bias"], np.float32))
+        used.update(("classifier.weight", "classifier.bias"))
+    leftover = sorted(set(sd) - used)
+    if leftover:
+        raise WeightFileError(f"{folder}: tensors that are not part of MobileNetV2 alpha={alpha}: "
+                              f"{', '.join(leftover[:5])}")
+    recorded = config.get("image_size")
+    ws = WeightSet(alpha=alpha, size=settled_size(folder, recorded if isinstance(recorded, int) else None, size),
+                   classes=classes, padding=padding, layers=layers, labels=_labels(config, classes),
+                   source=f"huggingface {folder}")
+    _preprocessing(folder, ws)
+    return ws
+
+
+def _preprocessing(folder: Path, ws: WeightSet) -> None:
+    """The recipe of preprocessor_config.json where present, else of transformers'
+    MobileNetV2ImageProcessor's defaults: shorter side to 256, centre crop 224,
+    x = (pixel * rescale_factor - mean) / std with 1/255, 0.5, 0.5 (x = pixel / 127.5 - 1)."""
+    path = folder / "preprocessor_config.json"
+    ws.crop, ws.crop_fraction = "shorter-side", 224 / 256
+    if not path.is_file():
+        return
+    try:
+        pre = json.loads(path.read_text())
+        shorter = (pre.get("size") or {}).get("shortest_edge", 256)
+        crop = pre.get("crop_size") or {"height": 224}
+        if pre.get("do_center_crop", True):
+            ws.crop_fraction = min(1.0, float(crop.get("height", 224)) / float(shorter))
+        else:
+            ws.crop = "none"
+        rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
+        mean, std = ((np.asarray(pre.get("image_mean", (0.5,) * 3), np.float64),
+                      np.asarray(pre.get("image_std", (0.5,) * 3), np.float64))
+                     if pre.get("do_normalize", True) else (np.zeros(3), np.ones(3)))
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise WeightFileError(f"{path}: unreadable ({e})") from None
+    ws.scale = (rescale / std).astype(np.float32)
+    ws.offset = (-mean / std).astype(np.float32)
