@@ -12,7 +12,7 @@ import torch
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close, require
+from conftest import close, probabilities, require, softmax
 from torch_reference import randomized
 
 transformers = require("transformers")
@@ -102,3 +102,26 @@ def test_mnv2_convert_takes_the_folder(tmp_path, capsys):
     save(dict(depth_multiplier=0.35, num_labels=3, image_size=128), True, "safetensors", tmp_path / "m")
     assert main(["convert", str(tmp_path / "m"), str(tmp_path / "dst.h5")]) == 0
     assert "alpha=0.35, size=128x128, classes=3, padding=same" in capsys.readouterr().out
+
+
+@pytest.mark.xfail(strict=True, reason="known: transformers' centre crop floors an odd margin ((235 - 160) // 2 = 37), "
+                   "the engine rounds it as torchvision does (38): dragonfly.bmp is one column off; the other "
+                   "photos agree to 1e-7")
+def test_predict_on_photos_matches_transformers_with_its_image_processor(tmp_path, photo_paths):
+    """End to end: the engine gets the file names of the real photos; transformers gets
+    them as its own MobileNetV2ImageProcessor prepares them, from the same folder's
+    preprocessor_config.json (shorter side 256 -> 192 here, centre crop, mean/std 0.5)."""
+    from PIL import Image
+
+    folder = tmp_path / "m"
+    model = save(dict(depth_multiplier=0.35, num_labels=10, image_size=160), True, "safetensors", folder)
+    processor = transformers.MobileNetV2ImageProcessor(size={"shortest_edge": 192},
+                                                        crop_size={"height": 160, "width": 160})
+    processor.save_pretrained(folder)
+    engine = Engine.load(folder)
+    images = [Image.open(p).convert("RGB") for p in photo_paths]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = model(pixels).logits.numpy()
+    assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max(), "reference ignores its input"
+    close(probabilities(engine.predict(photo_paths, top=10), 10), softmax(ref))
