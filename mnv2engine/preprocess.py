@@ -5,8 +5,11 @@ Weights reach their published accuracy on the input they were evaluated with, an
 frameworks crop differently before resizing (the crop is recorded per source in mnv2.h5):
 - "central" (Keras, TF, TFLite): the central `fraction` of each side
   (tf.image.central_crop), then a resize of that to the input size;
-- "shorter-side" (torchvision, the ONNX model zoo, Hugging Face): the shorter side resized
-  to the input size / `fraction` (256 for 224), then a centre crop of the input size;
+- "shorter-side" (torchvision, the ONNX model zoo): the shorter side resized to the input
+  size / `fraction` (256 for 224), then a centre crop of the input size, its offset
+  rounded (torchvision's CenterCrop);
+- "shorter-side-floor" (Hugging Face): the same, the offset floored (transformers'
+  center_crop): an odd margin puts the crop one pixel to the other side;
 - "none": the whole image resized to the input size (the aspect ratio is lost).
 """
 from __future__ import annotations
@@ -62,7 +65,7 @@ def _array_to_pil(a: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
 
 
-CROPS = ("central", "shorter-side", "none")
+CROPS = ("central", "shorter-side", "shorter-side-floor", "none")
 
 
 def cropped(img: Image.Image, size, crop: str, fraction: float) -> Image.Image:
@@ -72,11 +75,14 @@ def cropped(img: Image.Image, size, crop: str, fraction: float) -> Image.Image:
     if crop == "central":
         top, left = int((h - h * fraction) / 2), int((w - w * fraction) / 2)
         img = img.crop((left, top, w - left, h - top))
-    elif crop == "shorter-side":  # torchvision's Resize(S) then CenterCrop((H, W))
+    elif crop.startswith("shorter-side"):  # Resize(S) then CenterCrop((H, W))
         short = round(max(H, W) / fraction)
         rw, rh = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
         img = img.resize((rw, rh), Image.BILINEAR)
-        top, left = int(round((rh - H) / 2)), int(round((rw - W) / 2))
+        if crop == "shorter-side-floor":
+            top, left = (rh - H) // 2, (rw - W) // 2
+        else:
+            top, left = int(round((rh - H) / 2)), int(round((rw - W) / 2))
         return img.crop((left, top, left + W, top + H))
     return img.resize((W, H), Image.BILINEAR)
 

@@ -159,7 +159,7 @@ def _preprocessing(folder: Path, ws: WeightSet) -> None:
     MobileNetV2ImageProcessor's defaults: shorter side to 256, centre crop 224,
     x = (pixel * rescale_factor - mean) / std with 1/255, 0.5, 0.5 (x = pixel / 127.5 - 1)."""
     path = folder / "preprocessor_config.json"
-    ws.crop, ws.crop_fraction = "shorter-side", 224 / 256
+    ws.crop, ws.crop_fraction = "shorter-side-floor", 224 / 256
     if not path.is_file():
         return
     try:
