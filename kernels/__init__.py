@@ -11,8 +11,9 @@ Python threads run in parallel; threads that share one image meet at the spin ba
 sync.py.
 
 The arithmetic is written with explicit 16-lane float32 vectors (simd.py); every 1x1 conv
-is one register-blocked GEMM (gemm.py), whose weights are packed once into 64-column
-panels (pack_panels, pack_expansion); the stem's with taps in lanes (pack_stem).
+is one register-blocked GEMM (gemm.py), whose weights are packed once into panels as
+wide as its tile (pack_panels, pack_expansion); the stem's with taps in lanes (pack_stem).
+The tiles are sized for the registers of the CPU Numba compiles for (target.py).
 """
 from ._cache import drop_stale_cache
 

@@ -9,6 +9,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from .target import TILES_OVERRIDE
+
 HERE = Path(__file__).resolve().parent
 CACHE = HERE / "__pycache__"  # where Numba puts cache files when the package is writable
 STAMP = CACHE / "kernel-sources.sha256"
@@ -18,7 +20,7 @@ def drop_stale_cache() -> None:
     sources = b"".join(p.read_bytes() for p in sorted(HERE.glob("*.py")))
     # The tile table is frozen into the kernels, and Numba's cache keys on the CPU only:
     # a table chosen by hand (target.py, for tests) must not meet kernels built without.
-    sources += os.environ.get("MNV2_TILES", "").encode()
+    sources += os.environ.get(TILES_OVERRIDE, "").encode()
     digest = hashlib.sha256(sources).hexdigest()
     try:
         if STAMP.read_text() == digest:

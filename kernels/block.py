@@ -26,6 +26,7 @@ import numpy as np
 from numba import njit
 
 from ._rows import FASTMATH, depthwise_row, fill_bias, pointwise_row
+from .simd import LANES
 from .stem import conv3x3_row, pack_stem, packed_shape as stem_shape
 from .gemm import gemm, pack_panels, panels_shape
 from .pairs import pack_pairs, packed_shape as pairs_shape, pointwise_pairs, uses_pairs
@@ -281,6 +282,10 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
         we_at[s + 1] = we_at[s] + _expansion_size(bounds[s + 1] - bounds[s], stem, cin)
     if (rows and streamed is None) or (not rows and t == 1 and whole is None) or (not rows and t > 1 and sliced is None):
         raise ValueError("this block's evaluation was left out of the compiled code")
+    if narrow is None:
+        for s in range(t):
+            if (bounds[s + 1] - bounds[s]) % LANES != 0:
+                raise ValueError("this block's narrow slices were left out of the compiled code")
     if rows:
         if streamed is None:  # not compiled (the type of None tells)
             return

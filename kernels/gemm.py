@@ -165,13 +165,8 @@ def _column_tile6(x, w, init, step, lo, hi, out, p0, p1, p2, p3, p4, p5, c, n):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _store_column(out, p, c, n, lo, hi, v):
-    """out[p, c:c + n] = clamp(v); a full vector without a mask (a masked store is
-    slow on AVX2, microcoded on AMD)."""
-    v = vclamp(v, np.float32(lo), np.float32(hi))
-    if n == LANES:
-        vstore(out, (p, c), LANES, v)
-    else:
-        vstore(out, (p, c), n, v)
+    """out[p, c:c + n] = clamp(v) (vstore stores a full vector without a mask)."""
+    vstore(out, (p, c), n, vclamp(v, np.float32(lo), np.float32(hi)))
 
 
 @njit(cache=True)

@@ -28,24 +28,26 @@ from functools import lru_cache
 import llvmlite.binding as ll
 from numba.core import config
 
+
 @dataclass(frozen=True)
 class Tiles:
     """Register tiles of one kind of target, in pixels x 16-lane vectors.
 
-    gemm_pixels x gemm_vectors   the 1x1 conv's tile (gemm.py); the wide case
-    gemm_short_pixels            the same for rows of fewer than SHORT_ROW pixels
-    panel                        weight panel width (channels) of the GEMM's packing:
-                                 the channels one tile reads per input, as one stream
-    stem_two_vectors             the stem's tile of 6 pixels x 2 vectors (stem.py)
-    stem_pixels                  pixels of the stem's one-vector tile: 12 or 6
-    pairs_vectors                widest tile of the two-inputs-per-vector 1x1 (pairs.py)
+    gemm_vectors       vectors of channels of the 1x1 conv's 6-pixel tile (gemm.py)
+    stem_two_vectors   the stem's tile of 6 pixels x 2 vectors (stem.py)
+    stem_pixels        pixels of the stem's one-vector tile: 12 or 6
+    pairs_vectors      widest tile of the two-inputs-per-vector 1x1 (pairs.py)
     """
-    gemm_pixels: int
     gemm_vectors: int
-    panel: int
     stem_two_vectors: bool
     stem_pixels: int
     pairs_vectors: int
+
+    @property
+    def panel(self) -> int:
+        """Weight panel width (channels) of the GEMM's packing: the channels one tile
+        reads per input, as one stream."""
+        return 16 * self.gemm_vectors
 
 
 # Chosen by register count (accumulators + weight vectors + one broadcast must fit) and
@@ -54,15 +56,15 @@ class Tiles:
 TILES = {
     # 32 zmm: GEMM 6 x 4 vectors = 24 accumulators + 4 weights + 1 broadcast; stem 6 x 2
     # and 12 x 1.
-    "avx512": Tiles(gemm_pixels=6, gemm_vectors=4, panel=64, stem_two_vectors=True, stem_pixels=12, pairs_vectors=3),
+    "avx512": Tiles(gemm_vectors=4, stem_two_vectors=True, stem_pixels=12, pairs_vectors=3),
     # 16 ymm, two per vector: GEMM 6 x 1 = 12 accumulators + 2 weights + 1 broadcast
     # (XNNPACK's 6x16 for FMA3); stem 6 x 1, its weights read from L1 by the FMAs.
-    "avx2": Tiles(gemm_pixels=6, gemm_vectors=1, panel=16, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
+    "avx2": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
     # 32 q registers, four per vector: as AVX2 (24 accumulators + 4 weights; untested here).
-    "neon": Tiles(gemm_pixels=6, gemm_vectors=1, panel=16, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
+    "neon": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
     # 16 xmm, four per vector: the same tiles, correct but spilling (the baseline
     # x86-64 target, for tests; every x86-64 CPU since 2013 has AVX2).
-    "sse": Tiles(gemm_pixels=6, gemm_vectors=1, panel=16, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
+    "sse": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
 }
 
 

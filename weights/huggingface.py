@@ -20,7 +20,7 @@ import numpy as np
 from mnv2engine.arch import ALPHAS, STEM_CHANNELS, TABLE2, Architecture, make_divisible
 from mnv2engine.errors import WeightFileError
 
-from .weightset import BatchNorm, Layer, WeightSet, settled_size
+from .weightset import BatchNorm, Layer, WeightSet, from_oihw, settled_size
 
 # config.json settings the engine's architecture fixes: (key, transformers' default, the value we run)
 FIXED = (("expand_ratio", 6.0, 6.0), ("output_stride", 32, 32), ("depth_divisible_by", 8, 8),
@@ -93,14 +93,6 @@ def _layer_map(arch: Architecture, prefix: str) -> dict[str, str]:
     return out
 
 
-def _to_engine_layout(kind: str, w: np.ndarray) -> np.ndarray:
-    if kind == "stem":
-        return w.transpose(2, 3, 1, 0)            # OIHW -> HWIO
-    if kind == "depthwise":
-        return w[:, 0].transpose(1, 2, 0)         # [C, 1, 3, 3] -> [3, 3, C]
-    return w[:, :, 0, 0].T                         # [Cout, Cin, 1, 1] -> [Cin, Cout]
-
-
 def _labels(config, classes: int) -> list[str] | None:
     id2label = config.get("id2label")
     if not isinstance(id2label, dict) or len(id2label) != classes:
@@ -135,7 +127,7 @@ def read_huggingface(folder, size=None) -> WeightSet:
                                   f"(min_depth={config.get('min_depth', 8)}, depth_multiplier={alpha})")
         used.update(keys + [f"{p}.normalization.num_batches_tracked", f"{p}.convolution.bias"])
         f32 = lambda k: np.ascontiguousarray(sd[k], np.float32)
-        layers[name] = Layer(kernel=np.ascontiguousarray(_to_engine_layout(name.rsplit("/", 1)[-1], f32(keys[0]))),
+        layers[name] = Layer(kernel=np.ascontiguousarray(from_oihw(name.rsplit("/", 1)[-1], f32(keys[0]))),
                              bias=f32(f"{p}.convolution.bias") if f"{p}.convolution.bias" in sd else None,
                              bn=BatchNorm(*(f32(k) for k in keys[1:]), epsilon))
     if classes:

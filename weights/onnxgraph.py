@@ -21,7 +21,7 @@ import numpy as np
 from mnv2engine.arch import ALPHAS, Architecture
 from mnv2engine.errors import WeightFileError
 
-from .weightset import BatchNorm, Layer, WeightSet, settled_size
+from .weightset import BatchNorm, Layer, WeightSet, from_oihw, settled_size
 
 PASS_THROUGH = {"Flatten", "Reshape", "Squeeze"}  # [N, C, 1, 1] -> [N, C]: on the pooled features only
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "Cast", "Slice"}  # a Reshape's target shape
@@ -270,21 +270,12 @@ def _input_size(graph) -> tuple[int, int] | None:
     return None
 
 
-def _engine_layout(name: str, kernel: np.ndarray) -> np.ndarray:
-    kind = name.rsplit("/", 1)[-1]
-    if kind == "stem":
-        return kernel.transpose(2, 3, 1, 0)        # OIHW -> HWIO
-    if kind == "depthwise":
-        return kernel[:, 0].transpose(1, 2, 0)     # [C, 1, 3, 3] -> [3, 3, C]
-    return kernel[:, :, 0, 0].T                     # [Cout, Cin, 1, 1] -> [Cin, Cout]
-
-
 def _weightset(path, arch: Architecture, found: list[Found], expected, size, graph) -> WeightSet:
     padding = _padding(path, found)
     f32 = lambda a: None if a is None else np.ascontiguousarray(a, np.float32)
     layers = {}
     for f, (name, *_) in zip(found, expected):
-        kernel = _dense(f) if name == "classifier" else _engine_layout(name, f.kernel)
+        kernel = _dense(f) if name == "classifier" else from_oihw(name.rsplit("/", 1)[-1], f.kernel)
         bias = f.bias if f.bias is not None or f.bn is not None else np.zeros(kernel.shape[-1])
         bn = None if f.bn is None else BatchNorm(*(f32(getattr(f.bn, k)) for k in BatchNorm.TENSORS), f.bn.epsilon)
         layers[name] = Layer(kernel=f32(kernel), bias=f32(bias), bn=bn)

@@ -12,7 +12,7 @@ import numpy as np
 from mnv2engine.arch import ALPHAS, Architecture
 from mnv2engine.errors import WeightFileError
 
-from .weightset import BatchNorm, Layer, WeightSet
+from .weightset import BatchNorm, Layer, WeightSet, from_oihw
 
 TORCH_BN_EPSILON = 1e-5  # nn.BatchNorm2d's default; a state_dict does not store it
 
@@ -54,14 +54,6 @@ def _layer_map(arch: Architecture) -> dict[str, tuple[str, str]]:
     return out
 
 
-def _to_engine_layout(kind: str, w: np.ndarray) -> np.ndarray:
-    if kind == "stem":
-        return w.transpose(2, 3, 1, 0)            # OIHW -> HWIO
-    if kind == "depthwise":
-        return w[:, 0].transpose(1, 2, 0)         # [C, 1, 3, 3] -> [3, 3, C]
-    return w[:, :, 0, 0].T                         # [Cout, Cin, 1, 1] -> [Cin, Cout]
-
-
 def _infer_alpha(sd: dict) -> float:
     """The width multiplier whose channel counts match every conv of the state_dict."""
     if "features.0.0.weight" not in sd:
@@ -94,7 +86,7 @@ def read_torchvision(path, size=224) -> WeightSet:
             raise WeightFileError(f"{path}: layer {name} is missing {', '.join(absent)}")
         used.update(keys + [f"{bn}.num_batches_tracked"])
         layers[name] = Layer(
-            kernel=np.ascontiguousarray(_to_engine_layout(kind, sd[f"{conv}.weight"])),
+            kernel=np.ascontiguousarray(from_oihw(kind, sd[f"{conv}.weight"])),
             bn=BatchNorm(sd[f"{bn}.weight"], sd[f"{bn}.bias"], sd[f"{bn}.running_mean"],
                          sd[f"{bn}.running_var"], TORCH_BN_EPSILON))
     if classes:

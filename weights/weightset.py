@@ -81,6 +81,16 @@ class WeightSet:
 DEFAULT_SIZE = 224
 
 
+def from_oihw(kind: str, w: np.ndarray) -> np.ndarray:
+    """A PyTorch / ONNX conv kernel (OIHW) in the engine's layout for a layer of `kind`
+    (the last part of its name: stem, depthwise, expand, project, head)."""
+    if kind == "stem":
+        return w.transpose(2, 3, 1, 0)            # OIHW -> HWIO
+    if kind == "depthwise":
+        return w[:, 0].transpose(1, 2, 0)         # [C, 1, 3, 3] -> [3, 3, C]
+    return w[:, :, 0, 0].T                         # [Cout, Cin, 1, 1] -> [Cin, Cout]
+
+
 def settled_size(path, recorded, given) -> tuple[int, int]:
     """The input size to record: the file's own where it has one, else `given`, else 224.
     A `given` size that contradicts the file is refused, naming both."""
