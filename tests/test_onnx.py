@@ -3,7 +3,8 @@
 torch.onnx exports of a randomised torchvision-layout MobileNetV2 with dynamic H and W,
 in the shapes exporters give: BatchNormalization folded into the convs or kept, ReLU6 as
 Clip with attributes (opset 7) or inputs (11+), GlobalAveragePool + Flatten + Gemm or
-ReduceMean + MatMul + Add. Each file is converted once and one engine runs it at every
+ReduceMean + MatMul + Add; by the TorchScript exporter and by torch.export's (dynamo=True,
+torch's default, which needs onnxscript). Each file is converted once and one engine runs it at every
 size; onnxruntime's output on the same file is the reference.
 """
 import numpy as np
@@ -17,7 +18,8 @@ from conftest import close, require
 from torch_reference import MobileNetV2, randomized
 
 onnx = require("onnx")
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Setting 'keep_initializers")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Setting 'keep_initializers",
+                                        "ignore:`isinstance\\(treespec, LeafSpec\\)`:FutureWarning")
 ort = require("onnxruntime")
 
 SIZES = (96, 160, 224, 113)
@@ -30,7 +32,14 @@ class MeanMatMul(MobileNetV2):
         return x @ self.classifier[1].weight.T + self.classifier[1].bias
 
 
-def export(model, path, opset, fold=True, dynamic=True, size=96):
+def export(model, path, opset, fold=True, dynamic=True, size=96, dynamo=False):
+    if dynamo:  # torch.export: H and W as symbolic dimensions (an example batch of 1 would be fixed)
+        require("onnxscript")
+        dims = {0: torch.export.Dim("n", max=1024), 2: torch.export.Dim("h", min=32, max=2048),
+                3: torch.export.Dim("w", min=32, max=2048)}
+        torch.onnx.export(model, (torch.zeros(2, 3, size, size),), str(path), dynamo=True, opset_version=opset,
+                          input_names=["x"], output_names=["logits"], dynamic_shapes=(dims,), verbose=False)
+        return path
     kw = {} if fold else dict(do_constant_folding=False, training=torch.onnx.TrainingMode.PRESERVE)
     torch.onnx.export(model, (torch.zeros(1, 3, size, size),), str(path), dynamo=False, opset_version=opset,
                       input_names=["x"], output_names=["logits"],
@@ -38,12 +47,13 @@ def export(model, path, opset, fold=True, dynamic=True, size=96):
     return path
 
 
-# name: (model class, alpha, opset, BatchNorm folded)
+# name: (model class, alpha, opset, BatchNorm folded, torch.export's exporter)
 EXPORTS = {
-    "opset17-bn-folded": (MobileNetV2, 0.35, 17, True),
-    "opset13-bn-kept": (MobileNetV2, 0.35, 13, False),
-    "opset7-clip-attributes": (MobileNetV2, 0.35, 7, True),
-    "opset11-reducemean-matmul": (MeanMatMul, 0.5, 11, True),
+    "opset17-bn-folded": (MobileNetV2, 0.35, 17, True, False),
+    "opset13-bn-kept": (MobileNetV2, 0.35, 13, False, False),
+    "opset7-clip-attributes": (MobileNetV2, 0.35, 7, True, False),
+    "opset11-reducemean-matmul": (MeanMatMul, 0.5, 11, True, False),
+    "opset18-dynamo": (MobileNetV2, 0.35, 18, True, True),
 }
 
 
@@ -53,9 +63,9 @@ def ops(path):
 
 @pytest.fixture(scope="module", params=EXPORTS)
 def exported(request, tmp_path_factory):
-    cls, alpha, opset, fold = EXPORTS[request.param]
+    cls, alpha, opset, fold, dynamo = EXPORTS[request.param]
     path = export(randomized(cls(num_classes=10, width_mult=alpha), seed=opset),
-                  tmp_path_factory.mktemp("onnx") / "m.onnx", opset, fold)
+                  tmp_path_factory.mktemp("onnx") / "m.onnx", opset, fold, dynamo=dynamo)
     assert ("BatchNormalization" in ops(path)) == (not fold or opset == 7)  # the shape under test
     return request.param, path
 
