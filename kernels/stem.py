@@ -16,7 +16,7 @@ take 3 groups of 4) and the sums take two folds.
 Pair i of a kernel row is taps 2i and 2i + 1. With an odd number of taps (RGB: 9) the
 last pair's second float is the next window's first, with a zero weight. Then, at an
 even step (RGB at stride 2: 6), the pair that one pixel reads at 2i + step is the pair
-the next pixel reads at 2i: _tile1_rgb loads it once for both, and in _tile2, whose loop
+the next pixel reads at 2i: _tile12_rgb loads it once for both, and in _tile2, whose loop
 over pairs unrolls when taps is a constant, the compiler merges the two loads (32
 channels: 0.139 ms, 0.124 ms merged).
 """
@@ -31,7 +31,7 @@ SPAN = 2  # taps per vector
 PER_VECTOR = LANES // SPAN  # channels per vector
 _TILES = current().tiles
 TWO_VECTORS = _TILES.stem_two_vectors  # 6 pixels x 2 vectors (24 accumulators): AVX-512 only
-RGB_PIXELS = _TILES.stem_pixels  # pixels of the one-vector tile: 12 or 6
+RGB_PIXELS = _TILES.stem_pixels  # the one-vector tile: 12 pixels sharing pairs, or 6 (_tile6_rgb)
 
 
 @njit(cache=True, inline="always")  # inlined: with taps a constant, so is the count
@@ -106,8 +106,13 @@ def _rgb_pixels(rows, start, w, b, lo, hi, out):
                 _tile2(rows, start, 6, 9, w, b, lo, hi, out, min(p, P - 6), g, min(2 * PER_VECTOR, C - PER_VECTOR * g))
             g += 2
     while g < vectors:
-        for p in range(0, P, RGB_PIXELS):
-            _tile1_rgb(rows, start, w, b, lo, hi, out, min(p, P - RGB_PIXELS), g, min(PER_VECTOR, C - PER_VECTOR * g))
+        n = min(PER_VECTOR, C - PER_VECTOR * g)
+        if RGB_PIXELS == 12:
+            for p in range(0, P, 12):
+                _tile12_rgb(rows, start, w, b, lo, hi, out, min(p, P - 12), g, n)
+        else:
+            for p in range(0, P, 6):
+                _tile6_rgb(rows, start, w, b, lo, hi, out, min(p, P - 6), g, n)
         g += 1
 
 
@@ -134,11 +139,12 @@ def _tile2(rows, start, step, taps, w, b, lo, hi, out, p, g, n):
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
-def _tile1_rgb(rows, start, w, b, lo, hi, out, p, g, n):
-    """Pixels p..p+RGB_PIXELS-1 x the n channels of weight vector g, for the RGB stem at stride 2
-    (windows 6 floats apart, 9 taps in 5 pairs): pixel q's pairs are the row's pairs
-    3q .. 3q + 4, so each pixel shares two with the next, and loads three. A generic
-    tile, one broadcast per FMA, was limited by the broadcasts (about one a cycle):
+def _tile12_rgb(rows, start, w, b, lo, hi, out, p, g, n):
+    """Pixels p..p+11 x the n channels of weight vector g, for the RGB stem at stride 2
+    (windows 6 floats apart, 9 taps in 5 pairs), where the registers hold 12
+    accumulators and a kernel row's 5 weight vectors (AVX-512): pixel q's pairs are the
+    row's pairs 3q .. 3q + 4, so each pixel shares two with the next, and loads three.
+    A tile of one broadcast per FMA was limited by the broadcasts (about one a cycle):
     0.056 ms for 8 channels of a 224x224 image, 0.049 ms here."""
     a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = a10 = a11 = vsplat(0.0)
     for ky in range(3):
@@ -152,20 +158,42 @@ def _tile1_rgb(rows, start, w, b, lo, hi, out, p, g, n):
         a3, s0, s1 = _rgb_pixel(rows, ky, o + 18, w0, w1, w2, w3, w4, s0, s1, a3)
         a4, s0, s1 = _rgb_pixel(rows, ky, o + 24, w0, w1, w2, w3, w4, s0, s1, a4)
         a5, s0, s1 = _rgb_pixel(rows, ky, o + 30, w0, w1, w2, w3, w4, s0, s1, a5)
-        if RGB_PIXELS > 6:  # a constant: with 6, these accumulators are dropped
-            a6, s0, s1 = _rgb_pixel(rows, ky, o + 36, w0, w1, w2, w3, w4, s0, s1, a6)
-            a7, s0, s1 = _rgb_pixel(rows, ky, o + 42, w0, w1, w2, w3, w4, s0, s1, a7)
-            a8, s0, s1 = _rgb_pixel(rows, ky, o + 48, w0, w1, w2, w3, w4, s0, s1, a8)
-            a9, s0, s1 = _rgb_pixel(rows, ky, o + 54, w0, w1, w2, w3, w4, s0, s1, a9)
-            a10, s0, s1 = _rgb_pixel(rows, ky, o + 60, w0, w1, w2, w3, w4, s0, s1, a10)
-            a11, s0, s1 = _rgb_pixel(rows, ky, o + 66, w0, w1, w2, w3, w4, s0, s1, a11)
+        a6, s0, s1 = _rgb_pixel(rows, ky, o + 36, w0, w1, w2, w3, w4, s0, s1, a6)
+        a7, s0, s1 = _rgb_pixel(rows, ky, o + 42, w0, w1, w2, w3, w4, s0, s1, a7)
+        a8, s0, s1 = _rgb_pixel(rows, ky, o + 48, w0, w1, w2, w3, w4, s0, s1, a8)
+        a9, s0, s1 = _rgb_pixel(rows, ky, o + 54, w0, w1, w2, w3, w4, s0, s1, a9)
+        a10, s0, s1 = _rgb_pixel(rows, ky, o + 60, w0, w1, w2, w3, w4, s0, s1, a10)
+        a11, s0, s1 = _rgb_pixel(rows, ky, o + 66, w0, w1, w2, w3, w4, s0, s1, a11)
+    c = PER_VECTOR * g
+    bias = vload(b, (c,), n)
+    for q, u in enumerate((a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11)):
+        vstore(out, (p + q, c), n, finish(u, u, bias, lo, hi))
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _tile6_rgb(rows, start, w, b, lo, hi, out, p, g, n):
+    """Pixels p..p+5 x the n channels of weight vector g, for the RGB stem at stride 2,
+    where the registers hold only the accumulators and one weight vector (AVX2: 12 +
+    2 ymm): as the GEMM's 6 x 16 tile, each pair of taps is one weight vector, and one
+    broadcast per pixel feeds that pixel's two ymm FMAs. The loop over a kernel row's
+    pairs runs to a count the compiler cannot see (it is the weights' shape), so it
+    stays a loop: unrolled, with the pairs shared between pixels as _tile12_rgb does,
+    LLVM hoisted the broadcasts and spilled them with the accumulators (11.7 GMAC/s
+    for the whole stem; 18.5 so, on AVX2)."""
+    a0 = a1 = a2 = a3 = a4 = a5 = vsplat(0.0)
+    pairs = w.shape[1] // 3
+    o = start + p * 6
+    for ky in range(3):
+        for i in range(pairs):
+            wv = vload(w, (g, ky * pairs + i, 0), LANES)
+            t = o + SPAN * i  # pixel p's pair i
+            a0, a1 = vfma(vload_pair(rows, (ky, t)), wv, a0), vfma(vload_pair(rows, (ky, t + 6)), wv, a1)
+            a2, a3 = vfma(vload_pair(rows, (ky, t + 12)), wv, a2), vfma(vload_pair(rows, (ky, t + 18)), wv, a3)
+            a4, a5 = vfma(vload_pair(rows, (ky, t + 24)), wv, a4), vfma(vload_pair(rows, (ky, t + 30)), wv, a5)
     c = PER_VECTOR * g
     bias = vload(b, (c,), n)
     for q, u in enumerate((a0, a1, a2, a3, a4, a5)):
         vstore(out, (p + q, c), n, finish(u, u, bias, lo, hi))
-    if RGB_PIXELS > 6:
-        for q, u in enumerate((a6, a7, a8, a9, a10, a11)):
-            vstore(out, (p + 6 + q, c), n, finish(u, u, bias, lo, hi))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")

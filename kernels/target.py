@@ -35,7 +35,8 @@ class Tiles:
 
     gemm_vectors       vectors of channels of the 1x1 conv's 6-pixel tile (gemm.py)
     stem_two_vectors   the stem's tile of 6 pixels x 2 vectors (stem.py)
-    stem_pixels        pixels of the stem's one-vector tile: 12 or 6
+    stem_pixels        pixels of the stem's one-vector tile: 12 (neighbours share pairs
+                       of taps) or 6 (one weight vector at a time, as the GEMM)
     pairs_vectors      widest tile of the two-inputs-per-vector 1x1 (pairs.py)
     """
     gemm_vectors: int
@@ -58,7 +59,7 @@ TILES = {
     # and 12 x 1.
     "avx512": Tiles(gemm_vectors=4, stem_two_vectors=True, stem_pixels=12, pairs_vectors=3),
     # 16 ymm, two per vector: GEMM 6 x 1 = 12 accumulators + 2 weights + 1 broadcast
-    # (XNNPACK's 6x16 for FMA3); stem 6 x 1, its weights read from L1 by the FMAs.
+    # (XNNPACK's 6x16 for FMA3); the stem's tile likewise, 6 pixels x 1 vector.
     "avx2": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
     # 32 q registers, four per vector: as AVX2 (24 accumulators + 4 weights; untested here).
     "neon": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
