@@ -109,15 +109,19 @@ def classify(source, weights, *, top: int = 5, size=None, crop: bool = True, t=N
 
     Each actor holds one Engine with `threads` threads and reserves as many CPUs;
     `actors_per_node` (default: a node's CPUs // threads, so the actors fill the cores)
-    is capped by each node's CPUs. The settings are checked here, on the driver, with
+    is capped by each node's CPUs. A Dataset's own tasks (its reads) need CPUs too: with
+    every CPU held by an actor they waited forever (measured: read_binary_files, one
+    actor of 2 threads on 2 CPUs), so for a Dataset the actors leave one CPU per node.
+    The settings are checked here, on the driver, with
     an Engine of the same weights, so a bad one fails before any actor starts.
     """
     import ray
     if not ray.is_initialized():
         raise EngineError("Ray is not running: call ray.init() (ray.init(address='auto') joins a cluster)")
     Classifier(weights, top, size, crop, t, rows, threads)  # refuses bad weights and settings, naming them
-    actors = actor_count(threads, actors_per_node)
-    if isinstance(source, ray.data.Dataset):
+    given = isinstance(source, ray.data.Dataset)
+    actors, _ = placement(threads, actors_per_node, spare_cpus=1 if given else 0)
+    if given:
         dataset = source
         if "path" not in dataset.columns():
             raise EngineError(f"the dataset needs a 'path' column (it has {dataset.columns()}): e.g. "
@@ -136,21 +140,25 @@ def classify(source, weights, *, top: int = 5, size=None, crop: bool = True, t=N
         compute=ray.data.ActorPoolStrategy(size=actors))
 
 
-def actor_count(threads: int, actors_per_node: int | None) -> int:
-    """Actors for the cluster's live nodes: per node, `actors_per_node` (default: as many
-    as its CPUs hold at `threads` each), at most what its CPUs hold. More would wait for
-    CPUs forever, so none fitting anywhere is refused."""
+def placement(threads: int, actors_per_node: int | None, spare_cpus: int = 0) -> tuple[int, int]:
+    """(actors, nodes that hold some) for the cluster's live nodes: per node,
+    `actors_per_node` (default: as many as its CPUs less `spare_cpus` hold at `threads`
+    each), at most that. More would wait for CPUs forever, so none fitting anywhere is
+    refused."""
     import ray
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise EngineError(f"threads must be a positive integer, got {threads!r}")
     if actors_per_node is not None and (isinstance(actors_per_node, bool) or not isinstance(actors_per_node, int)
                                         or actors_per_node < 1):
         raise EngineError(f"actors per node must be a positive integer, got {actors_per_node!r}")
     cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
-    fits = [math.floor(c / threads) for c in cpus]
-    total = sum(f if actors_per_node is None else min(f, actors_per_node) for f in fits)
-    if total == 0:
-        raise EngineError(f"no node of the Ray cluster has {threads} CPUs for an actor of {threads} threads "
-                          f"(the nodes' CPUs: {cpus}); use fewer threads per actor")
-    return total
+    fits = [max(math.floor((c - spare_cpus) / threads), 0) for c in cpus]
+    per_node = [f if actors_per_node is None else min(f, actors_per_node) for f in fits]
+    if sum(per_node) == 0:
+        spare = f" besides {spare_cpus} for the dataset's own tasks" if spare_cpus else ""
+        raise EngineError(f"no node of the Ray cluster has {threads} CPUs{spare} for an actor of {threads} "
+                          f"threads (the nodes' CPUs: {cpus}); use fewer threads per actor")
+    return sum(per_node), sum(n > 0 for n in per_node)
 
 
 def write_predictions(dataset, out) -> tuple[int, dict[str, str]]:

@@ -165,6 +165,9 @@ def _predict_on_ray(args) -> int:
     if not images:
         raise EngineError("no images found")
     with bulk.session(args.address):
+        actors, nodes = bulk.placement(args.threads, args.actors)
+        print(f"mnv2: {len(images)} images on {actors} actors on {nodes} nodes, {args.threads} threads each",
+              file=sys.stderr)
         predictions = bulk.classify(images, bulk.shared_weights(resolve_weights(args.weights)), top=args.top,
                                     size=args.size, crop=not args.no_crop, t=args.t, rows=args.rows,
                                     threads=args.threads, actors_per_node=args.actors)
