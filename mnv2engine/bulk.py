@@ -112,8 +112,8 @@ def classify(source, weights, *, top: int = 5, size=None, crop: bool = True, t=N
     is capped by each node's CPUs. A Dataset's own tasks (its reads) need CPUs too: with
     every CPU held by an actor they waited forever (measured: read_binary_files, one
     actor of 2 threads on 2 CPUs), so for a Dataset the actors leave one CPU per node.
-    The settings are checked here, on the driver, with
-    an Engine of the same weights, so a bad one fails before any actor starts.
+    The settings are checked here, on the driver, with an Engine of the same weights, so
+    a bad one fails before any actor starts.
     """
     import ray
     if not ray.is_initialized():
