@@ -104,6 +104,20 @@ def test_a_dataset_of_file_bytes(local_ray, tmp_path):
     assert rows[3]["index"] is None and rows[3]["error"].startswith(f"{folder / '3.png'}: ")
 
 
+def test_cli_without_an_address_starts_and_stops_its_own_ray(tmp_path):
+    """The command as a user runs it: a process of its own, no Ray running in it."""
+    write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), tmp_path / "m.h5")
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    job = subprocess.run([sys.executable, "-m", "mnv2engine.cli", "predict", str(tmp_path / "a.png"), "--weights",
+                          str(tmp_path / "m.h5"), "--top", "2", "--ray", "--out", str(tmp_path / "p.jsonl")],
+                         env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT)
+    assert job.returncode == 0, job.stderr
+    assert "1 images classified" in job.stderr
+    [row] = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert row["image"] == str(tmp_path / "a.png") and len(row["top"]) == 2
+
+
 def test_bad_settings_fail_on_the_driver_naming_the_problem(local_ray, tmp_path, capsys):
     weights = tmp_path / "m.h5"
     write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), weights)
