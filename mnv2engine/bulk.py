@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -212,14 +213,31 @@ def as_json(row: dict) -> dict:
 
 @contextlib.contextmanager
 def ray_errors():
-    """A failed Ray job as an EngineError with the cause's own message, not the
-    remote traceback."""
+    """A failed Ray job as an EngineError with the cause's own message (the worker's
+    EngineError where it was one, e.g. a weight file missing on a node), not the
+    remote traceback Ray's message carries."""
     import ray
     try:
         yield
     except ray.exceptions.RayError as e:
-        cause = getattr(e, "cause", None)
-        raise EngineError(f"the Ray job failed: {cause or e}".splitlines()[0]) from None
+        raise EngineError(f"the Ray job failed: {cause(e)}") from None
+
+
+def cause(error: Exception) -> str:
+    """The innermost message of a Ray error: an EngineError in its chain, else the
+    traceback's last line ('SomeError: message'), else its first."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, EngineError):
+            return str(seen)
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        raised = re.match(r"^([\w.]*\.)?(\w+(?:Error|Exception)): (.*)$", line)
+        if raised:  # our own errors name the problem; others keep their class's name
+            module, name, message = raised.groups()
+            return message if (module or "").startswith("mnv2engine.") else f"{name}: {message}"
+    return lines[0] if lines else type(error).__name__
 
 
 @contextlib.contextmanager
@@ -232,7 +250,10 @@ def session(address: str | None = None):
         yield
         return
     import ray.data  # configures its loggers on import: quieted after it
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no progress lines every 10 s on a pipe
+    # No progress lines every 10 s on a pipe, nor a failed job's remote traceback: the
+    # failure is raised as an EngineError with its cause (ray_errors), and Ray Data's log
+    # files in the session's folder keep the rest.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     where = f"the Ray cluster at {address}" if address else "a local Ray"
     try:
         if address is not None:

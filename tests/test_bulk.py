@@ -118,6 +118,19 @@ def test_cli_without_an_address_starts_and_stops_its_own_ray(tmp_path):
     assert row["image"] == str(tmp_path / "a.png") and len(row["top"]) == 2
 
 
+def test_a_failure_on_a_worker_is_an_engine_error_with_its_cause(local_ray, tmp_path):
+    """Weights at a path a worker cannot read (here: gone after the driver's check): the
+    job stops, naming the file, and leaves no output behind."""
+    weights = tmp_path / "m.h5"
+    write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), weights)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    predictions = bulk.classify([tmp_path / "a.png"], weights, top=2)
+    weights.unlink()
+    with pytest.raises(EngineError, match=f"the Ray job failed: {weights}: no such file"):
+        bulk.write_predictions(predictions, tmp_path / "p.jsonl")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
 def test_bad_settings_fail_on_the_driver_naming_the_problem(local_ray, tmp_path, capsys):
     weights = tmp_path / "m.h5"
     write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), weights)
