@@ -166,17 +166,21 @@ def _predict_on_ray(args) -> int:
         raise EngineError("no images found")
     with bulk.session(args.address):
         actors, nodes = bulk.placement(args.threads, args.actors)
-        print(f"mnv2: {len(images)} images on {actors} actors on {nodes} nodes, {args.threads} threads each",
-              file=sys.stderr)
+        print(f"mnv2: {_count(len(images), 'image')} on {_count(actors, 'actor')} on {_count(nodes, 'node')}, "
+              f"{_count(args.threads, 'thread')} each", file=sys.stderr)
         predictions = bulk.classify(images, bulk.shared_weights(resolve_weights(args.weights)), top=args.top,
                                     size=args.size, crop=not args.no_crop, t=args.t, rows=args.rows,
                                     threads=args.threads, actors_per_node=args.actors)
         count, failed = bulk.write_predictions(predictions, out)
     for path, error in failed.items():
         print(f"mnv2: skipped {path}: {error}", file=sys.stderr)
-    print(f"wrote {out}: {count - len(failed)} images classified"
+    print(f"wrote {out}: {_count(count - len(failed), 'image')} classified"
           + (f", {len(failed)} of {count} could not be read" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _print_predictions(images, results, failed, as_json: bool):

@@ -113,7 +113,7 @@ def test_cli_without_an_address_starts_and_stops_its_own_ray(tmp_path):
                           str(tmp_path / "m.h5"), "--top", "2", "--ray", "--out", str(tmp_path / "p.jsonl")],
                          env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT)
     assert job.returncode == 0, job.stderr
-    assert "1 images classified" in job.stderr
+    assert "1 image classified" in job.stderr and "on 2 actors on 1 node," in job.stderr
     [row] = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert row["image"] == str(tmp_path / "a.png") and len(row["top"]) == 2
 
@@ -200,12 +200,14 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def node_ports(worker_ports: range) -> list[str]:
-    """Ports of a node of its own, so two nodes share a machine without clashing."""
+def node_ports() -> list[str]:
+    """Ports of a node of its own, free now, so two nodes share a machine without
+    clashing: its services', and 20 for its workers (the actors, and Ray Data's own)."""
     names = ("--object-manager-port", "--node-manager-port", "--dashboard-agent-listen-port",
              "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port")
-    flags = [f"{name}={port}" for name, port in zip(names, free_ports(len(names)))]
-    return [*flags, f"--min-worker-port={worker_ports.start}", f"--max-worker-port={worker_ports.stop - 1}"]
+    ports = free_ports(len(names) + 20)
+    return [*(f"{name}={port}" for name, port in zip(names, ports)),
+            f"--worker-port-list={','.join(map(str, ports[len(names):]))}"]
 
 
 def processes_of(folders) -> list[int]:
@@ -254,11 +256,10 @@ def two_node_cluster():
     ray_cli = Path(sys.executable).with_name("ray")
     head_port, dashboard_port = free_ports(2)
     address = f"127.0.0.1:{head_port}"
-    low = 30000 + (head_port % 100) * 200  # two ranges of 100 worker ports
     starts = [
         [ray_cli, "start", "--head", f"--port={head_port}", f"--dashboard-port={dashboard_port}",
-         "--include-dashboard=false", *node_ports(range(low, low + 100))],
-        [ray_cli, "start", f"--address={address}", *node_ports(range(low + 100, low + 200))],
+         "--include-dashboard=false", *node_ports()],
+        [ray_cli, "start", f"--address={address}", *node_ports()],
     ]
     try:
         for command, folder in zip(starts, folders):
