@@ -28,7 +28,21 @@ import ray  # noqa: E402  (imports, as require found)
 from mnv2engine import bulk  # noqa: E402
 
 TF2 = "models/tf2_mobilenet_v2_1.0_224_ptq.tflite"
-STEP_TIMEOUT = 120  # seconds for any one ray start, job or stop; nothing waits forever
+STEP_TIMEOUT = 120  # seconds for any one ray start or job in a subprocess
+TEST_TIMEOUT = 300  # seconds for a whole test; nothing waits forever
+
+
+@pytest.fixture(autouse=True)
+def bounded():
+    """Every test here ends within TEST_TIMEOUT seconds, or fails: SIGALRM interrupts an
+    in-process job's wait (subprocesses have their own timeouts)."""
+    def give_up(signum, frame):
+        raise TimeoutError(f"gave up after {TEST_TIMEOUT} s")
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(TEST_TIMEOUT)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
