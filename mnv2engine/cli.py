@@ -12,6 +12,7 @@ import numpy as np
 
 from .errors import EngineError
 from .files import reason
+from .preprocess import expand_images
 
 
 def _t_arg(text: str) -> int:
@@ -76,7 +77,6 @@ def cmd_convert(args) -> int:
     return 0
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
 BATCH = 16
 
 
@@ -102,20 +102,6 @@ def default_weights_path() -> Path:
     return Path(platformdirs.user_cache_dir("mnv2engine")) / "mnv2.h5"
 
 
-def expand_images(paths) -> list[Path]:
-    """Image paths, with each folder replaced by the image files in it (sorted)."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            try:
-                out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-            except OSError as e:
-                raise EngineError(f"{p}: cannot list the folder ({reason(e)})") from None
-        else:
-            out.append(p)
-    return out
-
-
 def cmd_predict(args) -> int:
     from .compiling import announce_compilation
     with announce_compilation():
@@ -123,6 +109,11 @@ def cmd_predict(args) -> int:
 
 
 def _predict(args) -> int:
+    if args.ray:
+        return _predict_on_ray(args)
+    for flag, given in (("--address", args.address), ("--out", args.out), ("--actors", args.actors)):
+        if given is not None:
+            raise EngineError(f"{flag} is for a Ray job: add --ray")
     from tqdm import tqdm
 
     from .engine import Engine
@@ -154,6 +145,42 @@ def _predict(args) -> int:
     flush()
     _print_predictions(images, results, failed, args.json)
     return 1 if failed else 0
+
+
+def _predict_on_ray(args) -> int:
+    """The job on Ray Data (mnv2engine/bulk.py): the weights go to the workers through
+    Ray's object store, so only this machine needs the file; the images are read by the
+    workers, at the paths given here."""
+    if args.out is None:
+        raise EngineError("--ray writes its predictions to a file: add --out FILE.jsonl or --out FILE.parquet")
+    if args.json:
+        raise EngineError("--json prints predictions; with --ray they go to --out FILE.jsonl, one object per image")
+    try:
+        from . import bulk
+    except ImportError as e:
+        raise EngineError(f"--ray needs Ray Data ({e}): pip install 'mnv2engine[ray]'") from None
+    out = Path(args.out)
+    bulk.check_output(out)
+    images = expand_images(args.images)
+    if not images:
+        raise EngineError("no images found")
+    with bulk.session(args.address):
+        actors, nodes = bulk.placement(args.threads, args.actors)
+        print(f"mnv2: {_count(len(images), 'image')} on {_count(actors, 'actor')} on {_count(nodes, 'node')}, "
+              f"{_count(args.threads, 'thread')} each", file=sys.stderr)
+        predictions = bulk.classify(images, bulk.shared_weights(resolve_weights(args.weights)), top=args.top,
+                                    size=args.size, crop=not args.no_crop, t=args.t, rows=args.rows,
+                                    threads=args.threads, actors_per_node=args.actors)
+        count, failed = bulk.write_predictions(predictions, out)
+    for path, error in failed.items():
+        print(f"mnv2: skipped {path}: {error}", file=sys.stderr)
+    print(f"wrote {out}: {_count(count - len(failed), 'image')} classified"
+          + (f", {len(failed)} of {count} could not be read" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _print_predictions(images, results, failed, as_json: bool):
@@ -243,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="resize the whole image, not the centre crop the weights were evaluated with")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_engine_args(p)
+    p.add_argument("--ray", action="store_true",
+                   help="run on Ray Data (pip install 'mnv2engine[ray]'): one engine per actor, "
+                        "--threads each; writes --out")
+    p.add_argument("--address", help="with --ray: join this Ray cluster ('auto', or the head's HOST:PORT); "
+                                     "default: start a local Ray for the job")
+    p.add_argument("--actors", type=int, help="with --ray: actors per node (default: the node's CPUs // --threads)")
+    p.add_argument("--out", help="with --ray: FILE.jsonl (one --json object per image) or FILE.parquet")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("memory", help="the paper's Table 3 and the peak memory of each mode")

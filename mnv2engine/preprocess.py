@@ -23,6 +23,23 @@ from .errors import InputError
 from .files import reason
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+def expand_images(paths) -> list[Path]:
+    """Image paths, with each folder replaced by the image files in it (sorted)."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            try:
+                out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+            except OSError as e:
+                raise InputError(f"{p}: cannot list the folder ({reason(e)})") from None
+        else:
+            out.append(p)
+    return out
+
+
 def to_pil(image) -> Image.Image:
     """A path, PIL image or HWC uint8 array, as an RGB PIL image."""
     if isinstance(image, (str, Path)):
@@ -31,25 +48,31 @@ def to_pil(image) -> Image.Image:
             raise InputError(f"{path}: no such image file")
         if path.is_dir():
             raise InputError(f"{path}: is a directory, expected an image file")
-        try:
-            with Image.open(path) as img:
-                img.load()
-                return img.convert("RGB")
-        except UnidentifiedImageError:
-            raise InputError(f"{path}: not an image file Pillow can read") from None
-        except Image.DecompressionBombError as e:
-            raise InputError(f"{path}: refused, too many pixels to decode safely ({e})") from None
-        except OSError as e:
-            if e.errno is None:  # Pillow's own: the bytes, not the filesystem
-                raise InputError(f"{path}: damaged or truncated image ({e})") from None
-            raise InputError(f"{path}: cannot read ({reason(e)})") from None
-        except (SyntaxError, ValueError) as e:
-            raise InputError(f"{path}: damaged or truncated image ({e})") from None
+        return decode(path, path)
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, np.ndarray):
         return _array_to_pil(image)
     raise InputError(f"an image must be a path, a PIL image or an HWC uint8 array, got {type(image).__name__}")
+
+
+def decode(source, name) -> Image.Image:
+    """An image file (a path, or a binary file object such as io.BytesIO of a file's
+    bytes) as an RGB PIL image; every way it can fail is an InputError naming `name`."""
+    try:
+        with Image.open(source) as img:
+            img.load()
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise InputError(f"{name}: not an image file Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise InputError(f"{name}: refused, too many pixels to decode safely ({e})") from None
+    except OSError as e:
+        if e.errno is None:  # Pillow's own: the bytes, not the filesystem
+            raise InputError(f"{name}: damaged or truncated image ({e})") from None
+        raise InputError(f"{name}: cannot read ({reason(e)})") from None
+    except (SyntaxError, ValueError) as e:
+        raise InputError(f"{name}: damaged or truncated image ({e})") from None
 
 
 def _array_to_pil(a: np.ndarray) -> Image.Image:
