@@ -194,12 +194,12 @@ def test_ctrl_c_during_a_two_thread_forward_returns_and_leaves_the_engine_usable
     np.save(tmp_path / "x.npy", x[:batch])
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path), str(tmp_path / "x.npy"),
                               str(tmp_path / "after.npy")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        ready = child.stdout.readline().strip()
+    try:  # every wait bounded: a child that never answers fails the test, and is killed
+        ready = within(120, child.stdout.readline)["result"].strip()
         time.sleep(0.5)  # well inside the loop of forward calls
         child.send_signal(signal.SIGINT)
         sent = time.monotonic()
-        interrupted = child.stdout.readline().strip()
+        interrupted = within(60, child.stdout.readline)["result"].strip()
         took = time.monotonic() - sent
         code = child.wait(60)
     finally:
