@@ -14,16 +14,19 @@ class StepMemory:
 
 
 class MemoryReport:
-    """Per block: the live tensors with shapes and bytes, and the peak; the input included.
+    """Per block: the live tensors with shapes and bytes, and the peak: the engine's own
+    memory. The caller's input is read where it is and not counted, unless forward must
+    copy it (input_copied: another dtype or byte order, strides; a sub-batch at a time).
 
     The buffers are those of one sub-batch (`schedule.sub_batch` images, budget.py); a
     call holds `schedule.arenas` such arenas at once, and the output of the whole batch.
     """
 
-    def __init__(self, plan: Plan, schedule, max_memory: int):
+    def __init__(self, plan: Plan, schedule, max_memory: int, input_copied: bool = False):
         self.plan = plan
         self.schedule = schedule
         self.max_memory = max_memory
+        self.input_copied = input_copied
         buffers = plan.buffers
         self.steps = []
         n_blocks = len(plan.steps)
@@ -46,14 +49,28 @@ class MemoryReport:
         return self.schedule.batch * self.plan.output_shape[1] * 4
 
     @property
+    def input_copy_bytes(self) -> int:
+        """The copy of one sub-batch of the input, where forward must make one."""
+        return self.plan.input.nbytes if self.input_copied else 0
+
+    @property
     def peak_bytes(self) -> int:
-        """What one forward call allocates for activations: its arenas and the output."""
-        return self.schedule.arenas * self.arena_bytes + self.output_bytes
+        """What one forward call allocates for activations: its arenas (and input
+        copies) and the output."""
+        return self.schedule.arenas * (self.arena_bytes + self.input_copy_bytes) + self.output_bytes
 
     @property
     def ideal_bytes(self) -> int:
         """The peak with perfect packing: the most bytes live at once."""
-        return self.schedule.arenas * max(s.peak_live_bytes for s in self.steps) + self.output_bytes
+        return (self.schedule.arenas * (max(s.peak_live_bytes for s in self.steps) + self.input_copy_bytes)
+                + self.output_bytes)
+
+    @property
+    def largest_whole_bytes(self) -> int:
+        """The largest tensor one image's plan holds whole, the measure of the paper's
+        Table 3 (slices and rings of rows are not whole tensors; the input is the
+        caller's). The peak is the other measure: the whole working set."""
+        return self.plan.largest_whole_bytes // self.plan.batch
 
     def __str__(self):
         lines = [f"{'step':<10} {'peak live':>12}  live tensors"]
@@ -62,8 +79,13 @@ class MemoryReport:
             lines.append(f"{s.name:<10} {_kib(s.peak_live_bytes):>12}  {tensors}")
         s = self.schedule
         arenas = f"{s.arenas} arenas x " if s.arenas > 1 else "arena "
-        lines.append(f"{arenas}{_kib(self.arena_bytes)} + output {_kib(self.output_bytes)} "
+        copy = f" + input copy {_kib(self.input_copy_bytes)}" if self.input_copied else ""
+        lines.append(f"{arenas}{_kib(self.arena_bytes)}{copy} + output {_kib(self.output_bytes)} "
                      f"= peak {_kib(self.peak_bytes)} (perfect packing: {_kib(self.ideal_bytes)})")
+        lines.append("input: " + ("copied (not float32 in this machine's byte order, C-contiguous, aligned and "
+                                  "writeable)" if self.input_copied else "read in place, not counted")
+                     + f"; largest tensor held whole: {_kib(self.largest_whole_bytes)} per image"
+                     + (f" (the first {self.plan.piped} blocks run as the row pipeline)" if self.plan.piped else ""))
         lines.append(f"batch {s.batch} in sub-batches of {s.sub_batch}"
                      + (f", {s.arenas} at once (one per thread)" if s.arenas > 1 else "")
                      + (f", each image shared by {s.sharing} threads" if s.sharing > 1 else "")
