@@ -48,7 +48,7 @@ class Engine:
         block handing every output row to the next at once, so none of their tensors
         exists whole (kernels/pipeline.py); later blocks stream row by row through a
         3-row line buffer where the peak needs it, and run whole elsewhere (see
-        plan.build_plan). 0.44 MiB for 1.0/224 (5.2 MiB at t=1).
+        plan.build_plan). 1.0/224, batch 1: 0.47 MiB (t=1: 5.75 MiB, t=4: 2.50).
     threads: a batch of at least this many images is split across this many threads,
         each with its own arena; a smaller batch (one image) is shared by the threads,
         each computing its share of every layer. The kernels release the GIL. Calls from

@@ -87,18 +87,19 @@ class Plan:
         return self.arena_bytes + self.output_bytes
 
     @property
-    def largest_whole_bytes(self) -> int:
+    def largest_whole(self) -> Buffer:
         """The largest tensor the plan holds whole: the measure of the paper's Table 3
         (rings of rows and slices are not whole tensors; the input is the caller's)."""
-        return max(b.nbytes for b in self.buffers if b.whole)
+        return max((b for b in self.buffers if b.whole), key=lambda b: b.nbytes)
 
 
 def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int,
-               threads: int = 1) -> Plan:
+               threads: int = 1, pipeline: bool = True) -> Plan:
     """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block.
 
     `threads` share each image: a row-streamed block gets a line buffer per thread (each
-    streams its own band of rows); the other buffers are shared.
+    streams its own band of rows); the other buffers are shared. pipeline=False: rows
+    without the row pipeline, every block streamed on its own (for comparison).
 
     With `rows`, the lowest peak the planner finds: the first blocks run as the row
     pipeline (kernels/pipeline.py), as many as give the lowest peak (the fewest of
@@ -115,7 +116,8 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
     if not rows:
         return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads)
     streamed = [True] * n
-    plan = min((layout_plan(arch, bounds_per_block, streamed, w, batch, threads, piped) for piped in range(n + 1)),
+    depths = range(n + 1) if pipeline else [0]
+    plan = min((layout_plan(arch, bounds_per_block, streamed, w, batch, threads, piped) for piped in depths),
                key=lambda p: (p.arena_bytes, p.piped))
     piped, budget = plan.piped, plan.arena_bytes
     trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads, piped)  # head on all pixels

@@ -66,11 +66,14 @@ class MemoryReport:
                 + self.output_bytes)
 
     @property
-    def largest_whole_bytes(self) -> int:
-        """The largest tensor one image's plan holds whole, the measure of the paper's
-        Table 3 (slices and rings of rows are not whole tensors; the input is the
-        caller's). The peak is the other measure: the whole working set."""
-        return self.plan.largest_whole_bytes // self.plan.batch
+    def largest_whole(self) -> tuple[str, int]:
+        """The largest tensor the plan holds whole, its name and bytes per image: the
+        measure of the paper's Table 3 (slices and rings of rows are not whole tensors;
+        the input is the caller's). The peak is the other measure: the whole working set."""
+        buf = self.plan.largest_whole
+        per_image = buf.shape[0] == self.plan.batch and buf.name != "head/conv"
+        return f"{buf.name}{list(buf.shape[1:] if per_image else buf.shape)}", \
+            buf.nbytes // (self.plan.batch if per_image else 1)
 
     def __str__(self):
         lines = [f"{'step':<10} {'peak live':>12}  live tensors"]
@@ -84,7 +87,7 @@ class MemoryReport:
                      f"= peak {_kib(self.peak_bytes)} (perfect packing: {_kib(self.ideal_bytes)})")
         lines.append("input: " + ("copied (not float32 in this machine's byte order, C-contiguous, aligned and "
                                   "writeable)" if self.input_copied else "read in place, not counted")
-                     + f"; largest tensor held whole: {_kib(self.largest_whole_bytes)} per image"
+                     + f"; largest tensor held whole: {self.largest_whole[0]}, {_kib(self.largest_whole[1])}"
                      + (f" (the first {self.plan.piped} blocks run as the row pipeline)" if self.plan.piped else ""))
         lines.append(f"batch {s.batch} in sub-batches of {s.sub_batch}"
                      + (f", {s.arenas} at once (one per thread)" if s.arenas > 1 else "")
@@ -122,9 +125,16 @@ def largest_per_resolution(arch, bytes_per_value: int = 2) -> list[ResolutionRow
             for size, (c, name) in sorted(widest.items(), reverse=True)]
 
 
-def format_memory(arch, engines: dict, bytes_per_value: int) -> str:
-    """Table 3, then the planner's whole-run peak for each mode in `engines`."""
+TABLE3_VERSIONS = ("the arXiv text: a maximum of 400K, 16 channels at 112x112",
+                   'another version: "1/O(1)" at 112x112, a maximum of 200K')
+
+
+def format_memory(arch, reports: dict, bytes_per_value: int) -> str:
+    """Table 3, then, for each mode in `reports` (label -> MemoryReport of one image),
+    both measures: the largest tensor it holds whole (what Table 3 counts) and its whole
+    working set (the planner's peak)."""
     unit = {2: "16-bit", 4: "32-bit"}[bytes_per_value]
+    scale = lambda n: n * bytes_per_value // 4
     lines = [f"MobileNetV2 {arch.alpha}/{arch.size[0]}x{arch.size[1]}, {unit} activations",
              "", "Largest tensor that must be materialized, per resolution (the paper's Table 3):",
              f"{'resolution':>11} {'channels':>9} {'bytes':>10}  tensor"]
@@ -134,9 +144,13 @@ def format_memory(arch, engines: dict, bytes_per_value: int) -> str:
     top = max(rows, key=lambda r: r.nbytes)
     paper = " (paper, Table 3, MobileNetV2 at 16 bits: 400K)" if bytes_per_value == 2 else ""
     lines.append(f"{'max':>11} {'':>9} {top.nbytes:>10,}  = {top.nbytes / 1000:.0f}K{paper}")
-    lines += ["", "Peak activation memory of a whole forward pass, batch 1 (planner; input included):",
-              f"{'mode':<22} {'peak bytes':>12} {'MiB':>7}"]
-    for label, engine in engines.items():
-        peak = engine.memory_report().peak_bytes * bytes_per_value // 4
-        lines.append(f"{label:<22} {peak:>12,} {peak / 2**20:>7.2f}")
+    if bytes_per_value == 2:
+        lines += ["Table 3 circulates in two versions: " + "; ".join(TABLE3_VERSIONS) + "."]
+    lines += ["", "Per mode, batch 1 (planner; the input image is the caller's, read in place):",
+              f"{'mode':<34} {'peak (working set)':>19} {'MiB':>5} {'largest whole tensor':>21}"]
+    for label, report in reports.items():
+        (name, largest), peak = report.largest_whole, scale(report.peak_bytes)
+        lines.append(f"{label:<34} {peak:>19,} {peak / 2**20:>5.2f} {scale(largest):>21,}  {name}")
+    lines += ["largest whole tensor: what Table 3 counts, the largest tensor a mode holds whole (slices and rings",
+              "of rows are not); peak: everything live at once, the arena of one forward call and the logits."]
     return "\n".join(lines)
