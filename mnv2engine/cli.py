@@ -23,7 +23,7 @@ def _t_arg(text: str) -> int:
 
 def _add_engine_args(p):
     p.add_argument("--t", type=_t_arg, default=1, help="expansion slices per block (1 = materialized)")
-    p.add_argument("--rows", action="store_true", help="row-streamed blocks (lowest memory)")
+    p.add_argument("--rows", action="store_true", help="lowest memory: a row pipeline across the first blocks, row-streamed blocks after it")
     p.add_argument("--threads", type=int, default=1, help="threads that share each image (or split a batch of at least as many images)")
 
 
