@@ -155,12 +155,10 @@ def _folded(b):
 
 @njit(cache=True, inline="always")
 def _input_row(arena, b, tid, r):
-    """Row r of the block's input: a slot of its ring (x_rows), or of the whole tensor."""
+    """Row r of the block's input, a slot of thread tid's ring of x_rows rows (every piped
+    block but the first reads a ring; the first reads the image)."""
     size = b.w * b.cin
-    if b.x_rows == 0:
-        at = b.x + r * size
-    else:
-        at = b.x + (tid * b.x_rows + r % b.x_rows) * size
+    at = b.x + (tid * b.x_rows + r % b.x_rows) * size
     return arena[at:at + size].reshape((b.w, b.cin))
 
 
