@@ -229,7 +229,8 @@ class Engine:
             if plan.piped:  # its outputs never exist whole: the pipeline copies each row out
                 shapes = [(x.shape[0], *step.block.out_size, step.block.cout) for step in plan.steps[:plan.piped]]
                 taps = np.empty(sum(math.prod(shape) for shape in shapes), np.float32)
-                pipeline(floats, w.params, w.ints, blocks, image, state, 0, 1, used[3], taps)
+                narrow = used[3]  # modes(): streamed, whole, sliced, narrow, piped
+                pipeline(floats, w.params, w.ints, blocks, image, state, 0, 1, narrow, taps)
                 at = 0
                 for step, shape in zip(plan.steps, shapes):
                     observe(step.block.name, taps[at:at + math.prod(shape)].reshape(shape))
@@ -292,8 +293,8 @@ class Engine:
         """The planner's buffers of one forward call on `batch` images of `size` (default:
         the recorded size): those of one sub-batch, and how many sub-batches and arenas
         the call takes. The engine's own memory: the caller's input is read in place.
-        Given x, the batch forward would be given (its shape sets batch and size), the
-        report says whether forward copies it, and counts the copy."""
+        x: the batch that forward will be given (its shape sets batch and size); the
+        report then says whether forward copies it, and counts the copy."""
         from .report import MemoryReport
         if x is not None:
             x = self._check_input(x)

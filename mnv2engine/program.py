@@ -71,7 +71,8 @@ def compile_plan(plan: Plan, weights: Weights, stem_pads, dw_pads) -> tuple[np.n
         stem = b.index == 0
         (h, wd), cin = (plan.input.shape[1:3], 3) if stem else (b.in_size, b.cin)
         (ho, wo), cout = b.out_size, b.cout
-        # in the pipeline, a block's input and output may be rings of rows (per thread)
+        # block 0's x is the caller's image, not in the arena (offset -1: unused); in the
+        # pipeline, a block's input and output may be rings of rows (per thread)
         x_rows = step.x.shape[-3] if step.piped and not stem else 0
         y_rows = step.y.shape[-3] if step.piped and step.block.index < plan.piped - 1 else 0
         values = dict(
