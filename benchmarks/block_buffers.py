@@ -17,8 +17,10 @@ an "arena map" per evaluation:
 
 Nothing is drawn by hand: sizes and offsets come from the plan, and the panel title's
 peak is the planner's largest sum of simultaneously live buffers during the block (the
-figure `engine.memory_report()` prints for the block). A table on stdout, a PNG
-(`block_buffers.png`) in --out.
+figure `engine.memory_report()` prints for the block). The row-streamed panel is one
+block streamed on its own, with x and y whole (`rows_plan`); `rows=True` now runs block
+1 inside the row pipeline instead (benchmarks/pipeline_buffers.py draws that). A table
+on stdout, a PNG (`block_buffers.png`) in --out.
 
     python benchmarks/block_buffers.py [--out docs/img] [--block 1] [--t 4] [--alpha 1.0] [--size 224]
 
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from mnv2engine import Engine
-from mnv2engine.plan import PHASES_PER_BLOCK
+from mnv2engine.plan import PHASES_PER_BLOCK, layout_plan
 
 KIB = 1024
 ROLES = ("x", "E", "D", "y")  # BlockStep attributes: x, e, d, y
@@ -96,7 +98,7 @@ def gather(block: int = 1, t: int = 4, alpha: float = 1.0, size: int = 224) -> l
     out = []
     for label, kind, kw in modes:
         engine = Engine.random(alpha=alpha, size=size, **kw)
-        plan = engine.plan(1)
+        plan = rows_plan(engine) if kind == "rows" else engine.plan(1)
         step = plan.steps[block]
         b = step.block
         p0 = PHASES_PER_BLOCK * b.index
@@ -124,6 +126,14 @@ def gather(block: int = 1, t: int = 4, alpha: float = 1.0, size: int = 224) -> l
                                engine.arch.pads(b.in_size, b.stride), boxes, labels, live,
                                max(live.values()), others))
     return out
+
+
+def rows_plan(engine: Engine):
+    """The plan of `engine` (rows=True) with every block row-streamed on its own and no
+    row pipeline: the single-block evaluation this figure shows (batch 1)."""
+    arch = engine.arch
+    return layout_plan(arch, [w.bounds for w in engine.blocks], [True] * len(arch.blocks),
+                       arch.blocks[-1].out_size[1], 1)
 
 
 def table(modes: list[ModeBuffers]) -> str:

@@ -1,9 +1,10 @@
 """Peak activation memory and latency of MobileNetV2 vs the number of expansion slices t.
 
 Every mode's logits are checked against a NumPy reference first (benchmarks/_check.py).
-For each t (and the row-streamed mode): the planner's peak, the tracemalloc peak of one
-real forward call, the paper's formula max over blocks of |x| + |y| + |E|/t, and the
-median latency; a table on stdout and a PNG plot. The modes are timed round-robin, the
+For each t (and the row pipeline, `rows=True`, alone and with t = 4): the planner's
+peak, the tracemalloc peak of one real forward call, the paper's formula max over
+blocks of |x| + |y| + |E|/t, and the median latency; a table on stdout and a PNG plot.
+The input image is the caller's (forward reads it in place): no column counts it. The modes are timed round-robin, the
 order rotated each run, so that a noisy moment of the machine hits all of them alike.
 
     python benchmarks/memory_vs_t.py [--alpha 1.0] [--size 224] [--runs 15] [--out benchmarks/out]
@@ -26,10 +27,11 @@ MIB = 2 ** 20
 
 
 def paper_formula(arch, t: int) -> int:
-    """max over blocks of |x| + |y| + |E| / t (float32 bytes); block0's x is the image."""
+    """max over blocks of |x| + |y| + |E| / t (float32 bytes); block0's x is the image,
+    the caller's, not counted (as by the planner)."""
     worst = 0
     for b in arch.blocks:
-        x = arch.size[0] * arch.size[1] * 3 if b.index == 0 else b.in_size[0] * b.in_size[1] * b.cin
+        x = 0 if b.index == 0 else b.in_size[0] * b.in_size[1] * b.cin
         y = b.out_size[0] * b.out_size[1] * b.cout
         e = b.in_size[0] * b.in_size[1] * b.hidden
         worst = max(worst, 4 * (x + y + e / t))
@@ -65,6 +67,7 @@ def main(argv=None):
 
     modes = [(f"t={t}", dict(t=t), t) for t in TS] + [("rows", dict(rows=True), None),
                                                      ("rows,t=4", dict(rows=True, t=4), None)]
+    # rows: the row pipeline (kernels/pipeline.py) for the first blocks, then row streaming
     engines = [Engine.random(alpha=args.alpha, size=args.size, **kw) for _, kw, _ in modes]
     x = np.random.default_rng(0).uniform(-1, 1, (1, *engines[0].arch.size, 3)).astype(np.float32)
     reference = network(engines[0].weights, x)
@@ -100,7 +103,7 @@ def plot(rows, args):
     ax.plot(ts, [r[3] / MIB for r in sliced], "x", ms=10, label="tracemalloc peak of one forward")
     ax.plot(ts, [r[4] / MIB for r in sliced], "--", label="paper: max over blocks |x| + |y| + |E|/t")
     for r, style in zip([r for r in rows if not r[1]], (":", "-.")):
-        ax.axhline(r[2] / MIB, ls=style, color="gray", label=f"{r[0]} (planner)")
+        ax.axhline(r[2] / MIB, ls=style, color="gray", label=f"{r[0]}: row pipeline (planner)")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ts, [str(t) for t in ts])
     ax.set_xlabel("t (expansion slices per block)")

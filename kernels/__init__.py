@@ -1,9 +1,10 @@
 """Numba microkernels on float32 NHWC arrays (installed as `mnv2engine.kernels`).
 
 Pure functions: they know nothing of files or images, and never allocate activation
-memory: every output and scratch buffer is passed in by the caller. The one exception to
-"no graphs" is network.py, which walks a plan the engine has already turned into a table
-of offsets, so that threads sharing an image run the whole network in one nogil call.
+memory: every output and scratch buffer is passed in by the caller. The exceptions to
+"no graphs" are network.py, which walks a plan the engine has already turned into a table
+of offsets, so that threads sharing an image run the whole network in one nogil call, and
+pipeline.py, which runs the table's first blocks row by row across blocks.
 
 Every conv ends in the same epilogue, `clamp(acc + bias, lo, hi)`: (0, 6) is ReLU6 and
 (-inf, inf) is linear. The entry points release the GIL (nogil), so calls from several

@@ -17,6 +17,7 @@ from numba import njit
 
 from .block import inverted_residual
 from .gemm import FASTMATH, PANEL, gemm
+from .pipeline import pipeline
 from .simd import LANES
 from .pool import pointwise_avg_pool
 from .sync import barrier, given_up, share
@@ -28,6 +29,7 @@ BLOCK = np.dtype([(name, np.int64) for name in (
     "stem", "exp_stride", "exp_top", "exp_bottom", "exp_left", "exp_right",
     "dw_stride", "dw_top", "dw_bottom", "dw_left", "dw_right",
     "residual", "rows",
+    "piped", "x_rows", "y_rows",         # in the row pipeline (pipeline.py); rings of rows (0: whole)
     "we", "we_len", "be", "hidden", "wd", "bd", "wp", "bp",   # weights at params[...]
     "bounds", "t",                        # slice edges at ints[bounds:bounds + t + 1]
 )])
@@ -41,34 +43,51 @@ HEAD = np.dtype([(name, np.int64) for name in (
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def forward(arena, params, ints, blocks, head, tid, threads, sync, out, streamed, whole, sliced, narrow):
+def forward(arena, params, ints, blocks, head, tid, threads, sync, out, image, state,
+            streamed, whole, sliced, narrow, piped):
     """Thread tid of `threads` runs its share of every layer; out [n, classes] logits.
-    streamed, whole, sliced, narrow: what the table's blocks use (modes()).
+    image [n, H, W, 3]: the caller's input, read where it is (never in the arena);
+    state int64 [threads, 2, blocks]: the row pipeline's counters (pipeline.py);
+    streamed, whole, sliced, narrow, piped: what the table's blocks use (modes()).
     Stops after the block where the pass was given up (sync.py): the caller raises."""
     for i in range(len(blocks)):
         if given_up(sync):
             return
-        run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced, narrow)
+        run_block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
+                  streamed, whole, sliced, narrow, piped)
     if not given_up(sync):
         run_head(arena, params, head, tid, threads, sync, out)
 
 
 def modes(blocks: np.ndarray, ints: np.ndarray) -> tuple:
-    """(streamed, whole, sliced, narrow) for forward and run_block: True where some block
-    of the table is evaluated that way (narrow: has a slice whose width is not a multiple
-    of 16, run by pairs.py or, at 8, the two-pixel depthwise), None where none is. None
-    is a type of its own to Numba, so the code of what is None is not compiled at all:
-    a first forward compiles only what its engine uses (t = 1 alone: 40% less)."""
-    rows, t = blocks["rows"] != 0, blocks["t"]
+    """(streamed, whole, sliced, narrow, piped) for forward and run_block: True where some
+    block of the table is evaluated that way (narrow: has a slice whose width is not a
+    multiple of 16, run by pairs.py or, at 8, the two-pixel depthwise; piped: in the row
+    pipeline), None where none is. None is a type of its own to Numba, so the code of
+    what is None is not compiled at all: a first forward compiles only what its engine
+    uses (t = 1 alone: 40% less; the pipeline only for rows=True)."""
+    piped = blocks["piped"] != 0
+    rows, t = (blocks["rows"] != 0) & ~piped, blocks["t"]
     narrow = any((np.diff(ints[b["bounds"]:b["bounds"] + b["t"] + 1]) % LANES != 0).any() for b in blocks)
-    used = (rows.any(), (~rows & (t == 1)).any(), (~rows & (t > 1)).any(), narrow)
+    alone = ~rows & ~piped
+    used = (rows.any(), (alone & (t == 1)).any(), (alone & (t > 1)).any(), narrow, piped.any())
     return tuple(True if u else None for u in used)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
-def run_block(arena, params, ints, blocks, i, tid, threads, sync, streamed, whole, sliced, narrow):
+def run_block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
+              streamed, whole, sliced, narrow, piped):
+    """Block i, or, for the first block of the row pipeline, every block of it (the
+    pipeline's other blocks then have nothing left to do)."""
     b = blocks[i]
-    x = arena[b.x:b.x + b.n * b.h * b.w * b.cin].reshape((b.n, b.h, b.w, b.cin))
+    if b.piped != 0:
+        if piped is None:  # not compiled (the type of None tells)
+            raise ValueError("the row pipeline was left out of the compiled code")
+        if i == 0:
+            pipeline(arena, params, ints, blocks, image, state, tid, threads, narrow, None)
+            barrier(sync, tid, threads)  # the next block reads all of the pipeline's output
+        return
+    x = image if b.stem != 0 else arena[b.x:b.x + b.n * b.h * b.w * b.cin].reshape((b.n, b.h, b.w, b.cin))
     y = arena[b.y:b.y + b.n * b.ho * b.wo * b.cout].reshape((b.n, b.ho, b.wo, b.cout))
     panels = -(-b.cout // PANEL)
     wp = params[b.wp:b.wp + panels * b.hidden * PANEL].reshape((panels, b.hidden, PANEL))

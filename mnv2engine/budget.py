@@ -7,7 +7,9 @@ arena grows linearly with its images (at alpha 0.35 / 96, 0.5 MiB an image: 1 Gi
 2000 images), so the batch runs in sub-batches of the largest size whose arenas fit
 the budget together, one after another; the results are the same, image by image,
 since no kernel mixes images. The returned logits are not counted: they are the
-caller's, 4 bytes per class per image.
+caller's, 4 bytes per class per image. Nor is the caller's input, which forward reads
+in place; but where it must copy it (strides, byte order), each sub-batch's copy is
+counted with its arena.
 """
 from __future__ import annotations
 
@@ -37,46 +39,52 @@ class Schedule:
 
 
 class Budget:
-    """The sub-batches of a forward call within max_memory bytes of arenas.
+    """The sub-batches of a forward call within max_memory bytes of arenas (and copies
+    of the input, where forward makes them).
 
     arena_bytes(images, sharing): the arena of a call on that many images, each shared by
-    `sharing` threads.
+    `sharing` threads; image_bytes: one image of the input.
     """
 
-    def __init__(self, max_memory, arena_bytes):
+    def __init__(self, max_memory, arena_bytes, image_bytes: int = 0):
         self.max_memory = checked(max_memory)
         self._arena_bytes = arena_bytes
-        self._one = {}      # sharing -> the arena of one image
-        self._largest = {}  # (sharing, arenas) -> the largest sub-batch that fits
+        self._image_bytes = image_bytes
+        self._one = {}      # (sharing, copied) -> the memory of one image
+        self._largest = {}  # (sharing, arenas, copied) -> the largest sub-batch that fits
 
-    def schedule(self, batch: int, threads: int) -> Schedule:
-        """The schedule of a batch on `threads` threads; an EngineError if one image
-        does not fit the budget."""
+    def _bytes(self, images: int, sharing: int, copied: bool) -> int:
+        return self._arena_bytes(images, sharing) + (images * self._image_bytes if copied else 0)
+
+    def schedule(self, batch: int, threads: int, copied: bool = False) -> Schedule:
+        """The schedule of a batch on `threads` threads, its input copied or not; an
+        EngineError if one image does not fit the budget."""
         sharing = threads if batch < threads else 1
-        arenas = min(threads // sharing, batch, self.max_memory // self.one_image(sharing))
-        return Schedule(batch, sharing, arenas, min(self._largest_sub_batch(sharing, arenas), -(-batch // arenas)))
+        arenas = min(threads // sharing, batch, self.max_memory // self.one_image(sharing, copied))
+        return Schedule(batch, sharing, arenas,
+                        min(self._largest_sub_batch(sharing, arenas, copied), -(-batch // arenas)))
 
-    def one_image(self, sharing: int) -> int:
-        """The arena of one image shared by `sharing` threads, if it fits the budget."""
-        if sharing not in self._one:
-            self._one[sharing] = self._arena_bytes(1, sharing)
-        one = self._one[sharing]
+    def one_image(self, sharing: int, copied: bool = False) -> int:
+        """The memory of one image shared by `sharing` threads, if it fits the budget."""
+        if (sharing, copied) not in self._one:
+            self._one[sharing, copied] = self._bytes(1, sharing, copied)
+        one = self._one[sharing, copied]
         if one > self.max_memory:
             raise EngineError(f"max_memory={self.max_memory:,} bytes is less than one image needs: "
                               f"{one:,} bytes of activations{' on %d threads' % sharing if sharing > 1 else ''} "
                               "(raise max_memory; rows=True or a larger t needs less)")
         return one
 
-    def _largest_sub_batch(self, sharing: int, arenas: int) -> int:
+    def _largest_sub_batch(self, sharing: int, arenas: int, copied: bool) -> int:
         """The most images whose arena, `arenas` times over, fits the budget. The arena
         is linear in the images up to alignment, so the first guess is near; planning
         the guess corrects it."""
-        key = (sharing, arenas)
+        key = (sharing, arenas, copied)
         if key not in self._largest:
-            budget, one = self.max_memory // arenas, self.one_image(sharing)
-            per_image = max(self._arena_bytes(2, sharing) - one, 1)
+            budget, one = self.max_memory // arenas, self.one_image(sharing, copied)
+            per_image = max(self._bytes(2, sharing, copied) - one, 1)
             images = 1 + (budget - one) // per_image
-            while images > 1 and (size := self._arena_bytes(images, sharing)) > budget:
+            while images > 1 and (size := self._bytes(images, sharing, copied)) > budget:
                 images = min(images - 1, images * budget // size)
             self._largest[key] = images
         return self._largest[key]

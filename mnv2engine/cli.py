@@ -24,7 +24,7 @@ def _t_arg(text: str) -> int:
 
 def _add_engine_args(p):
     p.add_argument("--t", type=_t_arg, default=1, help="expansion slices per block (1 = materialized)")
-    p.add_argument("--rows", action="store_true", help="row-streamed blocks (lowest memory)")
+    p.add_argument("--rows", action="store_true", help="lowest memory: a row pipeline across the first blocks, row-streamed blocks after it")
     p.add_argument("--threads", type=int, default=1, help="threads that share each image (or split a batch of at least as many images)")
 
 
@@ -231,13 +231,19 @@ def cmd_memory(args) -> int:
         make = lambda **kw: Engine(ws, **kw)
     else:
         make = lambda **kw: Engine.random(alpha=args.alpha, size=args.size or 224, **kw)
-    engines = {"materialized (t=1)": make(t=1)}
+    from .budget import Schedule
+    from .plan import build_plan
+    from .report import MemoryReport
+    reports = {"materialized (t=1)": make(t=1).memory_report()}
     for t in sorted({args.t, 4} - {1}):
-        engines[f"sliced (t={t})"] = make(t=t)
-    engines["row-streamed"] = make(rows=True)
-    if args.t > 1:
-        engines[f"row-streamed, t={args.t}"] = make(rows=True, t=args.t)
-    print(format_memory(engines["materialized (t=1)"].arch, engines, args.bytes))
+        reports[f"sliced (t={t})"] = make(t=t).memory_report()
+    rows = make(rows=True)
+    alone = build_plan(rows.arch, [w.bounds for w in rows.blocks], True, 1, pipeline=False)
+    reports["row-streamed blocks, no pipeline"] = MemoryReport(alone, Schedule(1, 1, 1, 1), rows.max_memory)
+    reports["row pipeline (rows=True)"] = rows.memory_report()
+    for t in sorted({args.t, 4} - {1}):
+        reports[f"row pipeline, t={t} (rows=True, t={t})"] = make(rows=True, t=t).memory_report()
+    print(format_memory(rows.arch, reports, args.bytes))
     return 0
 
 

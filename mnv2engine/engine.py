@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from .program import compile_plan, gather
 from .recent import Recent
 from .spread import spread
 from .kernels.network import forward, modes, run_block, run_head
+from .kernels.pipeline import pipeline
 from .kernels.sync import RUNNING, STATE, new_sync
 
 PLANS_KEPT = 8  # plans (with their compiled programs) per (batch, height, width, threads)
@@ -42,8 +44,11 @@ class Engine:
     preprocessing and of memory_report.
 
     t: channel slices of each expansion (an int, or one per block); 1 = materialized.
-    rows: the lowest memory: stream blocks row by row through a 3-row line buffer where
-        the peak needs it, and run the others whole (see plan.build_plan).
+    rows: the lowest memory: the stem and the first blocks run as one row pipeline, each
+        block handing every output row to the next at once, so none of their tensors
+        exists whole (kernels/pipeline.py); later blocks stream row by row through a
+        3-row line buffer where the peak needs it, and run whole elsewhere (see
+        plan.build_plan). 1.0/224, batch 1: 0.47 MiB (t=1: 5.75 MiB, t=4: 2.50).
     threads: a batch of at least this many images is split across this many threads,
         each with its own arena; a smaller batch (one image) is shared by the threads,
         each computing its share of every layer. The kernels release the GIL. Calls from
@@ -124,7 +129,7 @@ class Engine:
             arch = dataclasses.replace(self.arch, size=size)
             bounds = [w.bounds for w in self.blocks]
             budget = Budget(self._max_memory, lambda images, sharing: build_plan(
-                arch, bounds, self.rows, images, sharing).arena_bytes)
+                arch, bounds, self.rows, images, sharing).arena_bytes, image_bytes=size[0] * size[1] * 3 * 4)
             return _AtSize(arch, arch.pads(size, 2), [arch.pads(b.in_size, b.stride) for b in arch.blocks], budget)
         return self._sizes.get(size, make)
 
@@ -138,13 +143,17 @@ class Engine:
         """Preprocessed float32 NHWC batch [N, H, W, 3] -> logits [N, classes]
         (pooled features [N, last_channels] for a headless model).
 
+        x is read where it is, not copied, when it is float32 in the machine's byte
+        order, C-contiguous, aligned and writeable (reads_in_place); any other float32
+        array (strided, big-endian, read-only) is copied, one sub-batch at a time.
+
         Sub-batches of at most schedule.sub_batch images, within max_memory: all threads
         on each sub-batch in turn (a batch smaller than the threads), or each thread on
         its share of the batch, one sub-batch after another."""
         x = self._check_input(x)
         with self._planning:
             budget = self._at(x.shape[1:3]).budget
-        s = budget.schedule(len(x), self.threads)
+        s = budget.schedule(len(x), self.threads, copied=not self.reads_in_place(x))
         out = self._output(len(x))
         if s.sharing > 1:
             for lo in range(0, len(x), s.sub_batch):
@@ -163,6 +172,14 @@ class Engine:
         out = {"logits": self._output(len(x))}
         self._run(x, out["logits"], 1, observe=lambda name, a: out.__setitem__(name, a.copy()))
         return out
+
+    @staticmethod
+    def reads_in_place(x: np.ndarray) -> bool:
+        """Whether forward reads x where it is (else it copies it): float32 in the
+        machine's byte order, C-contiguous and aligned, as the kernels read it; and
+        writeable, since Numba types a read-only array apart (it would compile every
+        kernel again for it). The kernels never write to it."""
+        return x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned and x.flags.writeable
 
     def _check_input(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray):
@@ -204,21 +221,31 @@ class Engine:
         except MemoryError:
             raise EngineError(f"could not allocate {plan.arena_bytes:,} bytes of activations for "
                               f"{x.shape[0]} images (max_memory={self.max_memory:,}): lower max_memory") from None
-        np.copyto(view(arena, plan.input), x)  # also fixes byte order and strides
+        image = x if self.reads_in_place(x) else np.array(x, np.float32, order="C")  # byte order, strides
         floats = arena.view(np.float32)
         sync = new_sync(threads)
+        state = np.zeros((threads, 2, len(blocks)), np.int64)  # the row pipeline's counters
         if observe:  # block by block, to show each output before the next block overwrites it
-            for i, step in enumerate(plan.steps):
-                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, *used)
+            if plan.piped:  # its outputs never exist whole: the pipeline copies each row out
+                shapes = [(x.shape[0], *step.block.out_size, step.block.cout) for step in plan.steps[:plan.piped]]
+                taps = np.empty(sum(math.prod(shape) for shape in shapes), np.float32)
+                narrow = used[3]  # modes(): streamed, whole, sliced, narrow, piped
+                pipeline(floats, w.params, w.ints, blocks, image, state, 0, 1, narrow, taps)
+                at = 0
+                for step, shape in zip(plan.steps, shapes):
+                    observe(step.block.name, taps[at:at + math.prod(shape)].reshape(shape))
+                    at += math.prod(shape)
+            for i, step in enumerate(plan.steps[plan.piped:], plan.piped):
+                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, image, state, *used)
                 observe(step.block.name, view(arena, step.y))
             run_head(floats, w.params, head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
         elif threads == 1:
-            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, *used)
+            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, image, state, *used)
         else:
             with self._sharing_lock:
                 spread(self._helpers, forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
-                                                  *used) for tid in range(threads)], sync)
+                                                  image, state, *used) for tid in range(threads)], sync)
         if self.arch.headless:
             out[:] = view(arena, plan.pooled)
 
@@ -262,16 +289,22 @@ class Engine:
         if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 1 <= top <= self.arch.classes:
             raise EngineError(f"top must be an integer from 1 to {self.arch.classes}, got {top!r}")
 
-    def memory_report(self, batch: int = 1, size=None):
+    def memory_report(self, batch: int = 1, size=None, x=None):
         """The planner's buffers of one forward call on `batch` images of `size` (default:
         the recorded size): those of one sub-batch, and how many sub-batches and arenas
-        the call takes."""
+        the call takes. The engine's own memory: the caller's input is read in place.
+        x: the batch that forward will be given (its shape sets batch and size); the
+        report then says whether forward copies it, and counts the copy."""
         from .report import MemoryReport
+        if x is not None:
+            x = self._check_input(x)
+            batch, size = len(x), x.shape[1:3]
         size = self.input_size(size)
         with self._planning:
             budget = self._at(size).budget
-        s = budget.schedule(batch, self.threads)
-        return MemoryReport(self.plan(s.sub_batch, s.sharing, size), s, self.max_memory)
+        copied = x is not None and not self.reads_in_place(x)
+        s = budget.schedule(batch, self.threads, copied)
+        return MemoryReport(self.plan(s.sub_batch, s.sharing, size), s, self.max_memory, input_copied=copied)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

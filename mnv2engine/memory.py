@@ -30,6 +30,7 @@ class Buffer:
     first: int
     last: int
     offset: int = field(default=-1)
+    whole: bool = True  # a whole tensor, not a slice or rows of one (Table 3 counts these)
 
     @property
     def nbytes(self) -> int:

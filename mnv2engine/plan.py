@@ -6,6 +6,7 @@ threads) and allocate a fresh arena for every forward call.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,10 +50,11 @@ class BlockStep:
     block: Block
     bounds: np.ndarray
     rows: bool
-    x: Buffer
-    y: Buffer
+    x: Buffer   # the input; a ring of rows in the pipeline; block 0's is the caller's image
+    y: Buffer   # the output; a ring of rows in the pipeline but for its last block
     e: Buffer   # expansion scratch: whole E, one slice of it, or a 3-row line buffer
     d: Buffer   # depthwise scratch: whole D, one slice, or one row
+    piped: bool = False  # in the row pipeline (kernels/pipeline.py)
 
 
 @dataclass
@@ -62,13 +64,15 @@ class Plan:
     head_x: Buffer
     head_scratch: Buffer
     pooled: Buffer
-    input: Buffer
+    input: Buffer            # the caller's image: read in place, not in the arena
     arena_bytes: int
     output_shape: tuple[int, int]
+    piped: int = 0           # the first `piped` blocks run as the row pipeline
 
     @property
     def buffers(self) -> list[Buffer]:
-        out = [self.input]
+        """The arena's buffers (the input is the caller's)."""
+        out = []
         for s in self.steps:
             out += [s.e, s.d, s.y]
         return out + [self.head_scratch, self.pooled]
@@ -82,52 +86,98 @@ class Plan:
         """Activation memory of one forward: the arena plus the returned output."""
         return self.arena_bytes + self.output_bytes
 
+    @property
+    def largest_whole(self) -> Buffer:
+        """The largest tensor the plan holds whole: the measure of the paper's Table 3
+        (rings of rows and slices are not whole tensors; the input is the caller's)."""
+        return max((b for b in self.buffers if b.whole), key=lambda b: b.nbytes)
+
 
 def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int,
-               threads: int = 1) -> Plan:
+               threads: int = 1, pipeline: bool = True) -> Plan:
     """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block.
 
     `threads` share each image: a row-streamed block gets a line buffer per thread (each
-    streams its own band of rows); the other buffers are shared.
+    streams its own band of rows); the other buffers are shared. pipeline=False: rows
+    without the row pipeline, every block streamed on its own (for comparison).
 
-    With `rows`, the plan has the peak of streaming every block row by row, but streams
-    only the blocks that need it for that peak. Row streaming buys memory where the
-    expanded tensor is large (the early, high-resolution blocks); in the late 14x14 and
-    7x7 blocks it only costs time, since every row streams the block's weights through
-    the cache again (1.5x slower there, measured). So, from the last block back, a block
-    runs whole (or sliced, for t > 1) wherever that leaves the peak as it was; the head's
-    1x1 conv likewise runs on all pixels at once, not row by row, if that fits.
+    With `rows`, the lowest peak the planner finds: the first blocks run as the row
+    pipeline (kernels/pipeline.py), as many as give the lowest peak (the fewest of
+    those), and the others are row-streamed one by one where the peak needs it. Row
+    streaming buys memory where the expanded tensor is large (the early,
+    high-resolution blocks); in the late 14x14 and 7x7 blocks it only costs time, since
+    every row streams the block's weights through the cache again (1.5x slower there,
+    measured). So, from the last block back, a block runs whole (or sliced, for t > 1)
+    wherever that leaves the peak as it was; the head's 1x1 conv likewise runs on all
+    pixels at once, not row by row, if that fits.
     """
     n = len(arch.blocks)
     (h, w) = arch.blocks[-1].out_size
     if not rows:
         return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads)
     streamed = [True] * n
-    plan = layout_plan(arch, bounds_per_block, streamed, w, batch, threads)
-    budget = plan.arena_bytes
-    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads)  # head on all pixels
+    depths = range(n + 1) if pipeline else [0]
+    plan = min((layout_plan(arch, bounds_per_block, streamed, w, batch, threads, piped) for piped in depths),
+               key=lambda p: (p.arena_bytes, p.piped))
+    piped, budget = plan.piped, plan.arena_bytes
+    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads, piped)  # head on all pixels
     if trial.arena_bytes <= budget:
         plan = trial
-    for i in reversed(range(n)):
+    for i in reversed(range(piped, n)):
         trial_streamed = streamed[:i] + [False] + streamed[i + 1:]
-        trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch, threads)
+        trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch, threads,
+                            piped)
         if trial.arena_bytes <= budget:
             streamed, plan = trial_streamed, trial
     return plan
 
 
+def input_ring_rows(block: Block, pads: tuple) -> int:
+    """Rows of a piped block's input ring: 1, the row its expansion reads at once; for a
+    residual block, from output row oy's (which the residual adds) down to the last row
+    its depthwise window has pulled in by then."""
+    if not block.use_residual:
+        return 1
+    He, top = block.in_size[0], pads[0]
+    return max(min(oy * block.stride - top + 2, He - 1) - oy + 1 for oy in range(block.out_size[0]))
+
+
 def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed: list[bool],
-                head_chunk: int, batch: int, threads: int = 1) -> Plan:
-    """The plan for given choices: which blocks are row-streamed, and how many pixels of
-    the head's conv output exist at once."""
+                head_chunk: int, batch: int, threads: int = 1, piped: int = 0) -> Plan:
+    """The plan for given choices: how many blocks run as the row pipeline, which others
+    are row-streamed, and how many pixels of the head's conv output exist at once.
+
+    The pipeline's buffers are all live while it runs, its phases 0 .. 3 * piped - 1:
+    per block and thread a 3-row E ring of all `hidden` channels and one D row of the
+    widest slice (at stride 2: one E row of the widest slice and two rows of depthwise
+    sums of all channels), and a ring of output rows that the next block reads
+    (input_ring_rows), or, for the last block, its whole output."""
     N = batch
     image = Buffer("input", (N, *arch.size, 3), first=0, last=0)
     x, steps = image, []
+    end = PHASES_PER_BLOCK * piped - 1
+    per_thread = (threads,) if threads > 1 else ()
     for block, bounds, rows in zip(arch.blocks, bounds_per_block, streamed):
         p0 = PHASES_PER_BLOCK * block.index
         materialized = len(bounds) == 2 and not rows
         cs = int(np.max(np.diff(bounds)))
         (He, We), (Ho, Wo) = block.in_size, block.out_size
+        if block.index < piped:
+            if block.stride == 2:  # E rows folded into two rows of depthwise sums (kernels/_fold.py)
+                e = Buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
+                d = Buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
+            else:
+                e = Buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
+                d = Buffer(f"{block.name}/depthwise", (*per_thread, 1, Wo, cs), 0, end, whole=False)
+            if block.index < piped - 1:
+                after = arch.blocks[block.index + 1]
+                ring = input_ring_rows(after, arch.pads(after.in_size, after.stride))
+                y = Buffer(f"{block.name}/output", (*per_thread, ring, Wo, block.cout), 0, end, whole=False)
+            else:
+                y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), 0, end)
+            steps.append(BlockStep(block, bounds, False, x, y, e, d, piped=True))
+            x = y
+            continue
         # the expand phase reads x; the project phase reads it again for the residual
         x.last = p0 + (2 if (block.use_residual or not materialized) else 0)
         if materialized:
@@ -136,17 +186,18 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
             y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0 + 2, p0 + 2)
         else:
             er, dr = (3, 1) if rows else (He, Ho)
-            per_thread = (threads,) if rows and threads > 1 else ()
-            e = Buffer(f"{block.name}/expanded", (*per_thread, er, We, cs), p0, p0 + 2)
-            d = Buffer(f"{block.name}/depthwise", (*per_thread, dr, Wo, cs), p0, p0 + 2)
+            lines = per_thread if rows else ()
+            e = Buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
+            d = Buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
             y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
         steps.append(BlockStep(block, bounds, rows, x, y, e, d))
         x = y
     head_phase = PHASES_PER_BLOCK * len(arch.blocks)
     x.last = head_phase
-    head_scratch = Buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase)
+    head_scratch = Buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase,
+                          whole=head_chunk == math.prod(arch.blocks[-1].out_size))
     pooled = Buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
     plan = Plan(N, steps, x, head_scratch, pooled, image, 0,
-                (N, arch.last_channels if arch.headless else arch.classes))
+                (N, arch.last_channels if arch.headless else arch.classes), piped)
     plan.arena_bytes = place(plan.buffers)
     return plan

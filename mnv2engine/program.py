@@ -68,14 +68,18 @@ def compile_plan(plan: Plan, weights: Weights, stem_pads, dw_pads) -> tuple[np.n
     blocks = np.zeros(len(plan.steps), BLOCK)
     for i, (step, w, pads, bounds_at) in enumerate(zip(plan.steps, weights.blocks, dw_pads, weights.bounds_at)):
         b = step.block
-        n, h, wd, cin = step.x.shape
-        _, ho, wo, cout = step.y.shape
         stem = b.index == 0
+        (h, wd), cin = (plan.input.shape[1:3], 3) if stem else (b.in_size, b.cin)
+        (ho, wo), cout = b.out_size, b.cout
+        # block 0's x is the caller's image, not in the arena (offset -1: unused); in the
+        # pipeline, a block's input and output may be rings of rows (per thread)
+        x_rows = step.x.shape[-3] if step.piped and not stem else 0
+        y_rows = step.y.shape[-3] if step.piped and step.block.index < plan.piped - 1 else 0
         values = dict(
-            x=step.x.offset // 4, n=n, h=h, w=wd, cin=cin, y=step.y.offset // 4, ho=ho, wo=wo, cout=cout,
-            e=step.e.offset // 4, e_len=step.e.nbytes // 4, d=step.d.offset // 4, d_len=step.d.nbytes // 4,
+            x=max(step.x.offset, 0) // 4, n=plan.batch, h=h, w=wd, cin=cin, y=step.y.offset // 4, ho=ho, wo=wo,
+            cout=cout, e=step.e.offset // 4, e_len=step.e.nbytes // 4, d=step.d.offset // 4, d_len=step.d.nbytes // 4,
             stem=stem, exp_stride=2 if stem else 1, dw_stride=b.stride,
-            residual=b.use_residual, rows=step.rows,
+            residual=b.use_residual, rows=step.rows, piped=step.piped, x_rows=x_rows, y_rows=y_rows,
             we=at(w.expand), we_len=w.expand.size, be=at(w.expand_bias), hidden=b.hidden,
             wd=at(w.depthwise), bd=at(w.depthwise_bias), wp=at(w.project), bp=at(w.project_bias),
             bounds=bounds_at, t=len(w.bounds) - 1)

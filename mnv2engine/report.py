@@ -14,16 +14,19 @@ class StepMemory:
 
 
 class MemoryReport:
-    """Per block: the live tensors with shapes and bytes, and the peak; the input included.
+    """Per block: the live tensors with shapes and bytes, and the peak: the engine's own
+    memory. The caller's input is read where it is and not counted, unless forward must
+    copy it (input_copied: another dtype or byte order, strides; a sub-batch at a time).
 
     The buffers are those of one sub-batch (`schedule.sub_batch` images, budget.py); a
     call holds `schedule.arenas` such arenas at once, and the output of the whole batch.
     """
 
-    def __init__(self, plan: Plan, schedule, max_memory: int):
+    def __init__(self, plan: Plan, schedule, max_memory: int, input_copied: bool = False):
         self.plan = plan
         self.schedule = schedule
         self.max_memory = max_memory
+        self.input_copied = input_copied
         buffers = plan.buffers
         self.steps = []
         n_blocks = len(plan.steps)
@@ -46,14 +49,31 @@ class MemoryReport:
         return self.schedule.batch * self.plan.output_shape[1] * 4
 
     @property
+    def input_copy_bytes(self) -> int:
+        """The copy of one sub-batch of the input, where forward must make one."""
+        return self.plan.input.nbytes if self.input_copied else 0
+
+    @property
     def peak_bytes(self) -> int:
-        """What one forward call allocates for activations: its arenas and the output."""
-        return self.schedule.arenas * self.arena_bytes + self.output_bytes
+        """What one forward call allocates for activations: its arenas (and input
+        copies) and the output."""
+        return self.schedule.arenas * (self.arena_bytes + self.input_copy_bytes) + self.output_bytes
 
     @property
     def ideal_bytes(self) -> int:
         """The peak with perfect packing: the most bytes live at once."""
-        return self.schedule.arenas * max(s.peak_live_bytes for s in self.steps) + self.output_bytes
+        return (self.schedule.arenas * (max(s.peak_live_bytes for s in self.steps) + self.input_copy_bytes)
+                + self.output_bytes)
+
+    @property
+    def largest_whole(self) -> tuple[str, int]:
+        """The largest tensor the plan holds whole, its name and bytes per image: the
+        measure of the paper's Table 3 (slices and rings of rows are not whole tensors;
+        the input is the caller's). The peak is the other measure: the whole working set."""
+        buf = self.plan.largest_whole
+        per_image = buf.shape[0] == self.plan.batch and buf.name != "head/conv"
+        return f"{buf.name}{list(buf.shape[1:] if per_image else buf.shape)}", \
+            buf.nbytes // (self.plan.batch if per_image else 1)
 
     def __str__(self):
         lines = [f"{'step':<10} {'peak live':>12}  live tensors"]
@@ -62,8 +82,13 @@ class MemoryReport:
             lines.append(f"{s.name:<10} {_kib(s.peak_live_bytes):>12}  {tensors}")
         s = self.schedule
         arenas = f"{s.arenas} arenas x " if s.arenas > 1 else "arena "
-        lines.append(f"{arenas}{_kib(self.arena_bytes)} + output {_kib(self.output_bytes)} "
+        copy = f" + input copy {_kib(self.input_copy_bytes)}" if self.input_copied else ""
+        lines.append(f"{arenas}{_kib(self.arena_bytes)}{copy} + output {_kib(self.output_bytes)} "
                      f"= peak {_kib(self.peak_bytes)} (perfect packing: {_kib(self.ideal_bytes)})")
+        lines.append("input: " + ("copied (not float32 in this machine's byte order, C-contiguous, aligned and "
+                                  "writeable)" if self.input_copied else "read in place, not counted")
+                     + f"; largest tensor held whole: {self.largest_whole[0]}, {_kib(self.largest_whole[1])}"
+                     + (f" (the first {self.plan.piped} blocks run as the row pipeline)" if self.plan.piped else ""))
         lines.append(f"batch {s.batch} in sub-batches of {s.sub_batch}"
                      + (f", {s.arenas} at once (one per thread)" if s.arenas > 1 else "")
                      + (f", each image shared by {s.sharing} threads" if s.sharing > 1 else "")
@@ -100,9 +125,16 @@ def largest_per_resolution(arch, bytes_per_value: int = 2) -> list[ResolutionRow
             for size, (c, name) in sorted(widest.items(), reverse=True)]
 
 
-def format_memory(arch, engines: dict, bytes_per_value: int) -> str:
-    """Table 3, then the planner's whole-run peak for each mode in `engines`."""
+TABLE3_VERSIONS = ("the arXiv text: a maximum of 400K, 16 channels at 112x112",
+                   'another version: "1/O(1)" at 112x112, a maximum of 200K')
+
+
+def format_memory(arch, reports: dict, bytes_per_value: int) -> str:
+    """Table 3, then, for each mode in `reports` (label -> MemoryReport of one image),
+    both measures: the largest tensor it holds whole (what Table 3 counts) and its whole
+    working set (the planner's peak)."""
     unit = {2: "16-bit", 4: "32-bit"}[bytes_per_value]
+    scale = lambda n: n * bytes_per_value // 4
     lines = [f"MobileNetV2 {arch.alpha}/{arch.size[0]}x{arch.size[1]}, {unit} activations",
              "", "Largest tensor that must be materialized, per resolution (the paper's Table 3):",
              f"{'resolution':>11} {'channels':>9} {'bytes':>10}  tensor"]
@@ -112,9 +144,13 @@ def format_memory(arch, engines: dict, bytes_per_value: int) -> str:
     top = max(rows, key=lambda r: r.nbytes)
     paper = " (paper, Table 3, MobileNetV2 at 16 bits: 400K)" if bytes_per_value == 2 else ""
     lines.append(f"{'max':>11} {'':>9} {top.nbytes:>10,}  = {top.nbytes / 1000:.0f}K{paper}")
-    lines += ["", "Peak activation memory of a whole forward pass, batch 1 (planner; input included):",
-              f"{'mode':<22} {'peak bytes':>12} {'MiB':>7}"]
-    for label, engine in engines.items():
-        peak = engine.memory_report().peak_bytes * bytes_per_value // 4
-        lines.append(f"{label:<22} {peak:>12,} {peak / 2**20:>7.2f}")
+    if bytes_per_value == 2:
+        lines += ["Table 3 circulates in two versions: " + "; ".join(TABLE3_VERSIONS) + "."]
+    lines += ["", "Per mode, batch 1 (planner; the input image is the caller's, read in place):",
+              f"{'mode':<34} {'peak (working set)':>19} {'MiB':>5} {'largest whole tensor':>21}"]
+    for label, report in reports.items():
+        (name, largest), peak = report.largest_whole, scale(report.peak_bytes)
+        lines.append(f"{label:<34} {peak:>19,} {peak / 2**20:>5.2f} {scale(largest):>21,}  {name}")
+    lines += ["largest whole tensor: what Table 3 counts, the largest tensor a mode holds whole (slices and rings",
+              "of rows are not); peak: everything live at once, the arena of one forward call and the logits."]
     return "\n".join(lines)

@@ -1,5 +1,7 @@
 """`mnv2 memory`: the paper's Table 3 from the architecture, checked against the shapes a
 PyTorch model actually produces and against the paper's 400K maximum."""
+import re
+
 import torch
 
 from mnv2engine import Architecture
@@ -30,3 +32,21 @@ def test_table3_maximum_is_the_papers_400K(capsys):
     assert main(["memory", "--alpha", "0.35", "--size", "96"]) == 0
     out = capsys.readouterr().out
     assert "Table 3" in out and "row-streamed" in out and "sliced (t=4)" in out
+    assert "400K" in out and "200K" in out  # both versions of Table 3
+
+
+def test_every_mode_reports_both_measures_and_the_pipeline_is_lowest(capsys):
+    """1.0/224 at 16 bits: the row pipeline's whole working set is below Table 3's largest
+    single tensor (400K, arXiv), and the largest tensor it holds whole below 200K."""
+    assert main(["memory"]) == 0
+    modes = {}
+    for line in capsys.readouterr().out.splitlines():
+        m = re.match(r"(\S.*?)\s{2,}([\d,]+)\s+[\d.]+\s+([\d,]+)\s+(\S.*)$", line)
+        if m and line.startswith(("materialized", "sliced", "row")):
+            modes[m[1]] = (int(m[2].replace(",", "")), int(m[3].replace(",", "")), m[4])
+    assert set(modes) >= {"materialized (t=1)", "sliced (t=4)", "row-streamed blocks, no pipeline",
+                          "row pipeline (rows=True)"}
+    peak, largest, _ = modes["row pipeline (rows=True)"]
+    assert peak < min(p for label, (p, _, _) in modes.items() if not label.startswith("row pipeline"))
+    assert peak < 400_000 and largest < 200_000
+    assert modes["sliced (t=4)"][1:] == (401_408, "block0/output[112, 112, 16]")
