@@ -74,20 +74,17 @@ def cores_text() -> str:
 
 
 def export_onnx(model, path: Path, size: int) -> str:
-    """NCHW input with a dynamic batch axis, opset 17; falls back to the legacy exporter."""
+    """NCHW input with a dynamic batch axis, opset 17, one self-contained file, by the
+    TorchScript exporter: the same graph for ONNX Runtime and OpenVINO in every run
+    (torch.export's, the default where onnxscript is installed, writes opset 18 with
+    its weights in a second file, and would change the peers' graph with the install)."""
     import torch
     x = torch.zeros(1, 3, size, size)
-    kw = dict(input_names=["input"], output_names=["logits"], opset_version=17,
-              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    try:
-        torch.onnx.export(model, (x,), str(path), **kw)
-        return "default exporter"
-    except Exception as e:  # the dynamo exporter needs onnxscript, absent here
-        first = (str(e).splitlines() or [type(e).__name__])[0][:100]
-        with warnings.catch_warnings():  # "legacy TorchScript-based exporter" deprecation
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(model, (x,), str(path), dynamo=False, **kw)
-        return f"legacy exporter (dynamo=False; default failed: {type(e).__name__}: {first})"
+    with warnings.catch_warnings():  # "legacy TorchScript-based exporter" deprecation
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (x,), str(path), dynamo=False, input_names=["input"], output_names=["logits"],
+                          opset_version=17, dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    return "TorchScript exporter (dynamo=False)"
 
 
 def ort_session(onnx_model: bytes, threads: int):
