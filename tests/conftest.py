@@ -2,6 +2,7 @@ import importlib
 import importlib.util
 import os
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,18 @@ def close(actual, reference, rel=1e-4):
     scale = float(np.abs(reference).max())
     diff = float(np.abs(actual.astype(np.float64) - reference).max())
     assert diff <= rel * scale, f"max |diff| {diff:.3g} > {rel} * max |ref| {scale:.3g}"
+
+
+def forward_peak(engine, x) -> int:
+    """tracemalloc's peak over one engine.forward(x), after a first call has compiled the
+    kernels and made the plan."""
+    engine.forward(x)
+    tracemalloc.start()
+    try:
+        engine.forward(x)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 def load_benchmark(name: str):

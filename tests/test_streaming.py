@@ -1,6 +1,5 @@
 """The paper's Section 5: sliced and row-streamed blocks equal the materialized ones, and
 the memory the planner promises is the memory a forward call really takes."""
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from numba.core.runtime import _nrt_python, rtsys
 from mnv2engine import Engine
 from mnv2engine.plan import layout_plan
 
-from conftest import close, slicing_modes
+from conftest import close, forward_peak, slicing_modes
 from torch_reference import reference_and_engine, run_with_blocks
 
 
@@ -49,16 +48,6 @@ def test_slices_may_differ_per_block():
     # uneven: 3 slices of block1's 96... channels differ by at most one
     sizes = np.diff(e.plan().steps[2].bounds)
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == e.arch.blocks[2].hidden
-
-
-def forward_peak(engine, x):
-    engine.forward(x)  # compile and build the plan outside the measurement
-    tracemalloc.start()
-    try:
-        engine.forward(x)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
 
 
 @pytest.mark.parametrize("kw", [dict(t=1), dict(t=2), dict(t=4), dict(rows=True), dict(rows=True, t=4),
