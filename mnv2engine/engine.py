@@ -18,6 +18,7 @@ from .plan import build_plan, resolve_t, slice_bounds
 from .program import compile_plan, gather
 from .recent import Recent
 from .spread import spread
+from .kernels.finite import all_finite
 from .kernels.network import forward, modes, run_block, run_head
 from .kernels.pipeline import pipeline
 from .kernels.sync import RUNNING, STATE, new_sync
@@ -181,6 +182,15 @@ class Engine:
         kernel again for it). The kernels never write to it."""
         return x.dtype == np.float32 and x.flags.c_contiguous and x.flags.aligned and x.flags.writeable
 
+    @classmethod
+    def _finite(cls, x: np.ndarray) -> bool:
+        """No NaN or infinity in x: one compiled pass where the kernels can read x in place
+        (kernels/finite.py), else NumPy's min and max (which see every NaN and infinity);
+        neither allocates anything that grows with the batch."""
+        if cls.reads_in_place(x):
+            return all_finite(x.reshape(-1))
+        return bool(np.isfinite(x.min()) and np.isfinite(x.max()))
+
     def _check_input(self, x) -> np.ndarray:
         if not isinstance(x, np.ndarray):
             raise InputError(f"forward expects a numpy array, got {type(x).__name__}")
@@ -189,8 +199,7 @@ class Engine:
                              f"{MIN_SIZE}, got shape {x.shape}")
         if x.dtype.kind != "f" or x.dtype.itemsize != 4:
             raise InputError(f"forward expects float32 input, got {x.dtype}")
-        # min and max see every NaN and infinity, and allocate nothing (a batch may be huge)
-        if not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        if not self._finite(x):
             raise InputError("input contains NaN or infinite values")
         return x
 

@@ -85,11 +85,23 @@ def test_truncated_jpeg_and_fake_jpeg(engine, tmp_path):
         engine.predict(tmp_path / "text.jpg")
 
 
-def test_forward_rejects_inf(engine):
-    x = np.zeros((1, SIZE, SIZE, 3), np.float32)
-    x[0, 3, 4, 1] = np.inf
-    with pytest.raises(InputError, match="infinite"):
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("where", [(0, 0, 0, 0), (0, 3, 4, 1), (1, -1, -1, 2), (1, -1, -2, 2)])
+@pytest.mark.parametrize("layout", ["in place", "strided", "big-endian"])
+def test_forward_rejects_nan_and_inf_anywhere(engine, bad, where, layout):
+    """Every position of the last 64 floats is a different lane of the check's tail (a
+    batch of two 3-channel images is not a multiple of 64); the first, of its main loop.
+    Read in place and copied inputs take different checks (Engine._finite)."""
+    x = np.zeros((2, SIZE, SIZE + 1, 3), np.float32)
+    x[where] = bad
+    if layout == "strided":
+        x = np.asfortranarray(x)
+    elif layout == "big-endian":
+        x = x.astype(">f4")
+    with pytest.raises(InputError, match="NaN or infinite"):
         engine.forward(x)
+    x[where] = 1e38  # large but finite: accepted
+    assert np.isfinite(engine.forward(x)).all()
 
 
 @pytest.fixture
