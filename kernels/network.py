@@ -20,7 +20,7 @@ from .gemm import FASTMATH, PANEL, gemm
 from .pipeline import pipeline
 from .simd import LANES
 from .pool import pointwise_avg_pool
-from .sync import barrier, given_up, share
+from .sync import await_release, barrier, given_up, share
 
 BLOCK = np.dtype([(name, np.int64) for name in (
     "x", "n", "h", "w", "cin",           # input [n, h, w, cin] at arena[x:]
@@ -49,14 +49,19 @@ def forward(arena, params, ints, blocks, head, tid, threads, sync, out, image, s
     image [n, H, W, 3]: the caller's input, read where it is (never in the arena);
     state int64 [threads, 2, blocks]: the row pipeline's counters (pipeline.py);
     streamed, whole, sliced, narrow, piped: what the table's blocks use (modes()).
-    Stops after the block where the pass was given up (sync.py): the caller raises."""
+    Stops after the block where the pass was given up (sync.py): the caller raises.
+    Else the threads meet at the end, and the helpers wait for the caller's release
+    (sync.py): called by spread(..., joined=True)."""
     for i in range(len(blocks)):
         if given_up(sync):
             return
         run_block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
                   streamed, whole, sliced, narrow, piped)
-    if not given_up(sync):
-        run_head(arena, params, head, tid, threads, sync, out)
+    if given_up(sync):
+        return
+    run_head(arena, params, head, tid, threads, sync, out)
+    barrier(sync, tid, threads)  # when the caller returns, every share is written
+    await_release(sync, tid)     # helpers return once the caller has the GIL (sync.py)
 
 
 def modes(blocks: np.ndarray, ints: np.ndarray) -> tuple:

@@ -254,7 +254,7 @@ class Engine:
         else:
             with self._sharing_lock:
                 spread(self._helpers, forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
-                                                  image, state, *used) for tid in range(threads)], sync)
+                                                  image, state, *used) for tid in range(threads)], sync, joined=True)
         if self.arch.headless:
             out[:] = view(arena, plan.pooled)
 

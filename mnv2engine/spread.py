@@ -14,20 +14,29 @@ from concurrent import futures
 
 from . import affinity
 from .errors import EngineError
-from .kernels.sync import PATIENCE_NS, STALLED, STATE, give_up
+from .kernels.sync import PATIENCE_NS, RUNNING, STALLED, STATE, give_up, release
 
 
-def spread(pool, fn, calls, sync):
+def spread(pool, fn, calls, sync, joined: bool = False):
     """fn(*args) for every args of calls, the first on this thread and the others on
     `pool`'s threads, each moved off this thread's core first (affinity.py); the results
     in order. A failure is raised as an EngineError naming it (Ctrl-C stays a
-    KeyboardInterrupt), after every call has returned."""
+    KeyboardInterrupt), after every call has returned.
+
+    joined=True: fn is network.forward, whose threads meet at its end and whose helpers
+    then wait for this thread's release (sync.py). Once this thread's call returns with
+    the pass still running, every thread's work is done: the helpers are released and
+    not waited for (what is left of them is returning); nothing is returned."""
     cpu = affinity.current_cpu()
     helpers = []
     try:
         for args in calls[1:]:
             helpers.append(pool.submit(_helper, sync, cpu, fn, args))
         first = fn(*calls[0])
+        if joined:
+            release(sync)
+            if sync[STATE] == RUNNING:
+                return None
         futures.wait(helpers)
     except BaseException as e:
         give_up(sync)
