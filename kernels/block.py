@@ -294,15 +294,21 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
         # rows of x they read and of y they add to stay in cache from one slice to the
         # next; each turn refills the slice's line buffer, recomputing the expansion
         # rows above the band that the one before also used.
+        # A thread's buffers are sized for the widest slice (the planner's [threads, 3,
+        # We, widest]): the threads may be on slices of different widths at once.
         oy0, oy1 = share(Ho, tid, threads)
         band = ROW_BAND if t > 1 else max(oy1 - oy0, 1)
+        widest = 0
+        for s in range(t):
+            widest = max(widest, bounds[s + 1] - bounds[s])
+        e_at, d_at = tid * 3 * We * widest, tid * Wo * widest
         for n in range(N):
             for b0 in range(oy0, oy1, band):
                 for s in range(t):
                     cs = bounds[s + 1] - bounds[s]
                     we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(we, be, wd, bd, wp, bounds, s, we_at[s], stem, cin)
-                    e = ebuf[tid * 3 * We * cs:(tid + 1) * 3 * We * cs].reshape((3, We, cs))
-                    d = dbuf[tid * Wo * cs:(tid + 1) * Wo * cs].reshape((Wo, cs))
+                    e = ebuf[e_at:e_at + 3 * We * cs].reshape((3, We, cs))
+                    d = dbuf[d_at:d_at + Wo * cs].reshape((Wo, cs))
                     _stream(x, y, n, b0, min(b0 + band, oy1), stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s,
                             dw_stride, dw_pads, wp_s, bp, s == 0, use_residual, e, d, narrow)
     elif t == 1:

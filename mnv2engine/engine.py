@@ -21,6 +21,7 @@ from .spread import spread
 from .kernels.finite import all_finite
 from .kernels.network import forward, modes, run_block, run_head
 from .kernels.pipeline import pipeline
+from .kernels.simd import LANES
 from .kernels.sync import RUNNING, STATE, new_sync
 
 PLANS_KEPT = 8  # plans (with their compiled programs) per (batch, height, width, threads)
@@ -62,7 +63,8 @@ class Engine:
         self.weights = weightset
         self.arch, self.convs = fold_all(weightset)
         self.t = resolve_t(self.arch, t)
-        bounds = [slice_bounds(b.hidden, tb) for b, tb in zip(self.arch.blocks, self.t)]
+        lanes = LANES if rows else 1  # rows: slices on whole vectors (slice_bounds)
+        bounds = [slice_bounds(b.hidden, tb, lanes) for b, tb in zip(self.arch.blocks, self.t)]
         self._weights = gather(block_weights(self.arch, self.convs, bounds), packed(self.convs["head"]),
                                None if self.arch.headless else packed(self.convs["classifier"]))
         self.blocks = self._weights.blocks

@@ -38,7 +38,8 @@ def test_every_block_equals_the_materialized_one(alpha, size, batch):
     close(engine.forward(x), reference.forward(x), 1e-5)
 
 
-@pytest.mark.parametrize("kw", [dict(t=3), dict(t=[5] * 4 + [1] * 13), dict(threads=2), dict(threads=2, t=2)],
+@pytest.mark.parametrize("kw", [dict(t=3), dict(t=[5] * 4 + [1] * 13), dict(threads=2), dict(threads=2, t=2),
+                                dict(threads=2, t=5)],
                          ids=str)
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
 def test_the_pipeline_composes_with_slices_threads_and_both_paddings(kw, padding):

@@ -50,6 +50,23 @@ def test_slices_may_differ_per_block():
     assert sizes.max() - sizes.min() <= 1 and sizes.sum() == e.arch.blocks[2].hidden
 
 
+def test_row_streamed_slices_fall_on_whole_vectors():
+    """rows=True: slice edges on multiples of 16 wherever the expansion holds t of them,
+    as near-equal as that allows; elsewhere, and without rows, the paper's n / t."""
+    rows = Engine.random(alpha=1.0, size=64, classes=5, t=4, rows=True)
+    whole = Engine.random(alpha=1.0, size=64, classes=5, t=4)
+    for block, r, w in zip(rows.arch.blocks, rows.blocks, whole.blocks):
+        by_rows, by_paper = np.diff(r.bounds), np.diff(w.bounds)
+        assert by_paper.max() - by_paper.min() <= 1 and by_paper.sum() == block.hidden
+        assert len(by_rows) == 4 and (by_rows > 0).all() and by_rows.sum() == block.hidden
+        if block.hidden % 16 == 0 and block.hidden >= 4 * 16:
+            assert (by_rows % 16 == 0).all() and by_rows.max() - by_rows.min() <= 16, block.name
+        else:
+            assert list(by_rows) == list(by_paper), block.name
+    assert [list(np.diff(r.bounds)) for r in rows.blocks[:4]] == [[8] * 4, [16, 32, 16, 32], [32, 32, 32, 48],
+                                                                   [32, 32, 32, 48]]
+
+
 @pytest.mark.parametrize("kw", [dict(t=1), dict(t=2), dict(t=4), dict(rows=True), dict(rows=True, t=4),
                                 dict(rows=True, threads=2)],
                          ids=str)
