@@ -48,6 +48,7 @@ _TILES = current().tiles
 PANEL = _TILES.panel  # 64 for the tiles of 4 vectors; 16 where a tile is one vector wide
 COLUMNS = _TILES.gemm_vectors == 1  # one vector of channels per tile (AVX2, 128-bit)
 COLUMN_PIXELS = 6
+TAIL_COLUMNS = 4  # panels of the one-pixel tile that takes the pixels after the last 6 (_pixel_tile)
 BLOCK_FLOATS = 65536  # x rows of a pixel block (256 KiB): see _gemm_columns
 
 
@@ -121,24 +122,48 @@ def _gemm_columns(x, w, init, step, lo, hi, out):
     block = max(BLOCK_FLOATS // max(K, 1) // COLUMN_PIXELS, 1) * COLUMN_PIXELS
     for p0 in range(0, P, block):
         p1 = min(p0 + block, P)
+        whole = p0 + (p1 - p0) // COLUMN_PIXELS * COLUMN_PIXELS
         for c in range(0, C, LANES):
-            _column(x, w, init, step, lo, hi, out, p0, p1, c, min(LANES, C - c))
+            _column(x, w, init, step, lo, hi, out, p0, whole, c, min(LANES, C - c))
+        for p in range(whole, p1):
+            for c in range(0, C, TAIL_COLUMNS * LANES):
+                _pixel_tile(x, w, init, step, lo, hi, out, p, c)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _column(x, w, init, step, lo, hi, out, p0, p1, c, n):
-    """Pixels p0..p1-1 x channels c..c+15 (n live lanes), 6 pixels a tile. A call of its
-    own: inlined into the loops above, the tile lost registers to them. The pixels of a
-    tile are p..p+5 in order, so that their rows of x are one pointer and fixed strides;
-    the last tile, if the pixels run out, repeats the last pixel."""
-    p = p0
-    while p + 6 <= p1:
+    """Pixels p0..p1-1 (a multiple of 6 of them) x channels c..c+15 (n live lanes), 6
+    pixels a tile. A call of its own: inlined into the loops above, the tile lost
+    registers to them. The pixels of a tile are p..p+5 in order, so that their rows of x
+    are one pointer and fixed strides."""
+    for p in range(p0, p1, 6):
         _column_tile6(x, w, init, step, lo, hi, out, p, p + 1, p + 2, p + 3, p + 4, p + 5, c, n)
-        p += 6
-    if p < p1:
-        last = p1 - 1
-        _column_tile6(x, w, init, step, lo, hi, out, p, min(p + 1, last), min(p + 2, last),
-                      min(p + 3, last), min(p + 4, last), last, c, n)
+
+
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+def _pixel_tile(x, w, init, step, lo, hi, out, p, c):
+    """One pixel x channels c..c+63 (four panels; past the last channel, the last panel
+    again: it computes and stores the same values twice). The pixels after the last
+    whole 6-pixel tile: a 6-pixel tile costs the same however many of its pixels are
+    real, so the single pixel after 48 (a 7x7 layer) cost a ninth of the layer, the
+    classifier's one pixel (batch 1) six times its work, and two threads splitting 49
+    pixels did 4 and 5 tiles. Eight ymm accumulators in four chains keep the FMA units
+    as busy as a latency of 4 to 5 cycles allows."""
+    C, last = out.shape[1], (out.shape[1] - 1) // LANES
+    i0 = c // PANEL
+    i1, i2, i3 = min(i0 + 1, last), min(i0 + 2, last), min(i0 + 3, last)
+    n0, n1 = min(LANES, C - i0 * LANES), min(LANES, C - i1 * LANES)
+    n2, n3 = min(LANES, C - i2 * LANES), min(LANES, C - i3 * LANES)
+    a0, a1 = vload(init, (p * step, i0 * LANES), n0), vload(init, (p * step, i1 * LANES), n1)
+    a2, a3 = vload(init, (p * step, i2 * LANES), n2), vload(init, (p * step, i3 * LANES), n3)
+    for k in range(x.shape[1]):
+        v = vbroadcast(x, (p, k))
+        a0, a1 = vfma(v, vload(w, (i0, k, 0), LANES), a0), vfma(v, vload(w, (i1, k, 0), LANES), a1)
+        a2, a3 = vfma(v, vload(w, (i2, k, 0), LANES), a2), vfma(v, vload(w, (i3, k, 0), LANES), a3)
+    _store_column(out, p, i0 * LANES, n0, lo, hi, a0)
+    _store_column(out, p, i1 * LANES, n1, lo, hi, a1)
+    _store_column(out, p, i2 * LANES, n2, lo, hi, a2)
+    _store_column(out, p, i3 * LANES, n3, lo, hi, a3)
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
