@@ -41,7 +41,6 @@ through its own rings; the band's first rows need input rows above it, which the
 thread before also made (a few rows per block at the seam: the only rows computed
 twice). No barrier inside the pipeline.
 """
-import numpy as np
 from numba import njit
 
 from ._fold import fold_row
