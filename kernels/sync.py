@@ -155,11 +155,27 @@ def barrier(sync, tid, threads):
     passed = sync[mine] + 1
     sync[mine] = passed
     atomic_add(sync, ARRIVED, 1)
+    _wait_for(sync, ARRIVED, passed * threads)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def await_release(sync, tid):
+    """A helper (tid > 0) waits until the caller has released the pass, or the pass
+    was given up (see the module's docstring). The caller returns at once."""
+    if tid > 0:
+        _wait_for(sync, RELEASED, 1)
+
+
+@njit(cache=True, nogil=True, _nrt=False, inline="always")
+def _wait_for(sync, slot, target):
+    """Spin until sync[slot] >= target or the pass is given up, yielding the core every
+    SPINS_BEFORE_YIELD spins; after the patience without sync[slot] changing, mark the
+    pass STALLED and leave."""
     spins = 0
-    seen, since = -1, 0  # the count last seen, and when it was first seen
+    seen, since = -1, 0  # the value last seen, and when it was first seen
     while True:
-        arrived = atomic_load(sync, ARRIVED)
-        if arrived >= passed * threads or atomic_load(sync, STATE) != RUNNING:
+        value = atomic_load(sync, slot)
+        if value >= target or atomic_load(sync, STATE) != RUNNING:
             return
         _pause()
         spins += 1
@@ -167,29 +183,9 @@ def barrier(sync, tid, threads):
             _sched_yield()
             spins = 0
             now = _monotonic_ns()
-            if arrived != seen:
-                seen, since = arrived, now
+            if value != seen:
+                seen, since = value, now
             elif now - since > sync[PATIENCE_NS]:
-                sync[STATE] = STALLED
-                return
-
-
-@njit(cache=True, nogil=True, _nrt=False)
-def await_release(sync, tid):
-    """A helper (tid > 0) waits until the caller has released the pass, or the pass
-    was given up, spinning as at a barrier (see the module's docstring). The caller
-    returns at once."""
-    if tid == 0:
-        return
-    spins = 0
-    since = _monotonic_ns()
-    while atomic_load(sync, RELEASED) == 0 and atomic_load(sync, STATE) == RUNNING:
-        _pause()
-        spins += 1
-        if spins == SPINS_BEFORE_YIELD:
-            _sched_yield()
-            spins = 0
-            if _monotonic_ns() - since > sync[PATIENCE_NS]:
                 sync[STATE] = STALLED
                 return
 
