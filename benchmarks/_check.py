@@ -80,8 +80,10 @@ def network(ws, x) -> np.ndarray:
     arch = ws.architecture
     h = relu6(layer("stem", np.asarray(x, np.float64), 2))
     for b in arch.blocks:
+        if b.passes_through:  # the stem, above
+            continue
         block_input = h
-        if b.expansion != 1:
+        if b.expands:
             h = relu6(layer(f"{b.name}/expand", h))
         h = layer(f"{b.name}/project", relu6(layer(f"{b.name}/depthwise", h, b.stride)))
         if b.use_residual:

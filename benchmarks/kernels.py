@@ -124,7 +124,7 @@ def layer_calls(arch: Architecture, rng):
     for blk in arch.blocks:
         P_in = blk.in_size[0] * blk.in_size[1]
         P_out = blk.out_size[0] * blk.out_size[1]
-        if blk.expansion != 1:
+        if blk.expands:
             yield f"{blk.name}/expand", "expand 1x1", P_in * blk.cin * blk.hidden, *pw(P_in, blk.cin, blk.hidden, *RELU6)
         calls, macs = dw(blk.in_size, blk.hidden, blk.stride)
         yield f"{blk.name}/depthwise s{blk.stride}", f"depthwise s{blk.stride}", macs, *calls

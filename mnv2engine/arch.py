@@ -59,7 +59,11 @@ def conv_padding(size: int, stride: int, convention: str) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Block:
-    """One inverted residual: [H, W, cin] -> expand to `hidden` -> depthwise(stride) -> cout."""
+    """One inverted residual: [H, W, cin] -> expand to `hidden` -> depthwise(stride) -> cout.
+
+    `index` is the block's place in the engine's list: block 0's expansion is the stem
+    conv (the paper's first-layer trick). `name` is what its layers are called in a
+    weight file: block0 .. block16, Table 2's count."""
     index: int
     cin: int
     hidden: int          # expanded channels n (cin * expansion), the tensor the paper slices
@@ -68,14 +72,13 @@ class Block:
     expansion: int
     in_size: tuple[int, int]
     out_size: tuple[int, int]
-
-    @property
-    def name(self) -> str:
-        return f"block{self.index}"
+    name: str = ""
+    expands: bool = False    # has a 1x1 expansion conv (the stem is block 0's otherwise)
+    passes_through: bool = False  # Architecture.block0_expands's stem step: y = relu6(stem(image))
 
     @property
     def use_residual(self) -> bool:
-        return self.stride == 1 and self.cin == self.cout
+        return self.stride == 1 and self.cin == self.cout and not self.passes_through
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,12 @@ class Architecture:
     size: tuple[int, int] = (224, 224)
     classes: int = 1000          # 0 means headless: the engine returns pooled features
     padding: str = "same"
+    # MXNet Gluon's MobileNetV2 (the ONNX model zoo's mobilenetv2-7 / -12) gives block 0 a
+    # 1x1 expansion conv of factor 1 (32 -> 32, with BatchNorm and ReLU6) that the paper's
+    # network does not have. It reads every channel of the stem's output, which therefore
+    # exists as a tensor: the engine runs the stem as a block of its own (`passes_through`:
+    # its expansion is the stem, its depthwise and projection are identities) before it.
+    block0_expands: bool = False
     blocks: tuple[Block, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -117,12 +126,17 @@ class Architecture:
 
     def _build_blocks(self):
         cin, hw, index = self.stem_channels, self.stem_out_size, 0
+        if self.block0_expands:
+            yield Block(0, cin, cin, cin, 1, 1, hw, hw, "stem", passes_through=True)
+            index = 1
         for expansion, c, n, s in TABLE2:
             cout = make_divisible(c * self.alpha)
             for i in range(n):
                 stride = s if i == 0 else 1
                 out_hw = tuple(conv_out_size(d, stride) for d in hw)
-                yield Block(index, cin, cin * expansion, cout, stride, expansion, hw, out_hw)
+                number = index - self.block0_expands
+                yield Block(index, cin, cin * expansion, cout, stride, expansion, hw, out_hw, f"block{number}",
+                            expands=expansion != 1 or self.block0_expands and number == 0)
                 cin, hw, index = cout, out_hw, index + 1
 
     def tensor_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
@@ -139,7 +153,9 @@ class Architecture:
         """
         layers = {"stem": (3, 3, 3, self.stem_channels)}
         for b in self.blocks:
-            if b.expansion != 1:
+            if b.passes_through:
+                continue
+            if b.expands:
                 layers[f"{b.name}/expand"] = (b.cin, b.hidden)
             layers[f"{b.name}/depthwise"] = (3, 3, b.hidden)
             layers[f"{b.name}/project"] = (b.hidden, b.cout)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -213,7 +214,7 @@ def cmd_summary(args) -> int:
     if args.weights:
         from .weights import read_any
         ws = read_any(args.weights)
-        arch = Architecture(alpha=ws.alpha, size=args.size or ws.size, classes=ws.classes, padding=ws.padding)
+        arch = dataclasses.replace(ws.architecture, size=args.size or ws.size)
     else:
         arch = Architecture(alpha=args.alpha, size=args.size or 224, classes=args.classes)
     print(format_table(arch))

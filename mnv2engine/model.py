@@ -58,12 +58,28 @@ class BlockWeights:
     project_bias: np.ndarray
 
 
+def identities(channels: int) -> tuple[Conv, Conv]:
+    """A depthwise filter and a projection that pass their input on unchanged: the
+    centre tap 1, the others 0; the identity matrix. On the stem's output, which ReLU6
+    keeps in [0, 6], ReLU6 after the depthwise changes nothing either, and every sum
+    adds exact zeros: y is the stem's output, bit for bit."""
+    taps = np.zeros((3, 3, channels), np.float32)
+    taps[1, 1] = 1
+    zeros = np.zeros(channels, np.float32)
+    return Conv(taps, zeros), Conv(np.eye(channels, dtype=np.float32), zeros)
+
+
 def block_weights(arch: Architecture, convs: dict[str, Conv], bounds_per_block) -> list[BlockWeights]:
-    """The first block's expansion is the stem conv: the paper's first-layer trick."""
+    """The first block's expansion is the stem conv: the paper's first-layer trick. Where
+    the stem is a block of its own (Architecture.block0_expands), that block's depthwise
+    and projection are identities."""
     out = []
     for b, bounds in zip(arch.blocks, bounds_per_block):
         exp = convs["stem" if b.index == 0 else f"{b.name}/expand"]
-        dw, proj = convs[f"{b.name}/depthwise"], convs[f"{b.name}/project"]
+        if b.passes_through:
+            dw, proj = identities(b.hidden)
+        else:
+            dw, proj = convs[f"{b.name}/depthwise"], convs[f"{b.name}/project"]
         out.append(BlockWeights(bounds, pack_expansion(exp.kernel, bounds, b.index == 0), exp.bias,
                                 pack_slices(dw.kernel, bounds), dw.bias, pack_panels(proj.kernel), proj.bias))
     return out

@@ -22,8 +22,10 @@ def layer_table(arch: Architecture) -> list[LayerRow]:
     (h, w), c = arch.stem_out_size, arch.stem_channels
     rows.append(LayerRow("stem", "conv3x3 s2 + relu6", (H, W, 3), (h, w, c), 27 * c + c, h * w * 27 * c))
     for b in arch.blocks:
+        if b.passes_through:  # the stem, above
+            continue
         (hi, wi), (ho, wo) = b.in_size, b.out_size
-        if b.expansion != 1:
+        if b.expands:
             rows.append(LayerRow(f"{b.name}/expand", "pointwise + relu6", (hi, wi, b.cin), (hi, wi, b.hidden),
                                  b.cin * b.hidden + b.hidden, hi * wi * b.cin * b.hidden))
         rows.append(LayerRow(f"{b.name}/depthwise", f"depthwise3x3 s{b.stride} + relu6", (hi, wi, b.hidden),

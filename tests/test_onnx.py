@@ -15,7 +15,7 @@ from mnv2engine import Engine, WeightFileError, convert
 from mnv2engine.weights.weightset import IMAGENET_MEAN, IMAGENET_STD
 
 from conftest import close, require
-from torch_reference import MobileNetV2, randomized
+from torch_reference import ConvBNReLU6, MobileNetV2, randomized
 
 onnx = require("onnx")
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Setting 'keep_initializers",
@@ -125,16 +125,41 @@ def test_a_graph_that_is_not_mobilenet_v2_names_the_first_node_that_does_not_fit
         convert(edited(src, tmp_path / "nores.onnx", no_residual), tmp_path / "x.h5")
 
 
-def test_gluons_block_0_expansion_is_refused_saying_so(tmp_path):
-    """MXNet Gluon's MobileNetV2 (the ONNX model zoo's) expands block 0 by a factor of 1
-    with a 1x1 conv that the paper's network does not have."""
-    from torch_reference import ConvBNReLU6
-    model = MobileNetV2(num_classes=10, width_mult=0.35)
-    model.features[1].conv = torch.nn.Sequential(ConvBNReLU6(16, 16, kernel_size=1), *model.features[1].conv)
-    path = export(randomized(model, 1).eval(), tmp_path / "gluon-like.onnx", 11)
-    with pytest.raises(WeightFileError, match=r"node '/features/features.1/conv/conv.0/conv.0.0/Conv' \(Conv\): "
-                                              "block 0 has a 1x1 expansion conv, as MXNet Gluon's"):
-        convert(path, tmp_path / "x.h5")
+class GluonLike(MobileNetV2):
+    """MXNet Gluon's MobileNetV2, as the ONNX model zoo's mobilenetv2-7 / -12 are exported
+    from it: block 0 expands by a factor of 1 (a 1x1 conv with BatchNorm and ReLU6 before
+    its depthwise), and the classifier is a bias-free 1x1 conv on the pooled features,
+    then Flatten."""
+    def __init__(self, num_classes, width_mult):
+        super().__init__(num_classes=num_classes, width_mult=width_mult)
+        c = self.features[0][0].out_channels
+        self.features[1].conv = torch.nn.Sequential(ConvBNReLU6(c, c, kernel_size=1), *self.features[1].conv)
+        self.output = torch.nn.Conv2d(self.last_channel, num_classes, 1, bias=False)
+
+    def forward(self, x):
+        return self.output(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1)).flatten(1)
+
+
+@pytest.mark.parametrize("opset", [7, 12])
+def test_gluons_block_0_expansion_converts_and_matches_onnxruntime(opset, tmp_path):
+    """The zoo's two opsets (Clip bounds as attributes, then as inputs), BatchNorm kept as
+    MXNet exports it; every evaluation of the engine against onnxruntime on the file."""
+    model = randomized(GluonLike(num_classes=10, width_mult=0.35), opset)
+    path = export(model, tmp_path / "gluon-like.onnx", opset, fold=False)
+    assert {"BatchNormalization", "Clip", "GlobalAveragePool"} <= ops(path) and "Gemm" not in ops(path)
+    ws = convert(path, tmp_path / "mnv2.h5")
+    assert ws.architecture.block0_expands and ws.layers["block0/expand"].kernel.shape == (16, 16)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    engines = [Engine.load(tmp_path / "mnv2.h5", **kw) for kw in ({}, dict(t=4), dict(rows=True, threads=2))]
+    for size in (96, 113):
+        x = np.random.default_rng(size).normal(0, 1, (2, size, size, 3)).astype(np.float32)
+        ref = session.run(None, {"x": x.transpose(0, 3, 1, 2)})[0]
+        assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max()
+        for engine in engines:
+            try:
+                close(engine.forward(x), ref)
+            except AssertionError as e:
+                raise AssertionError(f"{engine} at {size}: {e}") from None
 
 
 def test_a_resnet_style_graph_is_refused_saying_what_was_found(tmp_path):

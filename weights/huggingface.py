@@ -85,7 +85,7 @@ def _layer_map(arch: Architecture, prefix: str) -> dict[str, str]:
     out = {"stem": f"{prefix}conv_stem.first_conv"}
     for b in arch.blocks:
         p = f"{prefix}conv_stem" if b.index == 0 else f"{prefix}layer.{b.index - 1}"
-        if b.expansion != 1:
+        if b.expands:
             out[f"{b.name}/expand"] = f"{p}.expand_1x1"
         out[f"{b.name}/depthwise"] = f"{p}.conv_3x3"
         out[f"{b.name}/project"] = f"{p}.reduce_1x1"

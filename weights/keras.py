@@ -40,7 +40,7 @@ def _layer_map(arch: Architecture) -> dict[str, tuple[str, str | None]]:
     out = {"stem": ("Conv1", "bn_Conv1")}
     for b in arch.blocks:
         p = "expanded_conv" if b.index == 0 else f"block_{b.index}"
-        if b.expansion != 1:
+        if b.expands:
             out[f"{b.name}/expand"] = (f"{p}_expand", f"{p}_expand_BN")
         out[f"{b.name}/depthwise"] = (f"{p}_depthwise", f"{p}_depthwise_BN")
         out[f"{b.name}/project"] = (f"{p}_project", f"{p}_project_BN")

@@ -10,7 +10,7 @@ GlobalAveragePool or ReduceMean over H and W; the classifier Gemm, MatMul (+ Add
 1x1 Conv on the pooled features (as MXNet Gluon exports it), around Flatten/Reshape.
 Where the graph does not fit, the error names the first node that doesn't. Convs are OIHW.
 The ONNX model zoo's mobilenetv2-7 / -12 come from Gluon, whose block 0 has a 1x1
-expansion conv the paper's network does not: they are refused, saying so.
+expansion conv the paper's network does not: read as Architecture(block0_expands=True).
 """
 from __future__ import annotations
 
@@ -159,7 +159,9 @@ def _expected(arch: Architecture) -> list[tuple[str, tuple, int, int, bool, bool
     """(engine layer, OIHW or [in, out] shape, group, stride, relu6, residual) in graph order."""
     out = [("stem", (arch.stem_channels, 3, 3, 3), 1, 2, True, False)]
     for b in arch.blocks:
-        if b.expansion != 1:
+        if b.passes_through:  # the stem, above
+            continue
+        if b.expands:
             out.append((f"{b.name}/expand", (b.hidden, b.cin, 1, 1), 1, 1, True, False))
         out.append((f"{b.name}/depthwise", (b.hidden, 1, 3, 3), b.hidden, b.stride, True, False))
         out.append((f"{b.name}/project", (b.cout, b.hidden, 1, 1), 1, 1, False, b.use_residual))
@@ -231,8 +233,8 @@ def read_onnx(path, size=None) -> WeightSet:
             raise WeightFileError(f"{path}: {describe(tail[0].node)} does not fit a MobileNetV2 classifier")
         classes = kernel.shape[1]
     best = None
-    for alpha in ALPHAS:
-        arch = Architecture(alpha=alpha, classes=classes)
+    for alpha, gluon in ((a, g) for a in ALPHAS for g in (False, True)):
+        arch = Architecture(alpha=alpha, classes=classes, block0_expands=gluon)
         expected = _expected(arch)
         for i, (f, want) in enumerate(zip(found, expected)):
             why = _mismatch(f, want)
@@ -245,10 +247,6 @@ def read_onnx(path, size=None) -> WeightSet:
         if best is None or i > best[0]:
             best = (i, why, alpha, expected)
     i, why, alpha, expected = best
-    if i == 1 and found[1].kernel.shape[2:] == (1, 1) and found[1].kernel.shape[0] == found[0].kernel.shape[0]:
-        raise WeightFileError(f"{path}: {describe(found[1].node)}: block 0 has a 1x1 expansion conv, as MXNet "
-                              "Gluon's MobileNetV2 does (the ONNX model zoo's mobilenetv2-7 and -12); the paper's "
-                              "block 0 has none (expansion factor 1), and the engine runs the paper's network")
     if why is None:
         where = (f"the graph ends after {describe(found[-1].node)}" if i < len(expected)
                  else f"{describe(found[i].node)} is one layer too many")

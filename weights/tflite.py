@@ -263,7 +263,7 @@ def _slots(arch: Architecture) -> list[_Slot]:
     """The op sequence MobileNetV2 must have."""
     out = [_Slot("stem", (CONV,), 2, "RELU6", arch.size)]
     for b in arch.blocks:
-        if b.expansion != 1:
+        if b.expands:
             out.append(_Slot(f"{b.name}/expand", (CONV,), 1, "RELU6"))
         out.append(_Slot(f"{b.name}/depthwise", (DEPTHWISE,), b.stride, "RELU6", b.in_size))
         out.append(_Slot(f"{b.name}/project", (CONV,), 1, "NONE"))

@@ -43,7 +43,7 @@ def _layer_map(arch: Architecture) -> dict[str, tuple[str, str]]:
     out = {"stem": ("features.0.0", "features.0.1")}
     for b in arch.blocks:
         p = f"features.{b.index + 1}.conv"
-        if b.expansion == 1:
+        if not b.expands:
             out[f"{b.name}/depthwise"] = (f"{p}.0.0", f"{p}.0.1")
             out[f"{b.name}/project"] = (f"{p}.1", f"{p}.2")
         else:

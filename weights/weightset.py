@@ -64,7 +64,9 @@ class WeightSet:
 
     @property
     def architecture(self) -> Architecture:
-        return Architecture(alpha=self.alpha, size=tuple(self.size), classes=self.classes, padding=self.padding)
+        """The network the layers describe: a layer block0/expand says block 0 expands (MXNet Gluon's)."""
+        return Architecture(alpha=self.alpha, size=tuple(self.size), classes=self.classes, padding=self.padding,
+                            block0_expands="block0/expand" in self.layers)
 
     def set_torchvision_preprocessing(self):
         """torchvision's ImageNet evaluation: shorter side to 256, centre crop 224, mean and std."""
