@@ -49,6 +49,30 @@ class _F32x16Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VEC)
 
 
+class F32x8(types.Type):
+    """Half a vector: one ymm register. For the depthwise on AVX2, whose nine weight
+    vectors and four accumulators fit 16 ymm registers only at 8 lanes (target.py)."""
+    def __init__(self):
+        super().__init__(name="f32x8")
+
+
+f32x8 = F32x8()
+
+
+@register_model(F32x8)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _HALF)
+
+
+_LLVM = {f32x16: _VEC, f32x8: _HALF}  # each vector type's LLVM type
+
+
+def _vector(*args):
+    """The vector type all of args are (f32x16 or f32x8), else None (no such intrinsic)."""
+    return args[0] if args[0] in _LLVM and all(a == args[0] for a in args) else None
+
+
 def _vector_pointer(context, builder, arrty, arr, index_type, index):
     """Pointer to arr[index] (no bounds check, no negative wraparound), as <16 x float>*."""
     ary = context.make_array(arrty)(context, builder, arr)
@@ -63,13 +87,14 @@ def _vector_pointer(context, builder, arrty, arr, index_type, index):
 def _splat(builder, value, vector_type):
     undef = ir.Constant(vector_type, ir.Undefined)
     first = builder.insert_element(undef, value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+    count = vector_type.count
+    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, count), [0] * count))
 
 
-def _lane_mask(builder, n):
-    """<16 x i1>: lane l is on when l < n."""
-    lanes = ir.VectorType(ir.IntType(64), LANES)
-    return builder.icmp_signed("<", ir.Constant(lanes, list(range(LANES))), _splat(builder, n, lanes))
+def _lane_mask(builder, n, count=LANES):
+    """<count x i1>: lane l is on when l < n."""
+    lanes = ir.VectorType(ir.IntType(64), count)
+    return builder.icmp_signed("<", ir.Constant(lanes, list(range(count))), _splat(builder, n, lanes))
 
 
 def _choose(builder, condition, then, otherwise):
@@ -161,10 +186,59 @@ def _store_lanes(builder, v, ptr, n):
     """Lanes 0..n-1 of v, one float at a time: without AVX-512, cheaper than a masked
     store for the few lanes left at the end of a row (a slice of 36 channels ends in 4)."""
     floats = builder.bitcast(ptr, _F32.as_pointer())
-    for lane in range(LANES - 1):
+    for lane in range(v.type.count - 1):
         with builder.if_then(builder.icmp_signed(">", n, ir.Constant(ir.IntType(64), lane))):
             builder.store(builder.extract_element(v, ir.Constant(_I32, lane)),
                           builder.gep(floats, [ir.Constant(_I32, lane)]), align=4)
+
+
+@intrinsic
+def vload8(typingctx, arr, index, n):
+    """vload into half a vector: the n floats from arr[index] (n <= 8), zeros after."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1]),
+                              _HALF.as_pointer())
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+
+        def masked():
+            mask = ir.VectorType(ir.IntType(1), LANES // 2)
+            fnty = ir.FunctionType(_HALF, [_HALF.as_pointer(), _I32, mask, _HALF])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v8f32.p0")
+            return builder.call(fn, [ptr, ir.Constant(_I32, 4), _lane_mask(builder, n, LANES // 2),
+                                     ir.Constant(_HALF, None)])
+        return _choose(builder, _is_half(builder, n), lambda: builder.load(ptr, align=4), masked)
+    return f32x8(arr, index, n), codegen
+
+
+@intrinsic
+def vstore8(typingctx, arr, index, n, v):
+    """vstore of half a vector: lanes 0..n-1 of v (n <= 8) to arr[index]."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1]),
+                              _HALF.as_pointer())
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        with builder.if_else(_is_half(builder, n), likely=True) as (full, partial):
+            with full:
+                builder.store(args[3], ptr, align=4)
+            with partial:
+                _store_lanes(builder, args[3], ptr, n)
+        return context.get_dummy_value()
+    return types.none(arr, index, n, f32x8), codegen
+
+
+@intrinsic
+def vsplat8(typingctx, x):
+    """All 8 lanes of half a vector = x (as float32)."""
+    if not isinstance(x, (types.Float, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), _HALF)
+    return f32x8(x), codegen
 
 
 @intrinsic
@@ -197,10 +271,16 @@ def vfma(typingctx, a, b, c):
     """a * b + c in each lane: one FMA, one rounding, where the target has FMA (every
     x86-64 since Haswell, every ARMv8); elsewhere (NUMBA_CPU_NAME=generic) a multiply
     and an add, where llvm.fma would call fmaf() once per lane."""
+    vec = _vector(a, b, c)
+    if vec is None:
+        return None
+
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fmuladd.v16f32")
+        llvm = _LLVM[vec]
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(llvm, [llvm] * 3),
+                                            f"llvm.fmuladd.v{llvm.count}f32")
         return builder.call(fn, args)
-    return f32x16(f32x16, f32x16, f32x16), codegen
+    return vec(vec, vec, vec), codegen
 
 
 @intrinsic
@@ -214,12 +294,16 @@ def vadd(typingctx, a, b):
 @intrinsic
 def vclamp(typingctx, v, lo, hi):
     """min(max(v, lo), hi) in each lane; lo, hi = -inf, inf leaves v as it is."""
+    vec = _vector(v)
+    if vec is None:
+        return None
+
     def codegen(context, builder, sig, args):
-        lo = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32), _VEC)
-        hi = _splat(builder, context.cast(builder, args[2], sig.args[2], types.float32), _VEC)
+        lo = _splat(builder, context.cast(builder, args[1], sig.args[1], types.float32), _LLVM[vec])
+        hi = _splat(builder, context.cast(builder, args[2], sig.args[2], types.float32), _LLVM[vec])
         above = builder.select(builder.fcmp_ordered(">", args[0], lo), args[0], lo)
         return builder.select(builder.fcmp_ordered("<", above, hi), above, hi)
-    return f32x16(f32x16, types.float32, types.float32), codegen
+    return vec(vec, types.float32, types.float32), codegen
 
 
 def _shuffle(builder, a, b, lanes):
@@ -261,10 +345,14 @@ def vsplat_at(typingctx, x, s, span):
 
 @intrinsic
 def vrepeat8(typingctx, v):
-    """Lanes 0-7 of v, twice: the same 8 channels for two pixels."""
+    """Lanes 0-7 of v (f32x16 or f32x8), twice: the same 8 channels for two pixels."""
+    vec = _vector(v)
+    if vec is None:
+        return None
+
     def codegen(context, builder, sig, args):
-        return _shuffle(builder, args[0], ir.Constant(_VEC, ir.Undefined), list(range(8)) * 2)
-    return f32x16(f32x16), codegen
+        return _shuffle(builder, args[0], ir.Constant(_LLVM[vec], ir.Undefined), list(range(8)) * 2)
+    return f32x16(vec), codegen
 
 
 @intrinsic
