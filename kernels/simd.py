@@ -267,6 +267,18 @@ def vbroadcast(typingctx, arr, index):
 
 
 @intrinsic
+def vbroadcast8(typingctx, arr, index):
+    """vbroadcast into half a vector: all 8 lanes = arr[index]."""
+    _check_index(arr, index)
+
+    def codegen(context, builder, sig, args):
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
+        value = builder.load(builder.bitcast(ptr, _F32.as_pointer()), align=4)
+        return _splat(builder, value, _HALF)
+    return f32x8(arr, index), codegen
+
+
+@intrinsic
 def vfma(typingctx, a, b, c):
     """a * b + c in each lane: one FMA, one rounding, where the target has FMA (every
     x86-64 since Haswell, every ARMv8); elsewhere (NUMBA_CPU_NAME=generic) a multiply
