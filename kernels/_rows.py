@@ -11,14 +11,7 @@ import numpy as np
 from numba import njit
 
 from .gemm import FASTMATH, gemm
-from .simd import LANES, vclamp, vfma, vload, vload8, vrepeat8, vsplat, vsplat8, vstore, vstore8
-from .target import current
-
-# The depthwise's vectors: 16 lanes, or 8 where the target's registers hold its nine
-# weight vectors and four accumulators only at that width (target.py). These module
-# constants are frozen into the compiled code.
-DW_LANES = current().tiles.depthwise_lanes
-_dw_load, _dw_store, _dw_splat = (vload, vstore, vsplat) if DW_LANES == LANES else (vload8, vstore8, vsplat8)
+from .simd import LANES, vclamp, vfma, vload, vrepeat8, vsplat, vstore
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
@@ -57,15 +50,15 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out, narrow
     [0, H) x [0, W) are the zero padding; the bottom and right padding only show in how
     many output rows and columns the caller asks for.
 
-    Vectorized over DW_LANES channels at a time, the nine weights and the bias in registers,
+    Vectorized over 16 channels at a time, the nine weights and the bias in registers,
     four output pixels at a time in the interior (four independent FMA chains, so the
     FMA latency is hidden). A tap on the padding reads the nearest real row or column
     instead and multiplies it by a zero weight, so the edges run the same FMAs with no
     branch per tap. (The rows and columns read are always ones already computed: they
     hold finite values, and the product is exactly 0.)
 
-    narrow=None leaves the 8-channel path (_pairs_interior, for 16-lane vectors) out of
-    the compiled code: the caller promises C != 8.
+    narrow=None leaves the 8-channel path (_pairs_interior) out of the compiled code:
+    the caller promises C != 8.
     """
     R, W, C = e.shape
     Wo = out.shape[0]
@@ -73,15 +66,15 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out, narrow
     iy0 = oy * stride - pad_top
     r0, r1, r2 = _nearest(iy0, H) % R, _nearest(iy0 + 1, H) % R, _nearest(iy0 + 2, H) % R
     top, bottom = iy0 >= 0, iy0 + 2 < H
-    zero = _dw_splat(0.0)
-    for c in range(0, C, DW_LANES):
-        n = min(DW_LANES, C - c)
-        bias = _dw_load(b, (c,), n)
+    zero = vsplat(0.0)
+    for c in range(0, C, LANES):
+        n = min(LANES, C - c)
+        bias = vload(b, (c,), n)
         w00, w01, w02 = _tap(w, 0, 0, c, n, top), _tap(w, 0, 1, c, n, top), _tap(w, 0, 2, c, n, top)
         w10, w11, w12 = _tap(w, 1, 0, c, n, True), _tap(w, 1, 1, c, n, True), _tap(w, 1, 2, c, n, True)
         w20, w21, w22 = _tap(w, 2, 0, c, n, bottom), _tap(w, 2, 1, c, n, bottom), _tap(w, 2, 2, c, n, bottom)
         paired, paired_end = pad_left, pad_left  # pixels done two per vector
-        if narrow is not None and DW_LANES == LANES and C == LANES // 2 and stride == 1:
+        if narrow is not None and C == LANES // 2 and stride == 1:
             paired_end = _pairs_interior(e, r0, r1, r2, pad_left, bias, w00, w01, w02, w10, w11, w12,
                                          w20, w21, w22, lo32, hi32, out)
         ox = 0
@@ -90,36 +83,40 @@ def depthwise_row(e, H, oy, w, b, stride, pad_top, pad_left, lo, hi, out, narrow
                 ox = paired_end
                 continue
             ix = ox * stride - pad_left
-            if n == DW_LANES and ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
+            if ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
                 # The stride and the lane count as constants: then neighbouring windows
                 # share their loads (6 columns for 4 pixels at stride 1, not 12): 1.45x
-                # faster, measured; and no load or store tests how many lanes are live.
-                if stride == 1:
-                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 1, c, DW_LANES, bias,
+                # faster, measured; and no load or store tests how many lanes are live
+                # (on AVX2, 4-13% faster per layer; in one process, alternating). The
+                # last vector of a slice narrower than a multiple of 16 takes neither.
+                if n == LANES and stride == 1:
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 1, c, LANES, bias,
+                                                w00, w01, w02, w10, w11, w12, w20, w21, w22)
+                elif n == LANES:
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 2, c, LANES, bias,
                                                 w00, w01, w02, w10, w11, w12, w20, w21, w22)
                 else:
-                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 2, c, DW_LANES, bias,
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, stride, c, n, bias,
                                                 w00, w01, w02, w10, w11, w12, w20, w21, w22)
-                _dw_store(out, (ox, c), DW_LANES, vclamp(a0, lo32, hi32))
-                _dw_store(out, (ox + 1, c), DW_LANES, vclamp(a1, lo32, hi32))
-                _dw_store(out, (ox + 2, c), DW_LANES, vclamp(a2, lo32, hi32))
-                _dw_store(out, (ox + 3, c), DW_LANES, vclamp(a3, lo32, hi32))
+                vstore(out, (ox, c), n, vclamp(a0, lo32, hi32))
+                vstore(out, (ox + 1, c), n, vclamp(a1, lo32, hi32))
+                vstore(out, (ox + 2, c), n, vclamp(a2, lo32, hi32))
+                vstore(out, (ox + 3, c), n, vclamp(a3, lo32, hi32))
                 ox += 4
-            else:  # one pixel: its left or right column of taps may be on the padding, or
-                # its vector not full (a slice of a width that is not a multiple of DW_LANES)
+            else:  # one pixel; its left or right column of taps may be on the padding
                 x0, x2 = _nearest(ix, W), _nearest(ix + 2, W)
                 left, right = ix >= 0, ix + 2 < W
                 x1 = _nearest(ix + 1, W)
-                a = vfma(_dw_load(e, (r0, x0, c), n), w00 if left else zero, bias)
-                a = vfma(_dw_load(e, (r0, x1, c), n), w01, a)
-                a = vfma(_dw_load(e, (r0, x2, c), n), w02 if right else zero, a)
-                a = vfma(_dw_load(e, (r1, x0, c), n), w10 if left else zero, a)
-                a = vfma(_dw_load(e, (r1, x1, c), n), w11, a)
-                a = vfma(_dw_load(e, (r1, x2, c), n), w12 if right else zero, a)
-                a = vfma(_dw_load(e, (r2, x0, c), n), w20 if left else zero, a)
-                a = vfma(_dw_load(e, (r2, x1, c), n), w21, a)
-                a = vfma(_dw_load(e, (r2, x2, c), n), w22 if right else zero, a)
-                _dw_store(out, (ox, c), n, vclamp(a, lo32, hi32))
+                a = vfma(vload(e, (r0, x0, c), n), w00 if left else zero, bias)
+                a = vfma(vload(e, (r0, x1, c), n), w01, a)
+                a = vfma(vload(e, (r0, x2, c), n), w02 if right else zero, a)
+                a = vfma(vload(e, (r1, x0, c), n), w10 if left else zero, a)
+                a = vfma(vload(e, (r1, x1, c), n), w11, a)
+                a = vfma(vload(e, (r1, x2, c), n), w12 if right else zero, a)
+                a = vfma(vload(e, (r2, x0, c), n), w20 if left else zero, a)
+                a = vfma(vload(e, (r2, x1, c), n), w21, a)
+                a = vfma(vload(e, (r2, x2, c), n), w22 if right else zero, a)
+                vstore(out, (ox, c), n, vclamp(a, lo32, hi32))
                 ox += 1
 
 
@@ -181,10 +178,10 @@ def _interior4(e, r0, r1, r2, ix, stride, c, n, bias, w00, w01, w02, w10, w11, w
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _taps4(e, r, ix, stride, c, n, wk, a0, a1, a2, a3):
     """One tap of four neighbouring output pixels: a_i += e[r, ix + i * stride, c:c + n] * wk."""
-    return (vfma(_dw_load(e, (r, ix, c), n), wk, a0),
-            vfma(_dw_load(e, (r, ix + stride, c), n), wk, a1),
-            vfma(_dw_load(e, (r, ix + 2 * stride, c), n), wk, a2),
-            vfma(_dw_load(e, (r, ix + 3 * stride, c), n), wk, a3))
+    return (vfma(vload(e, (r, ix, c), n), wk, a0),
+            vfma(vload(e, (r, ix + stride, c), n), wk, a1),
+            vfma(vload(e, (r, ix + 2 * stride, c), n), wk, a2),
+            vfma(vload(e, (r, ix + 3 * stride, c), n), wk, a3))
 
 
 @njit(cache=True)
@@ -196,4 +193,4 @@ def _nearest(i, size):
 @njit(cache=True, fastmath=FASTMATH, inline="always")  # inlined: one compile, not one per tap
 def _tap(w, ky, kx, c, n, inside):
     """Weights w[ky, kx, c:c + n] as a vector, or zeros when that tap is on the padding."""
-    return _dw_load(w, (ky, kx, c), n if inside else 0)
+    return vload(w, (ky, kx, c), n if inside else 0)

@@ -50,8 +50,9 @@ class _F32x16Model(models.PrimitiveModel):
 
 
 class F32x8(types.Type):
-    """Half a vector: one ymm register. For the depthwise on AVX2, whose nine weight
-    vectors and four accumulators fit 16 ymm registers only at 8 lanes (target.py)."""
+    """Half a vector: one ymm register. For the GEMM's last 8 or fewer channels of a
+    row on AVX2 (gemm._half_column), where a 16-lane tile would do half its FMAs on
+    zero padding."""
     def __init__(self):
         super().__init__(name="f32x8")
 
@@ -231,17 +232,6 @@ def vstore8(typingctx, arr, index, n, v):
 
 
 @intrinsic
-def vsplat8(typingctx, x):
-    """All 8 lanes of half a vector = x (as float32)."""
-    if not isinstance(x, (types.Float, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.float32), _HALF)
-    return f32x8(x), codegen
-
-
-@intrinsic
 def vsplat(typingctx, x):
     """All 16 lanes = x (as float32)."""
     if not isinstance(x, (types.Float, types.Integer)):
@@ -357,14 +347,10 @@ def vsplat_at(typingctx, x, s, span):
 
 @intrinsic
 def vrepeat8(typingctx, v):
-    """Lanes 0-7 of v (f32x16 or f32x8), twice: the same 8 channels for two pixels."""
-    vec = _vector(v)
-    if vec is None:
-        return None
-
+    """Lanes 0-7 of v, twice: the same 8 channels for two pixels."""
     def codegen(context, builder, sig, args):
-        return _shuffle(builder, args[0], ir.Constant(_LLVM[vec], ir.Undefined), list(range(8)) * 2)
-    return f32x16(vec), codegen
+        return _shuffle(builder, args[0], ir.Constant(_VEC, ir.Undefined), list(range(8)) * 2)
+    return f32x16(f32x16), codegen
 
 
 @intrinsic

@@ -38,15 +38,11 @@ class Tiles:
     stem_pixels        pixels of the stem's one-vector tile: 12 (neighbours share pairs
                        of taps) or 6 (one weight vector at a time, as the GEMM)
     pairs_vectors      widest tile of the two-inputs-per-vector 1x1 (pairs.py)
-    depthwise_lanes    channels of the depthwise's vectors (_rows.py): 16, or 8 where
-                       its 9 weight vectors and 4 accumulators of 16 lanes would take
-                       26 of 16 registers
     """
     gemm_vectors: int
     stem_two_vectors: bool
     stem_pixels: int
     pairs_vectors: int
-    depthwise_lanes: int = 16
 
     @property
     def panel(self) -> int:
@@ -64,13 +60,12 @@ TILES = {
     "avx512": Tiles(gemm_vectors=4, stem_two_vectors=True, stem_pixels=12, pairs_vectors=3),
     # 16 ymm, two per vector: GEMM 6 x 1 = 12 accumulators + 2 weights + 1 broadcast
     # (XNNPACK's 6x16 for FMA3); the stem's tile likewise, 6 pixels x 1 vector.
-    # The depthwise at 8 lanes: 9 weights + 4 accumulators + 1 bias = 14 ymm.
-    "avx2": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1, depthwise_lanes=8),
+    "avx2": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
     # 32 q registers, four per vector: as AVX2 (24 accumulators + 4 weights; untested here).
-    "neon": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1, depthwise_lanes=8),
+    "neon": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
     # 16 xmm, four per vector: the same tiles, correct but spilling (the baseline
     # x86-64 target, for tests; every x86-64 CPU since 2013 has AVX2).
-    "sse": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1, depthwise_lanes=8),
+    "sse": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
 }
 
 
