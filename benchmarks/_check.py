@@ -79,9 +79,7 @@ def network(ws, x) -> np.ndarray:
 
     arch = ws.architecture
     h = relu6(layer("stem", np.asarray(x, np.float64), 2))
-    for b in arch.blocks:
-        if b.passes_through:  # the stem, above
-            continue
+    for b in arch.table2_blocks:  # the stem, above, is Gluon's pass-through step
         block_input = h
         if b.expands:
             h = relu6(layer(f"{b.name}/expand", h))

@@ -72,7 +72,7 @@ class Block:
     expansion: int
     in_size: tuple[int, int]
     out_size: tuple[int, int]
-    name: str = ""
+    name: str
     expands: bool = False    # has a 1x1 expansion conv (the stem is block 0's otherwise)
     passes_through: bool = False  # Architecture.block0_expands's stem step: y = relu6(stem(image))
 
@@ -139,6 +139,12 @@ class Architecture:
                             expands=expansion != 1 or self.block0_expands and number == 0)
                 cin, hw, index = cout, out_hw, index + 1
 
+    @property
+    def table2_blocks(self) -> tuple[Block, ...]:
+        """Table 2's 17 blocks, the ones whose layers a weight file holds: every block
+        but the stem's pass-through step of block0_expands."""
+        return tuple(b for b in self.blocks if not b.passes_through)
+
     def tensor_shapes(self) -> dict[str, dict[str, tuple[int, ...]]]:
         """Every layer of the network with the shape of each of its conv/dense kernels.
 
@@ -152,9 +158,7 @@ class Architecture:
         Every layer has a per-output-channel bias or BatchNorm of its output width.
         """
         layers = {"stem": (3, 3, 3, self.stem_channels)}
-        for b in self.blocks:
-            if b.passes_through:
-                continue
+        for b in self.table2_blocks:
             if b.expands:
                 layers[f"{b.name}/expand"] = (b.cin, b.hidden)
             layers[f"{b.name}/depthwise"] = (3, 3, b.hidden)

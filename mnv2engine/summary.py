@@ -21,9 +21,7 @@ def layer_table(arch: Architecture) -> list[LayerRow]:
     rows = []
     (h, w), c = arch.stem_out_size, arch.stem_channels
     rows.append(LayerRow("stem", "conv3x3 s2 + relu6", (H, W, 3), (h, w, c), 27 * c + c, h * w * 27 * c))
-    for b in arch.blocks:
-        if b.passes_through:  # the stem, above
-            continue
+    for b in arch.table2_blocks:  # the stem, above, is Gluon's pass-through step
         (hi, wi), (ho, wo) = b.in_size, b.out_size
         if b.expands:
             rows.append(LayerRow(f"{b.name}/expand", "pointwise + relu6", (hi, wi, b.cin), (hi, wi, b.hidden),

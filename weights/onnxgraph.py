@@ -158,9 +158,7 @@ def walk(path, graph, consts, numpy_helper) -> list[Found]:
 def _expected(arch: Architecture) -> list[tuple[str, tuple, int, int, bool, bool]]:
     """(engine layer, OIHW or [in, out] shape, group, stride, relu6, residual) in graph order."""
     out = [("stem", (arch.stem_channels, 3, 3, 3), 1, 2, True, False)]
-    for b in arch.blocks:
-        if b.passes_through:  # the stem, above
-            continue
+    for b in arch.table2_blocks:  # the stem, above, is Gluon's pass-through step
         if b.expands:
             out.append((f"{b.name}/expand", (b.hidden, b.cin, 1, 1), 1, 1, True, False))
         out.append((f"{b.name}/depthwise", (b.hidden, 1, 3, 3), b.hidden, b.stride, True, False))
