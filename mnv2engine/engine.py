@@ -163,7 +163,7 @@ class Engine:
                 self._run(x[lo:lo + s.sub_batch], out[lo:lo + s.sub_batch], s.sharing)
             return out
         stop = new_sync(1)  # the pass's state: a failure on one thread stops the others
-        shares = [(idx[0], idx[-1] + 1) for idx in np.array_split(np.arange(len(x)), s.arenas)]
+        shares = [(len(x) * i // s.arenas, len(x) * (i + 1) // s.arenas) for i in range(s.arenas)]
         spread(self._helpers, self._run_share, [(x, out, lo, hi, s.sub_batch, stop) for lo, hi in shares], stop)
         return out
 
