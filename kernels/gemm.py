@@ -152,8 +152,8 @@ def _half_column(x, w, init, step, lo, hi, out, p0, p1, c, n):
     16-channel tile has. There, half of every FMA was on the panel's zero padding
     (3136 x 96 -> 24 ran at 48% of the AVX2 peak, where other 1x1 layers ran at 60-70%).
     A last 6 pixels take a tile whose other 6 repeat pixel p1 - 1."""
+    q = p1 - 1
     for p in range(p0, p1, 12):
-        q = p1 - 1
         _half_tile12(x, w, init, step, lo, hi, out, p, p + 1, p + 2, p + 3, p + 4, p + 5, min(p + 6, q),
                      min(p + 7, q), min(p + 8, q), min(p + 9, q), min(p + 10, q), min(p + 11, q), c, n)
 

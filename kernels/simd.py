@@ -248,24 +248,23 @@ def vbroadcast(typingctx, arr, index):
     address has no check for negative indices, so in a loop it is a pointer that steps
     (with a check per pixel, the 6-pixel GEMM tile spilled its broadcasts on AVX2)."""
     _check_index(arr, index)
+    return f32x16(arr, index), _broadcast(_VEC)
 
+
+def _broadcast(vector_type):
+    """The codegen of a broadcast load of arr[index] into every lane of vector_type."""
     def codegen(context, builder, sig, args):
         ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
         value = builder.load(builder.bitcast(ptr, _F32.as_pointer()), align=4)
-        return _splat(builder, value, _VEC)
-    return f32x16(arr, index), codegen
+        return _splat(builder, value, vector_type)
+    return codegen
 
 
 @intrinsic
 def vbroadcast8(typingctx, arr, index):
     """vbroadcast into half a vector: all 8 lanes = arr[index]."""
     _check_index(arr, index)
-
-    def codegen(context, builder, sig, args):
-        ptr = _vector_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1])
-        value = builder.load(builder.bitcast(ptr, _F32.as_pointer()), align=4)
-        return _splat(builder, value, _HALF)
-    return f32x8(arr, index), codegen
+    return f32x8(arr, index), _broadcast(_HALF)
 
 
 @intrinsic
