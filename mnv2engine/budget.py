@@ -43,13 +43,15 @@ class Budget:
     of the input, where forward makes them).
 
     arena_bytes(images, sharing): the arena of a call on that many images, each shared by
-    `sharing` threads; image_bytes: one image of the input.
+    `sharing` threads; image_bytes: one image of the input; most: the most images of a
+    sub-batch (None: as many as fit).
     """
 
-    def __init__(self, max_memory, arena_bytes, image_bytes: int = 0):
+    def __init__(self, max_memory, arena_bytes, image_bytes: int = 0, most: int | None = None):
         self.max_memory = checked(max_memory)
         self._arena_bytes = arena_bytes
         self._image_bytes = image_bytes
+        self._most = most
         self._one = {}      # (sharing, copied) -> the memory of one image
         self._largest = {}  # (sharing, arenas, copied) -> the largest sub-batch that fits
 
@@ -61,8 +63,8 @@ class Budget:
         EngineError if one image does not fit the budget."""
         sharing = threads if batch < threads else 1
         arenas = min(threads // sharing, batch, self.max_memory // self.one_image(sharing, copied))
-        return Schedule(batch, sharing, arenas,
-                        min(self._largest_sub_batch(sharing, arenas, copied), -(-batch // arenas)))
+        most = -(-batch // arenas) if self._most is None else min(self._most, -(-batch // arenas))
+        return Schedule(batch, sharing, arenas, min(self._largest_sub_batch(sharing, arenas, copied), most))
 
     def one_image(self, sharing: int, copied: bool = False) -> int:
         """The memory of one image shared by `sharing` threads, if it fits the budget."""
