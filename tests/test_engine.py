@@ -160,7 +160,7 @@ def test_threads_split_a_batch_without_changing_results():
         Engine.random(alpha=0.35, size=SIZE, classes=10, threads=0)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(t=3), dict(rows=True), dict(rows=True, t=2)], ids=str)
+@pytest.mark.parametrize("kw", [dict(), dict(t=3), dict(t=4), dict(rows=True), dict(rows=True, t=2)], ids=str)
 def test_threads_share_one_image_without_changing_results(kw):
     """Batch 1 on 2 and 3 threads: each thread computes a share of every layer. Every
     output sums in the same order as on one thread, so the results are identical; an odd
