@@ -35,7 +35,7 @@ def clamp(out, lo, hi):
             out[p, c] = min(max(out[p, c], lo32), hi32)
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # no level of its own to compile
 def pointwise_row(x, w, b, lo, hi, out):
     """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C] as panels, out [P, C]."""
     gemm(x, w, b, False, lo, hi, out)

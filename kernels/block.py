@@ -21,6 +21,14 @@ into the output. The sum is exact because B is linear. `bounds` holds the t + 1 
 
 For the first block the expansion is the stem conv (`stem=True`): the paper's first-layer
 trick, so the stem's output is sliced and streamed like any other expansion.
+
+Compile time: everything between inverted_residual and the kernels (the three orders and
+their expansion and projection steps) is inlined (inline="always"). Numba compiles each
+function that stays a call by linking in the code of all it calls, then optimizing and
+emitting all of it again, the GEMM's tiles included: each level cost 0.5-2 s of a cold
+first forward, and _project, called with two mixes of layouts, compiled twice. The
+kernels (gemm.py's tiles, depthwise_row, conv3x3_row, pairs.py) stay calls, compiled
+once each.
 """
 import numpy as np
 from numba import njit
@@ -59,7 +67,7 @@ def _pack_expansion_slice(w, stem):
     return pack_pairs(w) if uses_pairs(w.shape[1], w.shape[0]) else pack_panels(w)
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out, narrow):
     """Row iy of an expansion slice of image n: out [We, cs]."""
     if stem:
@@ -68,7 +76,7 @@ def _expand_row(x, n, iy, stem, we, be, exp_stride, exp_pads, out, narrow):
         _pointwise(x[n, iy], we, be, out, narrow)
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _project(d, wp, bp, first, use_residual, x_row, y_row):
     """y_row [P, Cout] += d [P, cs] @ wp [cs, Cout]; the first slice starts from bias (+ x).
     P pixels: one row, or a whole image."""
@@ -82,7 +90,7 @@ def _project(d, wp, bp, first, use_residual, x_row, y_row):
     gemm(d, wp, bp, True, -np.inf, np.inf, y_row)
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
                   wp, bp, use_residual, e, d, tid, threads, sync, narrow):
     """t = 1, every image at once: expand all rows, then filter all, then project.
@@ -109,7 +117,7 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
         _project(_pixels(d[n])[p0:p1], wp, bp, True, use_residual, _pixels(x[n])[p0:p1], _pixels(y[n])[p0:p1])
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
             wp, bp, s, use_residual, e, d, tid, threads, sync, narrow):
     """Slice s of image n, with e [He, We, cs] and d [Ho, Wo, cs] whole, computed in
@@ -153,7 +161,7 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
     barrier(sync, tid, threads)  # the next slice overwrites E and D
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads, narrow):
     """Thread tid's share of image n's expansion slice e [He, We, cs]: rows of the stem,
     pixels of a 1x1 conv (a 7x7 block's 7 rows split 4 and 3 between two threads)."""
@@ -165,7 +173,7 @@ def _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads, nar
         _pointwise(_pixels(x[n])[p0:p1], we, be, _pixels(e)[p0:p1], narrow)
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e, narrow):
     """Rows r0..r1 of image n's expansion slice into e [He, We, cs]."""
     if stem:
@@ -191,7 +199,7 @@ def _pixels(image):
     return image.reshape((H * W, C))
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _stream(x, y, n, oy0, oy1, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
             wp, bp, first, use_residual, e, d, narrow):
     """Row-streamed order for output rows oy0..oy1 of image n: e [3, We, cs] line buffer,

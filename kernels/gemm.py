@@ -71,19 +71,34 @@ def pack_panels(w):
     return out
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def gemm(x, w, b, accumulate, lo, hi, out):
-    P, C = out.shape
+    # Inlined into its callers: compiled on its own, it was compiled once per mix of its
+    # callers' layouts and constant `accumulate` (3 signatures, each linking, optimizing
+    # and emitting all of the tiles' code again: 1.7 s of a cold first forward).
+    C = out.shape[1]
     # A tile's accumulators start from row p * step of `init`: the output itself, or the
     # bias as a one-row matrix. (A branch on `accumulate` inside the tiles instead made
     # them 3-4x slower whenever it was not a compile-time constant.)
     init = out if accumulate else b.reshape((1, C))
-    step = 1 if accumulate else 0
-    if COLUMNS:
-        # Views of any layout ('A'), so that _gemm_columns is compiled once, not once for
-        # each mix of contiguous and sliced arguments of the callers (3 s of compile each).
-        _gemm_columns(x, w[:, 0:x.shape[1]], init[:, 0:C], step, lo, hi, out[:, 0:C])
-        return
+    step = np.int64(accumulate)  # 1 or 0, never a compile-time constant: one signature below
+    _gemm_target(x, w, init, step, lo, hi, out)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _gemm_views(x, w, init, step, lo, hi, out):
+    """The arguments as views of any layout ('A'), so that _gemm_columns is compiled
+    once, not once for each mix of contiguous and sliced arguments of the callers (3 s
+    of compile each)."""
+    K, C = x.shape[1], out.shape[1]
+    _gemm_columns(x[:, 0:K], w[:, 0:K], init[:, 0:C], step, lo, hi, out[:, 0:C])
+
+
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+def _gemm_tiles(x, w, init, step, lo, hi, out):
+    """The GEMM by the wide, mid, narrow and thin tiles (the module's docstring), for
+    targets whose registers hold 6 pixels x 4 vectors (AVX-512)."""
+    P, C = out.shape
     c = 0  # always a multiple of 64 (a panel's start): only a row's last chunk is narrower
     while c < C:
         width = C - c
@@ -513,3 +528,7 @@ def _store2(out, p, c, n0, n1, lo, hi, v0, v1):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (p, c), n0, vclamp(v0, lo32, hi32))
     vstore(out, (p, c + 16), n1, vclamp(v1, lo32, hi32))
+
+
+# The target's path, chosen here in Python, so that only its code is typed and compiled.
+_gemm_target = _gemm_views if COLUMNS else _gemm_tiles

@@ -55,8 +55,8 @@ def forward(arena, params, ints, blocks, head, tid, threads, sync, out, image, s
     for i in range(len(blocks)):
         if given_up(sync):
             return
-        run_block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
-                  streamed, whole, sliced, narrow, piped)
+        _block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
+               streamed, whole, sliced, narrow, piped)
     if given_up(sync):
         return
     run_head(arena, params, head, tid, threads, sync, out)
@@ -83,7 +83,18 @@ def modes(blocks: np.ndarray, ints: np.ndarray) -> tuple:
 def run_block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
               streamed, whole, sliced, narrow, piped):
     """Block i, or, for the first block of the row pipeline, every block of it (the
-    pipeline's other blocks then have nothing left to do)."""
+    pipeline's other blocks then have nothing left to do): forward's step, on its own
+    (Engine.intermediates)."""
+    _block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
+           streamed, whole, sliced, narrow, piped)
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")
+def _block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
+           streamed, whole, sliced, narrow, piped):
+    """run_block, inlined into forward: as a call, it was one more level whose compile
+    linked, optimized and emitted all of the kernels' code again (1.8 s of a cold first
+    forward)."""
     b = blocks[i]
     if b.piped != 0:
         if piped is None:  # not compiled (the type of None tells)

@@ -40,6 +40,9 @@ With threads > 1, each thread makes its own band of the last block's output rows
 through its own rings; the band's first rows need input rows above it, which the
 thread before also made (a few rows per block at the seam: the only rows computed
 twice). No barrier inside the pipeline.
+
+_expand and _emit are inlined into the walk, as block.py's steps are into its orders
+(see there: each level Numba compiles on its own emits all the kernels' code again).
 """
 from numba import njit
 
@@ -173,7 +176,7 @@ def _output_row(arena, b, n, tid, oy):
     return arena[at:at + size].reshape((b.wo, b.cout))
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _expand(arena, params, ints, blocks, i, image, n, r, open_row, tid, threads, narrow):
     """Expansion row r of block i, every slice, into its E ring: the stem's row r from
     the image, or the 1x1 expansion of input row r. At stride 2, each slice's row is
@@ -197,7 +200,7 @@ def _expand(arena, params, ints, blocks, i, image, n, r, open_row, tid, threads,
                          _sums(arena, b, tid, threads, c0, c1, oy))
 
 
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+@njit(cache=True, fastmath=FASTMATH, inline="always")
 def _emit(arena, params, ints, blocks, i, n, oy, tid, threads, narrow, taps):
     """Output row oy of block i: per slice, its depthwise row from the E ring, projected
     and summed into the row (the first slice starts from the bias, plus the residual's
