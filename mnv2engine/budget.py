@@ -63,8 +63,9 @@ class Budget:
         EngineError if one image does not fit the budget."""
         sharing = threads if batch < threads else 1
         arenas = min(threads // sharing, batch, self.max_memory // self.one_image(sharing, copied))
-        most = -(-batch // arenas) if self._most is None else min(self._most, -(-batch // arenas))
-        return Schedule(batch, sharing, arenas, min(self._largest_sub_batch(sharing, arenas, copied), most))
+        per_arena = -(-batch // arenas)
+        return Schedule(batch, sharing, arenas,
+                        min(self._largest_sub_batch(sharing, arenas, copied), per_arena, self._most or per_arena))
 
     def one_image(self, sharing: int, copied: bool = False) -> int:
         """The memory of one image shared by `sharing` threads, if it fits the budget."""

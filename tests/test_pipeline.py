@@ -12,6 +12,7 @@ import pytest
 from mnv2engine import Engine
 
 from conftest import close, forward_peak
+from torch_reference import reference_and_engine, run_with_blocks
 
 KIB = 1024
 
@@ -74,16 +75,17 @@ def test_rows_is_the_lowest_memory_setting():
     assert peaks[str(dict(rows=True))] <= 0.5 * 2**20  # the issue's target, beyond the caller's input
 
 
-def test_rows_runs_a_batch_an_image_at_a_time():
+def test_rows_runs_a_batch_an_image_at_a_time(tmp_path):
     """rows=True, the lowest-memory setting, holds one image's activations whatever the
-    batch: a plan for the batch would hold the pipeline's last output for every image."""
-    engine = Engine.random(alpha=0.35, size=64, classes=10, seed=3, rows=True, t=4)
+    batch: a plan for the batch would hold the pipeline's last output for every image.
+    The logits of the batch against PyTorch's."""
+    model, engine = reference_and_engine(tmp_path, 0.35, 64, 10, seed=3, rows=True, t=4)
     x = np.random.default_rng(6).uniform(-1, 1, (5, 64, 64, 3)).astype(np.float32)
     one, report = engine.memory_report(1), engine.memory_report(len(x))
     assert report.schedule.sub_batch == 1 and report.arena_bytes == one.arena_bytes
     assert engine.plan(len(x)).arena_bytes > one.arena_bytes  # what a whole-batch pass would hold
     assert abs(forward_peak(engine, x) - (one.arena_bytes + 5 * 10 * 4)) <= 4 * KIB  # + the logits
-    close(engine.forward(x), Engine.random(alpha=0.35, size=64, classes=10, seed=3).forward(x))
+    close(engine.forward(x), run_with_blocks(model, x)["logits"])
 
 
 @pytest.mark.parametrize("make", [
