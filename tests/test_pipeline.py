@@ -45,8 +45,10 @@ def test_every_block_equals_the_materialized_one(alpha, size, batch):
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
 def test_the_pipeline_composes_with_slices_threads_and_both_paddings(kw, padding):
     """threads=2: each thread makes a band of rows through its own rings (forward; the
-    block-by-block intermediates run on one thread)."""
-    reference = Engine.random(alpha=0.35, size=99, classes=10, seed=6, padding=padding)
+    block-by-block intermediates run on one thread). Width 0.75: block 0's 24 channels
+    are no multiple of 16, so rows=True slices them the paper's way (8/8/8 at t=3,
+    4-5 at t=5), through the stem and depthwise paths for narrow slices."""
+    reference = Engine.random(alpha=0.75, size=99, classes=10, seed=6, padding=padding)
     engine = Engine(reference.weights, rows=True, **kw)
     x = np.random.default_rng(3).uniform(-1, 1, (1, 99, 99, 3)).astype(np.float32)
     assert engine.plan(1, engine.threads).piped >= 2
