@@ -36,6 +36,17 @@ def test_every_mode_and_thread_count_at_another_size(tmp_path):
         close(engine.forward(x[:1]), ref[:1])  # one image shared by the threads
 
 
+def test_an_image_shared_by_threads_at_one_size_then_another(tmp_path):
+    """A call whose threads share an image takes the arena the last such call left
+    (Engine._arena): a smaller input runs in the start of it, a larger one allocates
+    another. Each call against PyTorch."""
+    model, engine = reference_and_engine(tmp_path, 0.35, 96, 10, seed=7, threads=2)
+    rng = np.random.default_rng(8)
+    for size in [(96, 96), (64, 72), (96, 96), (128, 112), (64, 72), (128, 112)]:
+        x = rng.uniform(-1, 1, (1, *size, 3)).astype(np.float32)
+        close(engine.forward(x), run_with_blocks(model, x)["logits"])
+
+
 def test_plans_are_kept_bounded_and_remade(model_and_engine):
     _, engine = model_and_engine
     x = np.random.default_rng(1).uniform(-1, 1, (1, 64, 64, 3)).astype(np.float32)
