@@ -31,15 +31,15 @@ def forward_peak(engine, x) -> int:
         engine = type(engine)(engine.weights, t=engine.t, rows=engine.rows, threads=engine.threads,
                               max_memory=engine.max_memory)
         engine.plan(len(x), engine.threads, x.shape[1:3])
-    return traced_peak(lambda: engine.forward(x))
+    return traced(lambda: engine.forward(x))[1]
 
 
-def traced_peak(call) -> int:
-    """tracemalloc's peak over call()."""
+def traced(call):
+    """(call(), tracemalloc's peak over it)."""
     tracemalloc.start()
     try:
-        call()
-        return tracemalloc.get_traced_memory()[1]
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
 

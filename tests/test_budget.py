@@ -1,6 +1,5 @@
 """Any batch in bounded memory: a forward call's activations stay within max_memory
 (256 MiB by default), a larger batch running in sub-batches with the same results."""
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch
 from mnv2engine import Engine, EngineError, convert
 from mnv2engine.budget import MAX_MEMORY
 
-from conftest import close
+from conftest import close, traced
 from torch_reference import MobileNetV2, randomized, run_with_blocks
 
 SIZE = 96
@@ -36,12 +35,7 @@ def test_a_2000_image_batch_stays_within_the_default_budget(model_file, threads)
     assert report.input_copied
     assert report.schedule.sub_batch < 1000 and report.peak_bytes <= MAX_MEMORY + 2000 * 1000 * 4
     engine.forward(x[:3])  # load the kernels outside the measurement
-    tracemalloc.start()
-    try:
-        out = engine.forward(batch)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced(lambda: engine.forward(batch))
     assert peak <= MAX_MEMORY + out.nbytes, f"tracemalloc peak {peak:,} > budget + output"
     assert peak <= report.peak_bytes + 64 * 1024, f"tracemalloc peak {peak:,} vs planner {report.peak_bytes:,}"
     assert (out == out[0]).all(), "the same image gave different logits in different sub-batches"
@@ -59,12 +53,7 @@ def test_sub_batches_give_the_same_results(model_file, kw):
     assert report.schedule.sub_batch < len(x) / report.schedule.arenas
     assert f"sub-batches of {report.schedule.sub_batch}" in str(report)
     engine.forward(x[:1])  # compile this engine's evaluations outside the measurement
-    tracemalloc.start()
-    try:
-        out = engine.forward(x)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    out, peak = traced(lambda: engine.forward(x))
     assert peak <= budget + out.nbytes + 64 * 1024, f"tracemalloc peak {peak:,} > budget {budget:,} + output"
     close(out, want)
     close(engine.forward(x[:2]), want[:2])  # fewer images than threads: shared, in turn
