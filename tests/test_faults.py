@@ -176,17 +176,22 @@ def test_a_thread_failing_on_its_share_of_a_batch_stops_the_others(model_file, m
 
 
 CHILD = """
-import sys, time
+import faulthandler, signal, sys, time
 import numpy as np
 from mnv2engine import Engine
+# A process started in the background by a shell (CI runners, nohup ... &) inherits SIGINT
+# ignored, and so would this child: then Ctrl-C could never reach it.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 engine = Engine.load(sys.argv[1], threads=2)
 x = np.load(sys.argv[2])
 engine.forward(x)
 try:  # from here on: a SIGINT must land inside the try, however late this process runs
     print("ready", flush=True)
+    faulthandler.dump_traceback_later(40)  # if stuck: where, on stderr, before the test gives up
     while True:
         engine.forward(x)
 except KeyboardInterrupt:
+    faulthandler.cancel_dump_traceback_later()
     print("interrupted", flush=True)
 np.save(sys.argv[3], engine.forward(x))
 """
@@ -206,6 +211,9 @@ def test_ctrl_c_during_a_two_thread_forward_returns_and_leaves_the_engine_usable
         interrupted = within(60, child.stdout.readline)["result"].strip()
         took = time.monotonic() - sent
         code = child.wait(60)
+    except AssertionError as e:  # hung: with the child's stderr (its threads' tracebacks after 40 s)
+        child.kill()
+        raise AssertionError(f"{e}; the child's stderr:\n{child.stderr.read()}") from None
     finally:
         child.kill()
         err = child.stderr.read()
