@@ -40,7 +40,7 @@ from .simd import LANES
 from .stem import conv3x3_row, pack_stem, packed_shape as stem_shape
 from .gemm import gemm, pack_panels, panels_shape
 from .pairs import pack_pairs, packed_shape as pairs_shape, pointwise_pairs, uses_pairs
-from .sync import barrier, share
+from .sync import balance_barrier, balanced_share, barrier, now_ns, share
 
 RELU6 = (0.0, 6.0)
 ROW_BAND = 32  # output rows per band: of a sliced block's slice, or of a row-streamed block's turns
@@ -94,7 +94,7 @@ def _project(d, wp, bp, first, use_residual, x_row, y_row):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-                  wp, bp, use_residual, e, d, tid, threads, sync, narrow):
+                  wp, bp, use_residual, e, d, tid, threads, sync, tune, narrow):
     """t = 1, every image at once: expand all rows, then filter all, then project.
 
     e [N, He, We, hidden], d [N, Ho, Wo, hidden]. The phase order is what lets the memory
@@ -103,17 +103,33 @@ def _materialized(x, y, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, d
     (which made the 7x7 blocks 1.6x slower).
 
     With threads > 1, thread tid does its share of the rows (or pixels) of each phase,
-    and the threads meet between phases: each phase reads what all of them wrote.
+    and the threads meet between phases: each phase reads what all of them wrote. Two
+    threads cut the rows of the stem and of the depthwise where they last finished
+    together (sync.balanced_share; `tune`, the block's row of network.BLOCK, keeps the
+    cuts from one pass to the next).
     """
     N, He, Ho, Wo = x.shape[0], e.shape[1], d.shape[1], d.shape[2]
-    for n in range(N):
-        _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e[n], tid, threads, narrow)
-    barrier(sync, tid, threads)
-    r0, r1 = share(Ho, tid, threads)
-    for n in range(N):
-        for oy in range(r0, r1):
-            depthwise_row(e[n], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[n, oy], narrow)
-    barrier(sync, tid, threads)
+    if stem:
+        began = now_ns()
+        lo, hi = balanced_share(tune.exp_split, N * He, tid, threads)
+        for row in range(lo, hi):
+            n, iy = row // He, row % He
+            _expand_rows(x, n, iy, iy + 1, stem, we, be, exp_stride, exp_pads, e[n], narrow)
+        cut = balance_barrier(sync, tid, threads, began, tune.exp_split, N * He)
+        if tid == 0:
+            tune.exp_split = cut
+    else:
+        for n in range(N):
+            _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e[n], tid, threads, narrow)
+        barrier(sync, tid, threads)
+    began = now_ns()
+    lo, hi = balanced_share(tune.dw_split, N * Ho, tid, threads)
+    for row in range(lo, hi):
+        n, oy = row // Ho, row % Ho
+        depthwise_row(e[n], He, oy, wd, bd, dw_stride, dw_pads[0], dw_pads[2], RELU6[0], RELU6[1], d[n, oy], narrow)
+    cut = balance_barrier(sync, tid, threads, began, tune.dw_split, N * Ho)
+    if tid == 0:
+        tune.dw_split = cut
     p0, p1 = share(Ho * Wo, tid, threads)
     for n in range(N):
         _project(_pixels(d[n])[p0:p1], wp, bp, True, use_residual, _pixels(x[n])[p0:p1], _pixels(y[n])[p0:p1])
@@ -165,8 +181,9 @@ def _sliced(x, y, n, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_p
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _expand_share(x, n, stem, we, be, exp_stride, exp_pads, e, tid, threads, narrow):
-    """Thread tid's share of image n's expansion slice e [He, We, cs]: rows of the stem,
-    pixels of a 1x1 conv (a 7x7 block's 7 rows split 4 and 3 between two threads)."""
+    """Thread tid's share of image n's expansion slice e [He, We, cs] (of a sliced block,
+    or a materialized block's 1x1 conv): rows of the stem, pixels of a 1x1 conv (a 7x7
+    block's 7 rows split 4 and 3 between two threads)."""
     if stem:
         r0, r1 = share(e.shape[0], tid, threads)
         _expand_rows(x, n, r0, r1, stem, we, be, exp_stride, exp_pads, e, narrow)
@@ -258,7 +275,7 @@ def _slice_weights(we, be, wd, bd, wp, bounds, s, we_at, stem, cin):
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, dw_pads,
-                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync,
+                      wp, bp, bounds, use_residual, rows, ebuf, dbuf, y, tid, threads, sync, tune,
                       streamed=True, whole=True, sliced=True, narrow=True):
     """One inverted residual block, any t, materialized or row-streamed.
 
@@ -275,6 +292,8 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
     y [N, Ho, Wo, Cout]     output; must not overlap x
     tid, threads, sync      this call is thread tid of `threads` that compute the block
                             together (sync.py); every thread makes the same call
+    tune                    the block's row of network.BLOCK: where two threads cut the
+                            rows of a materialized block's phases (learned, and stored)
     streamed, whole, sliced True, or None to leave that evaluation out of the compiled
                             code (network.modes); a block that needs it then raises
     narrow                  True, or None where no slice is narrower than 16 channels
@@ -329,7 +348,7 @@ def inverted_residual(x, stem, we, be, exp_stride, exp_pads, wd, bd, dw_stride, 
         e = ebuf[:N * He * We * be.shape[0]].reshape((N, He, We, be.shape[0]))
         d = dbuf[:N * Ho * Wo * be.shape[0]].reshape((N, Ho, Wo, be.shape[0]))
         _materialized(x, y, stem, we_s, be_s, exp_stride, exp_pads, wd_s, bd_s, dw_stride, dw_pads,
-                      wp_s, bp, use_residual, e, d, tid, threads, sync, narrow)
+                      wp_s, bp, use_residual, e, d, tid, threads, sync, tune, narrow)
     else:
         if sliced is None:
             return

@@ -32,6 +32,8 @@ BLOCK = np.dtype([(name, np.int64) for name in (
     "piped", "x_rows", "y_rows",         # in the row pipeline (pipeline.py); rings of rows (0: whole)
     "we", "we_len", "be", "hidden", "wd", "bd", "wp", "bp",   # weights at params[...]
     "bounds", "t",                        # slice edges at ints[bounds:bounds + t + 1]
+    "exp_split", "dw_split",              # two threads' learned cut of the stem's / depthwise's
+                                          # rows (0: half way; written by the kernels, sync.py)
 )])
 
 HEAD = np.dtype([(name, np.int64) for name in (
@@ -113,7 +115,7 @@ def _block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
                       b.dw_stride, (b.dw_top, b.dw_bottom, b.dw_left, b.dw_right),
                       wp, params[b.bp:b.bp + b.cout], ints[b.bounds:b.bounds + b.t + 1],
                       b.residual != 0, b.rows != 0, arena[b.e:b.e + b.e_len], arena[b.d:b.d + b.d_len],
-                      y, tid, threads, sync, streamed, whole, sliced, narrow)
+                      y, tid, threads, sync, b, streamed, whole, sliced, narrow)
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)

@@ -176,6 +176,28 @@ def test_threads_share_one_image_without_changing_results(kw):
     assert np.array_equal(headless.forward(x), Engine(headless.weights, **kw).forward(x))
 
 
+@pytest.mark.parametrize("cut", ["learned", "after the first row", "before the last row"])
+def test_two_threads_cut_the_rows_anywhere_without_changing_results(pytorch, cut):
+    """Two threads sharing an image cut the rows of the stem and of every depthwise where
+    they last finished together (kernels/sync.py), a cut kept in the plan's table. Any
+    cut must give PyTorch's logits, and one thread's bit for bit: every row computed
+    once, by one thread, in the same way."""
+    model, one = pytorch
+    two = Engine(one.weights, threads=2)
+    x = np.random.default_rng(8).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
+    two.forward(x)
+    blocks = two._planned(1, (SIZE, SIZE), 2)[1][0]
+    assert blocks["exp_split"][0] > 0 and (blocks["dw_split"] > 0).all(), "the first pass stores its cuts"
+    stem_rows = blocks["ho"][0]  # block 0's depthwise has stride 1: the stem's rows
+    if cut == "after the first row":
+        blocks["exp_split"][0], blocks["dw_split"][:] = 1, 1
+    elif cut == "before the last row":
+        blocks["exp_split"][0], blocks["dw_split"][:] = stem_rows - 1, blocks["ho"] - 1
+    got = two.forward(x)
+    assert np.array_equal(got, one.forward(x))
+    close(got, pytorch_logits(model, x))
+
+
 def test_more_threads_than_cores_still_finish():
     """The barrier spins, then yields its core: 8 threads on this machine's few cores."""
     x = np.random.default_rng(6).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
