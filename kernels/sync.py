@@ -150,7 +150,7 @@ def _sched_yield(typingctx):
 
 
 @intrinsic
-def _monotonic_ns(typingctx):
+def now_ns(typingctx):
     """clock_gettime(CLOCK_MONOTONIC) in nanoseconds (a 64-bit timespec: two int64)."""
     def codegen(context, builder, sig, args):
         i64 = ir.IntType(64)
@@ -203,7 +203,7 @@ def _wait_for(sync, slot, target):
         if spins == SPINS_BEFORE_YIELD:
             _sched_yield()
             spins = 0
-            now = _monotonic_ns()
+            now = now_ns()
             if value != seen:
                 seen, since = value, now
             elif now - since > sync[PATIENCE_NS]:
@@ -215,12 +215,6 @@ def _wait_for(sync, slot, target):
 def given_up(sync):
     """Whether the pass was given up: the threads stop at the end of the block."""
     return atomic_load(sync, STATE) != RUNNING
-
-
-@njit(cache=True, nogil=True, _nrt=False)
-def now_ns():
-    """The monotonic clock, in nanoseconds: when a balanced phase begins."""
-    return _monotonic_ns()
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -251,7 +245,7 @@ def balance_barrier(sync, tid, threads, began, cut, n):
         return cut
     mine = LINE * (1 + tid)
     sync[mine + BEGAN] = began
-    sync[mine + ENDED] = _monotonic_ns()
+    sync[mine + ENDED] = now_ns()
     barrier(sync, tid, threads)
     if tid != 0:
         return cut
