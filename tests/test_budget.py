@@ -72,3 +72,49 @@ def test_a_budget_below_one_image_names_both_numbers(model_file):
 def test_bad_max_memory_is_refused(bad):
     with pytest.raises(EngineError, match="max_memory"):
         Engine.random(alpha=0.35, size=32, classes=3, max_memory=bad)
+
+
+def _arena(path, images: int, threads: int) -> int:
+    """The arena of one pass over `images` images (each shared by `threads` threads where
+    they outnumber the images), as memory_report states it under an ample budget."""
+    return Engine.load(path, threads=threads, max_memory=2**40).memory_report(images).arena_bytes
+
+
+@pytest.mark.parametrize("threads,batch,budget_images", [
+    (1, 7, 3), (2, 7, 3), (2, 7, 5), (2, 2, 9), (3, 3, 9), (3, 7, 2), (2, 9, 99), (3, 2, 9)])
+def test_the_schedule_is_the_best_that_fits(model_file, threads, batch, budget_images):
+    """Not just safe: every arena the threads can use is used, each sub-batch is as large
+    as the budget allows, and a batch of at least as many images as threads shares none.
+    The budget is `budget_images` one-image arenas; sizes from memory_report."""
+    path, _, _ = model_file
+    one = _arena(path, 1, 1)
+    budget = budget_images * one
+    s = Engine.load(path, threads=threads, max_memory=budget).memory_report(batch).schedule
+    if batch < threads:
+        assert (s.sharing, s.arenas) == (threads, 1)
+    else:
+        assert s.sharing == 1, "as many images as threads (or more): each thread takes whole images"
+        assert s.arenas == min(threads, batch, budget // one), "an arena the budget allows is left unused"
+    per_arena = -(-batch // s.arenas)  # the most images one arena runs in the call
+    arena = _arena(path, s.sub_batch, s.sharing if s.sharing > 1 else 1)
+    assert s.arenas * arena <= budget
+    if s.sub_batch < per_arena:
+        bigger = _arena(path, s.sub_batch + 1, s.sharing if s.sharing > 1 else 1)
+        assert s.arenas * bigger > budget, f"a sub-batch of {s.sub_batch + 1} fits too"
+    else:
+        assert s.sub_batch == per_arena
+
+
+def test_a_copied_input_counts_against_the_budget(model_file):
+    """A strided input is copied a sub-batch at a time: the copy of the largest sub-batch
+    fits beside its arena, and one more image's would not."""
+    path, _, x = model_file
+    image = x[0].nbytes
+    budget = _arena(path, 3, 1) + 3 * image - 1  # three images fit, but not with their copies
+    engine = Engine.load(path, max_memory=budget)
+    report = engine.memory_report(x=np.repeat(x, 2, axis=0)[::2])
+    s = report.schedule
+    assert report.input_copied and report.input_copy_bytes == s.sub_batch * image
+    assert _arena(path, s.sub_batch, 1) + s.sub_batch * image <= budget
+    assert _arena(path, s.sub_batch + 1, 1) + (s.sub_batch + 1) * image > budget
+    assert s.sub_batch == 2

@@ -1,0 +1,86 @@
+"""The learned two-thread cut (sync.balance_barrier) on its own: two threads end a phase at
+times the test sets, and the cut moves toward the thread that finished first, halfway to
+where both would have finished together, by at most an eighth of the rows."""
+import threading
+import time
+
+import pytest
+
+from mnv2engine.kernels.sync import LINE, balance_barrier, new_sync
+
+BEGAN, ENDED = 1, 2  # a thread's slots in its own line of the sync array
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compiled():
+    """Compile balance_barrier before any phase is timed (one thread: no wait)."""
+    balance_barrier(new_sync(1), 0, 1, time.monotonic_ns(), 0, 10)
+
+
+def _phase(n, cut, delays):
+    """Both threads call balance_barrier for a phase of n rows cut at `cut`, both having
+    begun at the same moment, thread i after delays[i] seconds.
+    Returns (thread 0's new cut, thread 1's, the sync array)."""
+    sync = new_sync(2)
+    began = time.monotonic_ns()  # CLOCK_MONOTONIC, as sync.now_ns
+    out = [None, None]
+
+    def run(tid):
+        time.sleep(delays[tid])
+        out[tid] = balance_barrier(sync, tid, 2, began, cut, n)
+    threads = [threading.Thread(target=run, args=(tid,)) for tid in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), "balance_barrier never returned"
+    return out[0], out[1], sync
+
+
+def _expected(n, cut, sync):
+    """Where the cut goes, by the rule in its documentation: each thread's time per row,
+    the cut at which both would have ended together, half of that move, capped at n // 8."""
+    t0 = sync[LINE * 1 + ENDED] - sync[LINE * 1 + BEGAN]
+    t1 = sync[LINE * 2 + ENDED] - sync[LINE * 2 + BEGAN]
+    rate0, rate1 = t0 / cut, t1 / (n - cut)  # ns per row
+    together = (t1 + rate1 * cut - t0 + rate0 * cut) / (rate0 + rate1)  # t0 + r0 (c' - c) = t1 + r1 (c - c')
+    move = (together - cut) / 2
+    cap = max(n // 8, 1)
+    return cut + max(-cap, min(cap, move))
+
+
+# The delays differ by 10-30 ms, far above scheduling jitter: the late thread is known.
+@pytest.mark.parametrize("delays", [(0.04, 0.03), (0.03, 0.04), (0.03, 0.0), (0.0, 0.03)], ids=str)
+@pytest.mark.parametrize("n,cut", [(1000, 500), (64, 40), (40000, 30000)])
+def test_the_cut_moves_toward_the_thread_that_finished_first(n, cut, delays):
+    new0, new1, sync = _phase(n, cut, delays)
+    assert new1 == cut, "only thread 0 learns the cut"
+    want = _expected(n, cut, sync)
+    assert abs(new0 - want) <= 1, f"cut {cut} -> {new0}, expected {want:.1f}"
+    if delays[0] > delays[1]:
+        assert new0 < cut, "thread 0 was late: it must get fewer rows"
+    else:
+        assert new0 > cut, "thread 1 was late: thread 0 must get more rows"
+
+
+def test_the_cut_moves_no_further_than_an_eighth_of_the_rows():
+    n, cut = 800, 400
+    new0, _, _ = _phase(n, cut, (0.03, 0.0))  # thread 0 late by far more than its whole phase
+    assert new0 == cut - n // 8
+    new0, _, _ = _phase(n, cut, (0.0, 0.03))
+    assert new0 == cut + n // 8
+
+
+def test_the_cut_stays_inside_the_rows():
+    new0, _, _ = _phase(16, 1, (0.0, 0.03))  # the cap would pass the end
+    assert new0 == 3
+    new0, _, _ = _phase(16, 15, (0.03, 0.0))
+    assert new0 == 13
+    new0, _, _ = _phase(2, 1, (0.03, 0.0))  # at least one row each
+    assert new0 == 1
+
+
+def test_an_unlearned_cut_starts_half_way():
+    n = 100
+    new0, _, _ = _phase(n, 0, (0.0, 0.03))  # 0: not learned yet, so the phase was cut at n // 2
+    assert new0 == n // 2 + n // 8
