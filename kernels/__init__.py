@@ -16,14 +16,22 @@ is one register-blocked GEMM (gemm.py), whose weights are packed once into panel
 wide as its tile (pack_panels, pack_expansion); the stem's with taps in lanes (pack_stem).
 The tiles are sized for the registers of the CPU Numba compiles for (target.py).
 """
-from ._cache import drop_stale_cache
+if __name__ == "kernels":
+    # Imported as a top-level `kernels` because the repo root is on sys.path (a REPL, a
+    # notebook, `python -m pytest`): that name belongs to the PyPI package transformers
+    # uses. Load that one in this module's place, or fail as if this folder were absent.
+    from ._step_aside import replace_with_installed
 
-drop_stale_cache()  # before any kernel is loaded from the cache
+    replace_with_installed(__name__, __file__)
+else:
+    from ._cache import drop_stale_cache
 
-from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
-from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402
-from .block import inverted_residual, pack_expansion, pack_slices  # noqa: E402
-from .gemm import pack_panels  # noqa: E402
+    drop_stale_cache()  # before any kernel is loaded from the cache
 
-__all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
-           "inverted_residual", "pack_slices", "pack_expansion", "pack_panels"]
+    from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
+    from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402
+    from .block import inverted_residual, pack_expansion, pack_slices  # noqa: E402
+    from .gemm import pack_panels  # noqa: E402
+
+    __all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
+               "inverted_residual", "pack_slices", "pack_expansion", "pack_panels"]

@@ -27,7 +27,7 @@ def model_file(tmp_path_factory):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_2000_image_batch_stays_within_the_default_budget(model_file, threads):
-    """The issue's case: 2000 images at alpha 0.35 / 96 took 1.06 GB of activations."""
+    """2000 images at alpha 0.35 / 96 (1.06 GB of activations in one arena) within the default budget."""
     path, want, x = model_file
     engine = Engine.load(path, threads=threads)
     batch = np.broadcast_to(x[:1], (2000, SIZE, SIZE, 3))  # 2000 images, one image's memory
