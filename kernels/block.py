@@ -22,15 +22,10 @@ into the output. The sum is exact because B is linear. `bounds` holds the t + 1 
 For the first block the expansion is the stem conv (`stem=True`): the paper's first-layer
 trick, so the stem's output is sliced and streamed like any other expansion.
 
-Compile time: everything between inverted_residual and the kernels (the three orders and
-their expansion and projection steps) is inlined (inline="always"). Numba compiles each
-function that stays a call by linking in the code of all it calls, then optimizing and
-emitting all of it again, the GEMM's tiles included: each level cost 0.5-2 s of a cold
-first forward, and _project, called with two mixes of layouts, compiled twice. The
-kernels (gemm.py's tiles, depthwise_row, conv3x3_row, pairs.py) stay calls, compiled
-once each. So does inverted_residual itself (and the row pipeline): inlined into
-network.forward as well, the one function of everything took 27-34 s to compile alone
-(a first forward of 35-43 s), where forward and they take 15-19 s together.
+Compile time: everything between inverted_residual and the kernels is inlined
+(inline="always"), since Numba compiles each function that stays a call again with all
+it calls (0.5-2 s of a cold start per level). The kernels themselves and
+inverted_residual stay calls, compiled once each.
 """
 import numpy as np
 from numba import njit

@@ -26,11 +26,11 @@ Edges: lanes past the end of a row are masked (neither read nor written); pixels
 the last one recompute the last pixel, whose stores then write the same values twice.
 Each output sums over k in order, whatever the tiling, so results do not depend on it.
 
-Weights come packed in panels of 64 columns, [ceil(C / 64), K, 64], zero-padded: the
-panel a tile reads is one contiguous stream, which the hardware prefetcher follows.
-Unpacked, each k is a new row C floats further on (a new 4 KiB page for the wide late
-layers), and those layers, whose weights come from L3 on every forward, ran 20% slower.
-A row range of a panel array, w[:, k0:k1], is again valid: the GEMM over those inputs.
+Weights come packed in panels of PANEL columns, [ceil(C / PANEL), K, PANEL], zero-padded
+(PANEL is 64 where a tile is 4 vectors wide, 16 where it is one): the panel a tile reads
+is one contiguous stream, which the hardware prefetcher follows (unpacked, the late
+layers ran 20% slower). A row range of a panel array, w[:, k0:k1], is again valid: the
+GEMM over those inputs.
 """
 import numpy as np
 from numba import njit
@@ -62,7 +62,7 @@ def panels_shape(K, C):
 
 @njit(cache=True)
 def pack_panels(w):
-    """w [K, C] as panels [ceil(C / 64), K, 64] for gemm, the last one zero-padded."""
+    """w [K, C] as panels [ceil(C / PANEL), K, PANEL] for gemm, the last one zero-padded."""
     K, C = w.shape
     out = np.zeros(panels_shape(K, C), np.float32)
     for c in range(C):
@@ -73,21 +73,14 @@ def pack_panels(w):
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def gemm(x, w, b, accumulate, lo, hi, out):
-    # Inlined into its callers: compiled on its own, it was compiled once per mix of its
-    # callers' layouts and constant `accumulate` (3 signatures, each linking, optimizing
-    # and emitting all of the tiles' code again: 1.7 s of a cold first forward).
+    # Inlined into its callers, so that the tiles below compile for one signature.
     C = out.shape[1]
     # A tile's accumulators start from row p * step of `init`: the output itself, or the
-    # bias as a one-row matrix. (A branch on `accumulate` inside the tiles instead made
-    # them 3-4x slower whenever it was not a compile-time constant.)
+    # bias as a one-row matrix (a branch on `accumulate` in the tiles made them 3-4x slower).
     init = out if accumulate else b.reshape((1, C))
     step = np.int64(accumulate)  # 1 or 0, never a compile-time constant: one signature below
-    # The weights, init and out as views of any layout ('A'): the callers pass them
-    # contiguous or sliced (a slice's rows of the projection, the head's share of the
-    # channels), and each mix compiled the target's tiles once more (3 s each on AVX2,
-    # 1.9 s on AVX-512: with rows=True, a cold first forward 21 s against 26 on AVX-512).
-    # x is contiguous from every caller and stays so: as a view, it made the AVX-512
-    # tiles 1% slower in the sliced modes, where these three cost nothing measurable.
+    # w, init and out as views of any layout (contiguous or a slice's rows), x contiguous
+    # from every caller: one compiled signature of the tiles (cold start).
     K = x.shape[1]
     _tiled(x, w[:, 0:K], init[:, 0:C], step, lo, hi, out[:, 0:C])
 

@@ -121,7 +121,7 @@ def _block(arena, params, ints, blocks, i, tid, threads, sync, image, state,
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def run_head(arena, params, head, tid, threads, sync, out):
     """The last 1x1 conv with the average pool, then the classifier. Each thread computes
-    a share of the output channels (whole 64-channel panels), so neither needs the other's
+    a share of the output channels (whole weight panels), so neither needs the other's
     partial sums; the classifier reads all pooled channels, so the threads meet first."""
     h = head[0]
     x = arena[h.x:h.x + h.n * h.pixels * h.cin].reshape((h.n, h.pixels, h.cin))

@@ -7,18 +7,15 @@ are channel l's sums over the first and the second tap of each pair of taps. Its
 is one 64-bit broadcast of two neighbouring image floats, times a vector of weights
 (pack_stem); after all 27 taps, adding neighbouring lanes (vfold) gives the channels.
 
-Why taps in lanes: a slice of 8 channels (the 32-channel stem at t = 4) filled half of
-a vector of 16 channels by one tap, and cost as much as 16 channels (measured: 0.087 ms
-for 8 channels of a 224x224 image; 0.049 ms now). Four taps of 4 channels per vector
-measured slower than two (0.066 ms against 0.055): more taps are wasted (a row's 9 taps
-take 3 groups of 4) and the sums take two folds.
+Why taps in lanes: a slice of 8 channels (the 32-channel stem at t = 4) would fill
+half a vector and cost as much as 16 channels. Two taps per vector rather than four: a
+row's 9 taps waste less, and the sums take one fold.
 
 Pair i of a kernel row is taps 2i and 2i + 1. With an odd number of taps (RGB: 9) the
 last pair's second float is the next window's first, with a zero weight. Then, at an
 even step (RGB at stride 2: 6), the pair that one pixel reads at 2i + step is the pair
 the next pixel reads at 2i: _tile12_rgb loads it once for both, and in _tile2, whose loop
-over pairs unrolls when taps is a constant, the compiler merges the two loads (32
-channels: 0.139 ms, 0.124 ms merged).
+over pairs unrolls when taps is a constant, the compiler merges the two loads.
 """
 import numpy as np
 from numba import njit

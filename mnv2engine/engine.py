@@ -133,11 +133,9 @@ class Engine:
         def make():
             arch = dataclasses.replace(self.arch, size=size)
             bounds = [w.bounds for w in self.blocks]
-            # rows=True takes a batch one image at a time: the arena is one image's whatever
-            # the batch (the lowest memory), and it was faster than a batch's plan, whose
-            # whole tensors grow with the batch, so that its pipeline runs deeper, into
-            # blocks whose weights no longer stay in cache from one row to the next (batch
-            # 32, rows=True, t=4: 1.08x t=4 one at a time, 1.13-1.28x on the batch).
+            # rows=True takes a batch one image at a time: one image's arena whatever the
+            # batch, and faster than a batch's plan, whose pipeline would reach blocks whose
+            # weights leave the cache between rows.
             budget = Budget(self._max_memory, lambda images, sharing: build_plan(
                 arch, bounds, self.rows, images, sharing).arena_bytes, image_bytes=size[0] * size[1] * 3 * 4,
                 most=1 if self.rows else None)
@@ -269,12 +267,9 @@ class Engine:
         are independent, and tracemalloc sees exactly this pass's activation memory.
 
         Except for an image shared by threads: its pass takes the arena the last shared
-        pass left (`_spare`, for fewer images than threads) where it is large enough. Its
-        helpers let go of their arguments just after it returns, so a new arena could not
-        take the last one's place: back-to-back calls alternated between two, each finding
-        its own out of cache (2 threads, batch 1: t=1 0.93x the time back to back and
-        0.96x in latency.py's turns, t=4 0.98x; AVX-512 and AVX2 builds on Zen 4); waiting
-        for the helpers to let go instead cost 2-3% more than not waiting."""
+        pass left (`_spare`) where it is large enough. Its helpers let go of their
+        arguments just after it returns, so a new arena would alternate between two
+        places, each call finding its own out of cache (t=1 on 2 threads: 4-7% slower)."""
         spare = None
         if shared:
             with self._sharing_lock:  # two calls at once never take the same one

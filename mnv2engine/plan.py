@@ -25,18 +25,10 @@ def slice_bounds(hidden: int, t: int, lanes: int = 1) -> np.ndarray:
     min(t, hidden / lanes) slices.
 
     Engine(rows=True) asks for 16 (one vector): its slices feed row-sized GEMMs, where a
-    slice of 24 or 36 channels runs a vector a quarter or half empty on every row. At
-    t = 4 the 1.0/224 network's pipelined blocks then slice 96 as 16/32/16/32 and 144 as
-    32/32/32/48 instead of 4 x 24 and 4 x 36: on AVX2, rows with t = 4 went from 1.19x
-    to 1.10x the time of t = 1, and its peak from 0.383 to 0.391 MiB (a row of the
-    widest slice is one row buffer per block). Block 0's 32 channels hold two vectors,
-    so they make 2 slices of 16 rather than 4 of 8: there, each slice's stem row,
-    depthwise row and projection ran on half vectors, block 0 took 0.34 ms for 112 rows
-    against 0.07 more than t = 1 for two slices (AVX2 build on Zen 4), and the pipeline
-    keeps all of a block's E rows anyway (pipeline.py), so a wider slice costs only its
-    D row: a whole forward 0.98x / 0.97x on 1 / 2 threads for 0.001 / 0.010 MiB more.
-    Without rows a slice of E is whole, and a wider slice would cost its whole share of
-    memory: there, n / t."""
+    slice of 24 or 36 channels would run vectors part empty on every row, and a wider
+    slice costs only one more row buffer (rows with t = 4: 1.10x the time of t = 1
+    instead of 1.19x, on AVX2). Without rows a slice of E is whole, and a wider slice
+    would cost its whole share of memory: there, n / t."""
     if lanes > 1 and hidden % lanes == 0:
         units = hidden // lanes
         t = min(t, units)
