@@ -1,5 +1,7 @@
 """Bulk inference on Ray Data (mnv2engine/bulk.py, mnv2 predict --ray) against the local
-predict: the same top-k on the shared photos, probabilities within 1e-6; a damaged image is
+predict: the same top-k on the shared photos, probabilities within 1e-6; and against a
+PyTorch model of the same weights on images of the tests' own, over several batches and
+blocks. Every row is its own image's, in the source's order, a damaged image among good ones
 a row with its error; bad settings refused before any actor starts; one job on a two-node
 cluster on this machine, joined with --address."""
 import json
@@ -14,13 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from conftest import require
-from mnv2engine import Engine, EngineError
+from conftest import require, softmax
+from mnv2engine import Engine, EngineError, convert
 from mnv2engine.cli import main
 from mnv2engine.weights import write_mnv2
 from mnv2engine.weights.random import random_weightset
+from torch_reference import MobileNetV2, randomized, run_with_blocks
 
 require("ray.data")
 pq = require("pyarrow.parquet")
@@ -55,32 +59,38 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def photos(shared_data, photo_paths, tmp_path_factory):
-    """The shared photos, a damaged JPEG, and what the local predict says of each (top 5)."""
+    """The shared photos with a damaged JPEG among them (the fifth: a batch of 3 holds it
+    in its middle, and the photos after it must keep their own rows), and what the local
+    predict says of each photo, one at a time (top 5)."""
     broken = tmp_path_factory.mktemp("broken") / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
     engine = Engine.load(shared_data / TF2)
-    return [*photo_paths, broken], {str(p): engine.predict(p, top=5) for p in photo_paths}
+    return [*photo_paths[:4], broken, *photo_paths[4:]], {str(p): engine.predict(p, top=5) for p in photo_paths}
 
 
-def assert_as_local(rows, local, tolerance=1e-6):
-    """Rows (image, index, label, probability, error) against the local predict's lists."""
-    assert [r["image"] for r in rows] == [*local, rows[-1]["image"]]  # the source's order, the broken last
-    for row in rows[:-1]:
+def assert_as_local(rows, images, local, tolerance=1e-6):
+    """Rows (image, index, label, probability, error) in the order of `images`, each
+    against the local predict of its own image; the damaged one a row with its error."""
+    assert [r["image"] for r in rows] == [str(p) for p in images]
+    for row in rows:
+        if row["image"] not in local:
+            assert row["index"] is None and "broken.jpg: damaged or truncated image" in row["error"]
+            continue
         expected = local[row["image"]]
         assert row["error"] is None
         assert row["index"] == [i for i, _, _ in expected] and row["label"] == [l for _, l, _ in expected]
         assert np.abs(np.array(row["probability"]) - [p for _, _, p in expected]).max() <= tolerance
-    assert rows[-1]["index"] is None and "broken.jpg: damaged or truncated image" in rows[-1]["error"]
 
 
 def test_api_writes_parquet_with_the_local_predictions(local_ray, shared_data, photos, tmp_path):
     images, local = photos
-    predictions = bulk.classify(images, shared_data / TF2, top=5)  # a path every node can read
+    # a path every node can read; batches of 3 on the 2 actors, the damaged image in the second
+    predictions = bulk.classify(images, shared_data / TF2, top=5, batch_size=3)
     count, failed = bulk.write_predictions(predictions, tmp_path / "p.parquet")
-    assert count == len(images) and list(failed) == [str(images[-1])]
+    assert count == len(images) and list(failed) == [str(images[4])]
     table = pq.read_table(tmp_path / "p.parquet")
     assert table.schema == bulk.SCHEMA
-    assert_as_local(table.to_pylist(), local)
+    assert_as_local(table.to_pylist(), images, local)
 
 
 def test_cli_jsonl_holds_the_objects_of_json(local_ray, shared_data, photos, tmp_path, capsys):
@@ -92,30 +102,135 @@ def test_cli_jsonl_holds_the_objects_of_json(local_ray, shared_data, photos, tmp
     err = capsys.readouterr().err
     assert "skipped" in err and "broken.jpg" in err and "1 of 10 could not be read" in err
     remote = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
-    assert [r.keys() for r in remote] == [r.keys() for r in local] and remote[-1] == local[-1]
-    for r, l in zip(remote[:-1], local[:-1]):
+    assert [r["image"] for r in remote] == [r["image"] for r in local] == list(map(str, images))
+    assert [r.keys() for r in remote] == [r.keys() for r in local] and remote[4] == local[4]  # the damaged one
+    for r, l in [(r, l) for r, l in zip(remote, local) if "top" in l]:
         assert [(t["index"], t["label"]) for t in r["top"]] == [(t["index"], t["label"]) for t in l["top"]]
         assert max(abs(a["probability"] - b["probability"]) for a, b in zip(r["top"], l["top"])) <= 1.01e-6
 
 
-def test_a_dataset_of_file_bytes(local_ray, tmp_path):
-    """A Dataset of one's own: read_binary_files gives each file's bytes and path."""
-    write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), tmp_path / "m.h5")
+# torchvision's normalisation (the converter's recipe for a state_dict), written out here:
+# the network input is (pixel / 255 - mean) / std
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+TOP = 3
+TOLERANCE = 1e-5  # a probability, the engine's against PyTorch's
+
+
+@pytest.fixture(scope="module")
+def twin(tmp_path_factory):
+    """A PyTorch MobileNetV2 (alpha 0.35, 8 classes) and the mnv2.h5 that convert makes
+    of its state_dict (input 32x32)."""
+    folder = tmp_path_factory.mktemp("twin")
+    model = randomized(MobileNetV2(num_classes=8, width_mult=0.35), 1)
+    torch.save(model.state_dict(), folder / "m.pth")
+    convert(folder / "m.pth", folder / "m.h5", size=32)
+    return model, folder / "m.h5"
+
+
+def small_image(rng) -> np.ndarray:
+    """32x32 RGB: noise around a colour of its own, so that each image has its own top-k."""
+    return np.clip(rng.integers(0, 256, (1, 1, 3)) + rng.normal(0, 60, (32, 32, 3)), 0, 255).astype(np.uint8)
+
+
+def pytorch_tops(model, pixels: dict) -> dict:
+    """{image: (indices, probabilities)} of PyTorch's top TOP for each image's 32x32
+    pixels: the input at its own size, as predict with crop=False feeds it (Pillow's
+    resize to the size an image has is a copy)."""
+    names = list(pixels)
+    x = np.stack([(pixels[name] / 255.0 - MEAN) / STD for name in names]).astype(np.float32)
+    p = softmax(run_with_blocks(model, x)["logits"])
+    order = np.argsort(-p, axis=1)
+    ranked = np.take_along_axis(p, order, axis=1)[:, :TOP + 1]
+    # the top-k order is PyTorch's, not a tie, and no two images share a top-k: a row
+    # given another image's predictions cannot pass
+    assert (ranked[:, :-1] - ranked[:, 1:]).min() > 10 * TOLERANCE
+    tops = {name: (order[i, :TOP].tolist(), ranked[i, :TOP].tolist()) for i, name in enumerate(names)}
+    for a in names:
+        for b in names:
+            assert a == b or tops[a][0] != tops[b][0] or \
+                np.abs(np.subtract(tops[a][1], tops[b][1])).max() > 10 * TOLERANCE
+    return tops
+
+
+def assert_each_row_its_own(rows, images, tops, errors):
+    """Rows (image, index, probability, error) in the order of `images`: each good one
+    with PyTorch's top-k of its own pixels, each bad one with its own error."""
+    assert [r["image"] for r in rows] == [str(p) for p in images]
+    for row in rows:
+        if row["image"] in errors:
+            assert row["index"] is None and row["error"].startswith(f"{row['image']}: {errors[row['image']]}")
+            continue
+        index, probability = tops[row["image"]]
+        assert row["error"] is None and row["index"] == index, row["image"]
+        assert np.abs(np.subtract(row["probability"], probability)).max() <= TOLERANCE, row["image"]
+
+
+def test_a_dataset_of_file_bytes(local_ray, twin, tmp_path):
+    """A Dataset of one's own: read_binary_files gives each file's bytes and path. Here in
+    4 blocks, held in memory and the files then removed (the workers have the bytes only,
+    as from object storage), with damaged files among good ones, three in a row (a batch
+    of 2 with no image to classify): each row is its own file's, in the dataset's order,
+    with PyTorch's top 3 of the same weights."""
+    model, weights = twin
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (40, 50, 3), np.uint8)).save(folder / f"{i}.png")
-    (folder / "3.png").write_bytes(b"\x89PNG\r\n\x1a\n damaged")
-    dataset = ray.data.read_binary_files(str(folder), include_paths=True)
+    damaged = {3: b"\x89PNG\r\n\x1a\n damaged", 6: b"", 7: b"GIF89a", 8: b"not an image"}
+    rng, pixels, errors = np.random.default_rng(2), {}, {}
+    for i in range(12):
+        path = folder / f"{i:02d}.png"
+        if i in damaged:
+            path.write_bytes(damaged[i])
+            errors[str(path)] = "damaged or truncated image" if i == 3 else "not an image file"
+        else:
+            pixels[str(path)] = small_image(rng)
+            Image.fromarray(pixels[str(path)]).save(path)
+    tops = pytorch_tops(model, pixels)
+    dataset = ray.data.read_binary_files(str(folder), include_paths=True, override_num_blocks=4).materialize()
+    assert dataset.num_blocks() == 4
+    order = [row["path"] for row in dataset.select_columns(["path"]).take_all()]
+    assert sorted(order) == sorted([*pixels, *errors])
+    shutil.rmtree(folder)
     with pytest.raises(EngineError, match="2 CPUs besides 1 for the dataset's own tasks"):
-        bulk.classify(dataset, tmp_path / "m.h5", top=2, threads=2)  # its reads would wait for CPUs forever
-    rows = sorted(bulk.classify(dataset, bulk.shared_weights(tmp_path / "m.h5"), top=2).take_all(),
-                  key=lambda r: r["image"])
-    engine = Engine.load(tmp_path / "m.h5")
-    for row, path in zip(rows[:3], sorted(folder.glob("[012].png"))):
-        assert row["image"] == str(path) and row["error"] is None
-        assert row["index"] == [i for i, _, _ in engine.predict(path, top=2)]
-    assert rows[3]["index"] is None and rows[3]["error"].startswith(f"{folder / '3.png'}: ")
+        bulk.classify(dataset, weights, top=TOP, threads=2)  # its reads would wait for CPUs forever
+    predictions = bulk.classify(dataset, bulk.shared_weights(weights), top=TOP, crop=False, batch_size=2)
+    count, failed = bulk.write_predictions(predictions, tmp_path / "p.parquet")
+    assert count == 12 and sorted(failed) == sorted(errors)
+    assert_each_row_its_own(pq.read_table(tmp_path / "p.parquet").to_pylist(), order, tops, errors)
+
+
+def test_cli_keeps_each_image_with_its_own_row_over_batches(local_ray, twin, tmp_path, capsys):
+    """mnv2 predict --ray on 40 images: three batches of up to 16 on the two actors. An
+    actor takes two batches at a time (Ray Data's default), so the first actor ready takes
+    the first two; the first is slow (three 4000x4000 images to decode), so the third, on
+    the other actor, ends before it and its rows would come first unless the order is
+    kept. Damaged images in the middle of the first and last batches, a missing one first
+    in the second. Each line is its own image's, in the order given, with PyTorch's top 3
+    of the same weights."""
+    model, weights = twin
+    rng, images, pixels = np.random.default_rng(3), [], {}
+    errors = {str(tmp_path / f"{i:02d}.png"): "damaged or truncated image" for i in (5, 33)}
+    errors[str(tmp_path / "16.png")] = "no such image file"
+    for i in range(40):
+        path = tmp_path / f"{i:02d}.png"
+        images.append(path)
+        if i in (5, 33):
+            path.write_bytes(b"\x89PNG\r\n\x1a\n damaged")
+        elif i < 3:  # one colour: resized, still that colour
+            colour = rng.integers(0, 256, 3)
+            Image.new("RGB", (4000, 4000), tuple(int(c) for c in colour)).save(path)
+            pixels[str(path)] = np.broadcast_to(colour, (32, 32, 3)).astype(np.uint8)
+        elif i != 16:
+            pixels[str(path)] = small_image(rng)
+            Image.fromarray(pixels[str(path)]).save(path)
+    assert bulk.BATCH == 16
+    tops = pytorch_tops(model, pixels)
+    assert main(["predict", *map(str, images), "--weights", str(weights), "--top", str(TOP), "--no-crop", "--ray",
+                 "--out", str(tmp_path / "p.jsonl")]) == 1
+    assert "3 of 40 could not be read" in capsys.readouterr().err
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    rows = [dict(image=r["image"], error=r.get("error"), index=[t["index"] for t in r["top"]] if "top" in r else None,
+                 probability=[t["probability"] for t in r.get("top", ())]) for r in lines]
+    assert_each_row_its_own(rows, images, tops, errors)
 
 
 def test_cli_without_an_address_starts_and_stops_its_own_ray(tmp_path):
@@ -296,4 +411,4 @@ def test_cli_joins_a_two_node_cluster(two_node_cluster, shared_data, photos, tmp
                          env=env, capture_output=True, text=True, timeout=STEP_TIMEOUT)
     assert job.returncode == 1, job.stderr
     assert "2 actors on 2 nodes" in job.stderr
-    assert_as_local(pq.read_table(tmp_path / "p.parquet").to_pylist(), local)
+    assert_as_local(pq.read_table(tmp_path / "p.parquet").to_pylist(), images, local)

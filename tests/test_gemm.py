@@ -22,6 +22,21 @@ def test_pack_panels_lays_out_column_blocks():
     assert not p[1, :, 6:].any()
 
 
+def spread_bias(x, w, lo, hi):
+    """A bias per channel that puts the first pixel's outputs below `lo`, inside (lo, hi)
+    and above `hi` in turn (channel 0, 1, 2, 0, ...), so every case clamps at both ends
+    and passes values through; the other pixels stay random around them."""
+    targets = np.resize([lo - 3.0, (lo + hi) / 2, hi + 3.0], w.shape[1])
+    return (targets - x[0].astype(np.float64) @ w).astype(np.float32)
+
+
+def assert_clamps_and_passes(reference, lo, hi):
+    """The case proves the clamp only if the reference output (not the kernel's) holds
+    values at `lo`, at `hi` and strictly between."""
+    assert (reference == lo).any() and (reference == hi).any(), "the case never clamps at one end"
+    assert ((reference > lo) & (reference < hi)).any(), "the case clamps every output"
+
+
 # Widths that end in each tile (4 or 6 pixel wide, mid, narrow, thin) and pixel counts
 # below and above the short-row threshold, none a multiple of the tile height; and more
 # pixels than one block of x rows holds (the one-vector tiles of AVX2 and 128-bit SIMD).
@@ -34,11 +49,13 @@ def test_gemm_writes_exactly_its_output(P, C):
     K = 19
     x = rng.standard_normal((P, K)).astype(np.float32)
     w = rng.standard_normal((K, C)).astype(np.float32)
-    b = rng.standard_normal(C).astype(np.float32)
+    b = spread_bias(x, w, 0.0, 6.0)
     big = np.full((P + 2, C + 40), 7.5, np.float32)
     out = big[1:P + 1, 3:C + 3]
     gemm(x, pack_panels(w), b, False, 0.0, 6.0, out)
-    close(out, naive.pointwise(x, w, b, 0.0, 6.0), 1e-5)
+    reference = naive.pointwise(x, w, b, 0.0, 6.0)
+    assert_clamps_and_passes(reference, 0.0, 6.0)
+    close(out, reference, 1e-5)
     outside = np.ones(big.shape, bool)
     outside[1:P + 1, 3:C + 3] = False
     assert (big[outside] == 7.5).all()
@@ -58,15 +75,16 @@ def test_pointwise_pairs_writes_exactly_its_output(P, K, C):
     rng = np.random.default_rng(P * 1000 + K * 50 + C)
     x = rng.standard_normal((P, K)).astype(np.float32)
     w = rng.standard_normal((K, C)).astype(np.float32)
-    b = rng.standard_normal(C).astype(np.float32)
+    b = spread_bias(x, w, 0.0, 6.0)
     big = np.full((P + 2, C + 40), 7.5, np.float32)
     out = big[1:P + 1, 3:C + 3]
     pointwise_pairs(x, pack_pairs(w), b, 0.0, 6.0, out)
-    close(out, naive.pointwise(x, w, b, 0.0, 6.0), 1e-5)
+    reference = naive.pointwise(x, w, b, 0.0, 6.0)
+    assert_clamps_and_passes(reference, 0.0, 6.0)
+    close(out, reference, 1e-5)
     outside = np.ones(big.shape, bool)
     outside[1:P + 1, 3:C + 3] = False
     assert (big[outside] == 7.5).all()
-    assert 0 < out.min() or out.max() > 0, "the case proves nothing if all outputs clamp"
 
 
 def test_stale_kernel_cache_is_dropped_when_a_source_changes(tmp_path, monkeypatch):

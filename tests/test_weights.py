@@ -1,5 +1,6 @@
 """mnv2.h5 round trips, format detection by content, and refusals that name the problem."""
 import re
+import shutil
 import warnings
 
 import h5py
@@ -209,3 +210,138 @@ def test_strings_are_stored_in_place_so_a_damaged_file_cannot_hang_the_reader(tm
     assert b"GCOL" not in (tmp_path / "m.h5").read_bytes()
     back = read_mnv2(tmp_path / "m.h5")
     assert (back.labels, back.source, back.padding, back.crop) == (ws.labels, ws.source, ws.padding, ws.crop)
+
+
+# -- every field of the file, edited in turn ---------------------------------------------
+
+DIGEST_MISMATCH = "damaged mnv2 file: its tensors or metadata differ from the sha256"
+# Fields whose edit is refused by a check of its own before the digest is compared, with
+# that check's message: each still refuses every edit, only not as a digest mismatch.
+CHECKED_OTHERWISE = {
+    "/format": ("names the file as an mnv2engine one", "not an mnv2engine weight file"),
+    "/schema_version": ("chooses how the file is read and its digest computed: a newer one is refused, "
+                        "an older one reads the digest as that version wrote it",
+                        f"newer than this mnv2engine reads|{DIGEST_MISMATCH}|schema version 1, .*sha256"),
+    "/alpha": ("sets every channel count: another alpha disagrees with the tensors' shapes",
+               "invalid architecture|expected shape"),
+    "/classes": ("sets the classifier's width and the number of labels", "expected shape"),
+    "preprocess/channel_order": ("the engine feeds RGB only: any other order is refused",
+                                 "channel_order .* only 'RGB'"),
+    "preprocess/resize": ("the engine resizes bilinearly only: any other resize is refused",
+                          "resize .* only 'bilinear'"),
+}
+# Other values each field may take, from the schema (weights/README.md); every other field
+# gets values of its own dtype and shape: a float's next value toward 0, an integer's
+# neighbours, a string reversed.
+SCHEMA_VALUES = {
+    "/schema_version": (1, 2, 4),
+    "/padding": ("same", "symmetric"),
+    "preprocess/crop": ("central", "shorter-side", "shorter-side-floor", "none"),
+    "preprocess/channel_order": ("BGR",),
+    "preprocess/resize": ("nearest", "bicubic"),
+}
+
+
+def file_fields(path) -> list[tuple[str, str | None]]:
+    """Every field of the file, found by walking it: (object, attribute) for each attribute
+    of the root and of every group and dataset, (dataset, None) for each dataset's values.
+    Of the layers, the first of each kind (stem, block#/expand, ..., classifier): a read
+    takes ~0.1 s, and the reader and the digest treat the layers of a kind alike."""
+    with h5py.File(path, "r") as f:
+        found = [("/", name) for name in f.attrs]
+
+        def visit(name, obj):
+            found.extend((name, attr) for attr in obj.attrs)
+            if isinstance(obj, h5py.Dataset):
+                found.append((name, None))
+        f.visititems(visit)
+    kinds = {}
+    for obj, attr in found:
+        kinds.setdefault((re.sub(r"block\d+", "block#", obj), attr), (obj, attr))
+    return list(kinds.values())
+
+
+def field_name(obj: str, attr: str | None) -> str:
+    """'/alpha' for a root attribute, 'preprocess/crop' for a group's, 'labels' for a dataset."""
+    return obj if attr is None else f"/{attr}" if obj == "/" else f"{obj}/{attr}"
+
+
+def _other_text(text: bytes) -> bytes:
+    """Another string of the same length: reversed, or its first byte changed."""
+    flipped = text[::-1]
+    return flipped if flipped != text else bytes([text[0] ^ 1]) + text[1:] if text else b"x"
+
+
+def edits(value, schema_values=()) -> list:
+    """Values that differ from `value`: the schema's other values for the field where it
+    lists them, else values of its dtype and shape with one element changed (the first,
+    and of a short array the last too)."""
+    if schema_values:
+        plain = value.item() if isinstance(value, np.generic) else value
+        encoded = [v.encode() if isinstance(v, str) else v for v in schema_values]
+        return [np.bytes_(v) if isinstance(v, bytes) else v for v in encoded if v != plain]
+    arr = np.array(value)
+    out = []
+    for at in sorted({0, arr.size - 1 if arr.size <= 4 else 0}):
+        old = arr.reshape(-1)[at]
+        if arr.dtype.kind == "f":
+            changes = [np.nextafter(old, 0 if old else 1, dtype=arr.dtype)]
+        elif arr.dtype.kind in "iu":
+            changes = [old + 1, old - 1]
+        elif arr.dtype.kind == "S":
+            changes = [_other_text(bytes(old))]
+        else:
+            raise AssertionError(f"a field of dtype {arr.dtype}: the test needs an edit for it")
+        for change in changes:
+            changed = arr.copy()
+            changed.reshape(-1)[at] = change
+            out.append(changed if arr.ndim else changed[()])
+    return out
+
+
+def test_every_field_of_the_file_is_covered(tmp_path):
+    """Each field the walk finds, edited in turn to a valid-looking value (same dtype and
+    shape, or another value the schema allows): every edit is refused, as a digest
+    mismatch unless CHECKED_OTHERWISE says which check refuses it. Each attribute
+    deleted is refused too: no reader default stands in for a lost one."""
+    ws = random_weightset(alpha=0.35, size=40, classes=3, seed=5)  # 39 and 41 are valid sizes too
+    ws.scale, ws.offset = np.array([0.02, 0.03, 0.04], np.float32), np.array([-1.5, -1.0, -0.5], np.float32)
+    original = tmp_path / "original.h5"
+    write_mnv2(ws, original)
+    fields = file_fields(original)
+    names = {field_name(obj, attr) for obj, attr in fields}
+    # the walk proves nothing if it misses the kinds of field the schema describes
+    assert {"/source", "/sha256", "/input_size", "preprocess/crop_fraction", "preprocess/scale", "labels",
+            "layers/classifier/bias", "layers/head/batchnorm/epsilon", "layers/stem/batchnorm/var"} <= names
+    assert set(CHECKED_OTHERWISE) | set(SCHEMA_VALUES) <= names
+    edited, loaded, wrong = tmp_path / "edited.h5", [], []
+
+    def check(edit, what: str, expected: str):
+        shutil.copyfile(original, edited)
+        with h5py.File(edited, "r+") as f:
+            edit(f)
+        try:
+            read_mnv2(edited)
+        except WeightFileError as e:
+            if not str(e).startswith(str(edited)) or not re.search(expected, str(e)):
+                wrong.append(f"{what}: {e}")
+        else:
+            loaded.append(what)
+
+    for obj, attr in fields:
+        field = field_name(obj, attr)
+        expected = CHECKED_OTHERWISE.get(field, (None, DIGEST_MISMATCH))[1]
+        with h5py.File(original, "r") as f:
+            value = f[obj].attrs[attr] if attr else f[obj][()]
+        for new in edits(value, SCHEMA_VALUES.get(field, ())):
+            if attr is None:
+                edit = lambda f: f[obj].__setitem__(Ellipsis, new)
+            elif np.asarray(new).dtype == np.asarray(value).dtype and np.shape(new) == np.shape(value):
+                edit = lambda f: f[obj].attrs.modify(attr, new)  # keeps the stored type
+            else:  # another value of the schema, stored as the writer stores it
+                edit = lambda f: f[obj].attrs.__setitem__(attr, new)
+            check(edit, f"{field} = {new!r}", expected)
+        if attr is not None:
+            check(lambda f: f[obj].attrs.__delitem__(attr), f"{field} deleted", ".")
+    assert not loaded, f"edits that load as if the file were intact: {loaded}"
+    assert not wrong, f"edits refused for another reason than expected: {wrong}"

@@ -14,6 +14,8 @@ from .weightset import BatchNorm, Layer, WeightSet, validate
 
 FORMAT = "mnv2engine"
 SCHEMA_VERSION = 3  # 2 added the sha256 digest, 3 the crop recipe
+# /preprocess attributes outside the digest: the engine feeds RGB, resized bilinearly
+FIXED_PREPROCESSING = {"channel_order": "RGB", "resize": "bilinear"}
 
 
 def write_mnv2(ws: WeightSet, path) -> None:
@@ -39,8 +41,8 @@ def mnv2_bytes(ws: WeightSet) -> bytes:
         pre = f.create_group("preprocess")
         pre.create_dataset("scale", data=np.asarray(ws.scale, np.float32))
         pre.create_dataset("offset", data=np.asarray(ws.offset, np.float32))
-        pre.attrs.update(channel_order=_fixed("RGB"), resize=_fixed("bilinear"), crop=_fixed(ws.crop),
-                         crop_fraction=float(ws.crop_fraction))
+        pre.attrs.update({name: _fixed(value) for name, value in FIXED_PREPROCESSING.items()})
+        pre.attrs.update(crop=_fixed(ws.crop), crop_fraction=float(ws.crop_fraction))
         if ws.labels is not None:
             encoded = [label.encode() for label in ws.labels]
             f.create_dataset("labels", data=np.array(encoded, dtype=f"S{max([1, *map(len, encoded)])}"))
@@ -98,6 +100,9 @@ def read_mnv2(path) -> WeightSet:
 def _verify(path, ws: WeightSet, version: int, stored) -> None:
     """Refuse a file whose content differs from what convert wrote. A version-1 file has
     no digest: it loads, with a warning that says how to add one."""
+    if version == 1 and stored is not None:  # no version-1 file carried one: the version was edited
+        raise WeightFileError(f"{path}: damaged mnv2 file: schema version 1, which had no sha256 digest, "
+                              "yet the file carries one")
     if version == 1:
         warnings.warn(f"{path}: written before mnv2.h5 carried a sha256 digest (schema version 1), so "
                       f"damage to it cannot be detected; re-convert it to add one: mnv2 convert {path} NEW.h5",
@@ -118,6 +123,11 @@ def _read_open(f: h5py.File) -> tuple[WeightSet, int, object]:
                               f"({SCHEMA_VERSION}); upgrade mnv2engine")
     if version < 1:
         raise WeightFileError(f"schema version {version}: no such version (damaged file?)")
+    pre = f["preprocess"].attrs
+    for name, supported in FIXED_PREPROCESSING.items():  # every version wrote them; the engine does only these
+        if _text(pre[name]) != supported:
+            raise WeightFileError(f"preprocess {name} is {_text(pre[name])!r}, but the engine supports only "
+                                  f"{supported!r} (damaged file?)")
     layers = {}
 
     def visit(name, obj):
@@ -134,7 +144,6 @@ def _read_open(f: h5py.File) -> tuple[WeightSet, int, object]:
                    scale=f["preprocess/scale"][()], offset=f["preprocess/offset"][()],
                    labels=labels, source=_text(f.attrs.get("source", "")))
     if version >= 3:
-        pre = f["preprocess"].attrs
         ws.crop, ws.crop_fraction = _text(pre["crop"]), float(pre["crop_fraction"])
     else:  # written before the recipe: the whole image, as predict then did
         ws.crop, ws.crop_fraction = "none", 1.0
