@@ -137,6 +137,7 @@ NON_SQUARE = [
     (dict(size={"shortest_edge": 146}, crop_size={"height": 96, "width": 128}), (96, 128)),
     (dict(size={"shortest_edge": 111}, crop_size={"height": 128, "width": 96}), (128, 96)),
     (dict(size={"height": 96, "width": 128}, do_center_crop=False), (96, 128)),
+    (dict(size=110, crop_size=96), (96, 96)),  # ints: the shorter side, a square crop
 ]
 
 
@@ -144,7 +145,8 @@ def test_a_non_square_crop_is_recorded_and_applied_as_transformers_image_process
     """The engine's preprocessing equals transformers' own on the photos, landscape and
     portrait, whose margins are odd on one side or the other (floored, as transformers
     does), and predict equals the transformers model on the processor's pixels. config.json
-    keeps its image_size (224): what the processor feeds the model is what is recorded."""
+    keeps its image_size (224): what the processor feeds the model is what is recorded.
+    (Sizes as ints, last: as transformers reads them.)"""
     from PIL import Image
 
     folder = tmp_path / "m"
@@ -197,6 +199,22 @@ def test_what_a_folder_leaves_out_is_read_as_transformers_reads_it(tmp_path, pho
     pixels = processor(images=images, return_tensors="np")["pixel_values"]
     np.testing.assert_allclose(np.stack([engine.preprocess(image) for image in images]),
                                pixels.transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_a_narrow_config_with_its_defaults_left_out_runs_as_transformers(tmp_path):
+    """depth_multiplier 0.35 and num_labels alone: min_depth, finegrained_output and the
+    other keys checked against a narrow network are transformers' defaults."""
+    folder = tmp_path / "m"
+    save(dict(depth_multiplier=0.35, num_labels=3), True, "safetensors", folder)
+    config = dict(model_type="mobilenet_v2", depth_multiplier=0.35, num_labels=3)
+    (folder / "config.json").write_text(json.dumps(config))
+    theirs = transformers.MobileNetV2ForImageClassification.from_pretrained(folder).eval()
+    engine = Engine.load(folder)
+    x = np.random.default_rng(1).normal(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
+    assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max()
+    close(engine.forward(x), ref)
 
 
 @pytest.mark.parametrize("image_size,recorded", [(None, (224, 224)), (96, (96, 96)), ([96, 128], (96, 128))])

@@ -203,6 +203,7 @@ NOT_MNV2 = {
     "clip-without-min": (lambda g: _node(g, "Clip").input.__setitem__(1, ""), r"Clip\(None, 6"),
     "3x3-conv-without-pads": (lambda g: _set(_node(g, "Conv"), pads=None),
                               r"features.0.0/Conv' \(Conv\): padding pads=\[0, 0, 0, 0\] auto_pad=NOTSET"),
+    "3x3-conv-uneven-pads": (lambda g: _set(_node(g, "Conv", 1), pads=[1, 1, 0, 0]), r"padding pads=\[1, 1, 0, 0\]"),
     "1x1-conv-with-pads": (lambda g: _set(_node(g, "Conv", -1), pads=[1, 1, 1, 1]),
                            r"padding pads=\[1, 1, 1, 1\] on a 1x1 conv"),
     "dilated-depthwise": (lambda g: _set(_node(g, "Conv", 1), dilations=[2, 2], pads=[2, 2, 2, 2]),
