@@ -19,9 +19,13 @@ from torch_reference import randomized
 
 transformers = require("transformers")
 require("safetensors")
-# transformers' PIL image processor (transformers 5 names it so; MobileNetV2ImageProcessor is
-# the torchvision one there, and the PIL one before)
-Processor = getattr(transformers, "MobileNetV2ImageProcessorPil", None) or transformers.MobileNetV2ImageProcessor
+
+
+def processor_class():
+    """transformers' PIL image processor (transformers 5 names it so; MobileNetV2ImageProcessor
+    is the torchvision one there, and the PIL one before). Looked up when used: the lookup
+    imports transformers' image-processing modules."""
+    return getattr(transformers, "MobileNetV2ImageProcessorPil", None) or transformers.MobileNetV2ImageProcessor
 
 SIZES = (96, 160, 224, 113)
 
@@ -153,7 +157,7 @@ def test_a_non_square_crop_is_recorded_and_applied_as_transformers_image_process
     model = save(dict(depth_multiplier=0.35, num_labels=10), True, "safetensors", folder)
     images = [Image.open(p).convert("RGB") for p in photo_paths]
     for settings, size in NON_SQUARE:
-        processor = Processor(**settings)
+        processor = processor_class()(**settings)
         processor.save_pretrained(folder)
         engine = Engine.load(folder)
         assert engine.weights.size == size, settings
@@ -184,7 +188,7 @@ def test_what_a_folder_leaves_out_is_read_as_transformers_reads_it(tmp_path, pho
     (folder / "config.json").write_text(json.dumps({"model_type": "mobilenet_v2"}))
     (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "MobileNetV2ImageProcessor"}))
     theirs = transformers.MobileNetV2ForImageClassification.from_pretrained(folder).eval()
-    processor = Processor.from_pretrained(folder)
+    processor = processor_class().from_pretrained(folder)
     ws = convert(folder, tmp_path / "mnv2.h5")
     assert (ws.alpha, ws.classes, ws.padding, ws.size, ws.labels) == (1.0, 2, "same", (224, 224), None)
     engine = Engine.load(tmp_path / "mnv2.h5")
@@ -244,7 +248,7 @@ def test_sizes_the_engine_cannot_reproduce_are_refused_naming_the_setting(tmp_pa
     folder = tmp_path / "m"
     save(dict(depth_multiplier=0.35, num_labels=3), True, "safetensors", folder)
     if file == "preprocessor_config.json":  # else config.json's image_size is the size recorded
-        Processor().save_pretrained(folder)
+        processor_class()().save_pretrained(folder)
     settings = json.loads((folder / file).read_text())
     (folder / file).write_text(json.dumps({**settings, **change}))
     with pytest.raises(WeightFileError, match=message):
