@@ -150,15 +150,17 @@ def test_a_non_square_crop_is_recorded_and_applied_as_transformers_image_process
     portrait, whose margins are odd on one side or the other (floored, as transformers
     does), and predict equals the transformers model on the processor's pixels. config.json
     keeps its image_size (224): what the processor feeds the model is what is recorded.
-    (Sizes as ints, last: as transformers reads them.)"""
+    (Sizes as ints, last: as transformers reads them from the file; its save_pretrained
+    writes dicts.)"""
     from PIL import Image
 
     folder = tmp_path / "m"
     model = save(dict(depth_multiplier=0.35, num_labels=10), True, "safetensors", folder)
     images = [Image.open(p).convert("RGB") for p in photo_paths]
     for settings, size in NON_SQUARE:
-        processor = processor_class()(**settings)
-        processor.save_pretrained(folder)
+        (folder / "preprocessor_config.json").write_text(json.dumps(
+            dict(image_processor_type="MobileNetV2ImageProcessor", **settings)))
+        processor = processor_class().from_pretrained(folder)  # the file both read
         engine = Engine.load(folder)
         assert engine.weights.size == size, settings
         pixels = processor(images=images, return_tensors="np")["pixel_values"]

@@ -198,7 +198,39 @@ def _set(node, **attrs):
     node.attribute.extend(keep + [helper.make_attribute(k, v) for k, v in attrs.items() if v is not None])
 
 
-# an edit of the kept export whose left-out or set attribute makes it no MobileNetV2, and the refusal
+def _insert_after(graph, before: str, node):
+    """`node` placed after the node named `before`, reading its output in place of every later reader."""
+    out = next(n for n in graph.node if n.name == before).output[0]
+    for n in graph.node:
+        n.input[:] = [node.output[0] if v == out else v for v in n.input]
+    node.input[0] = out
+    nodes = []
+    for n in graph.node:
+        nodes.append(onnx.NodeProto()), nodes[-1].CopyFrom(n)
+        if n.name == before:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def bn_after_relu6(graph):
+    """The stem's BatchNormalization moved after its ReLU6."""
+    bn = onnx.NodeProto()
+    bn.CopyFrom(_node(graph, "BatchNormalization"))
+    for n in graph.node:
+        n.input[:] = [bn.input[0] if v == bn.output[0] else v for v in n.input]
+    graph.node.remove(_node(graph, "BatchNormalization"))
+    _insert_after(graph, _node(graph, "Clip").name, bn)
+
+
+def reshaped_before_pooling(graph):
+    """The stem's output reshaped from 32x32 to 16x64 (at a 64x64 input), a map every later layer takes."""
+    from onnx import helper, numpy_helper
+    graph.initializer.append(numpy_helper.from_array(np.array([0, 0, 16, 64], np.int64), "to_16x64"))
+    _insert_after(graph, _node(graph, "Clip").name, helper.make_node("Reshape", ["", "to_16x64"], ["reshaped"]))
+
+
+# an edit of the kept export (an attribute left out or set, a node moved or added) that makes it no MobileNetV2
 NOT_MNV2 = {
     "clip-without-min": (lambda g: _node(g, "Clip").input.__setitem__(1, ""), r"Clip\(None, 6"),
     "3x3-conv-without-pads": (lambda g: _set(_node(g, "Conv"), pads=None),
@@ -210,11 +242,13 @@ NOT_MNV2 = {
                           r"dilations \[2, 2\]"),
     "gemm-alpha": (lambda g: _set(_node(g, "Gemm"), alpha=0.5), "a Gemm with alpha, beta or transA set"),
     "gemm-beta": (lambda g: _set(_node(g, "Gemm"), beta=2.0), "a Gemm with alpha, beta or transA set"),
+    "batchnorm-after-relu6": (bn_after_relu6, r"BatchNormalization\) does not fit a MobileNetV2"),
+    "reshape-before-pooling": (reshaped_before_pooling, r"\(Reshape\) does not fit a MobileNetV2"),
 }
 
 
 @pytest.mark.parametrize("name", NOT_MNV2)
-def test_an_attribute_that_changes_the_maths_is_refused(kept, tmp_path, name):
+def test_an_edit_that_changes_the_maths_is_refused(kept, tmp_path, name):
     """onnxruntime computes something else on each edited file, so a conversion would be wrong."""
     edit, message = NOT_MNV2[name]
     path = edited(kept, tmp_path / f"{name}.onnx", edit)
@@ -223,6 +257,17 @@ def test_an_attribute_that_changes_the_maths_is_refused(kept, tmp_path, name):
     assert np.abs(run(path) - run(kept)).max() > 1e-3 * np.abs(run(kept)).max()
     with pytest.raises(WeightFileError, match=message):
         convert(path, tmp_path / "x.h5")
+
+
+def test_a_size_fixed_on_one_side_only_is_no_recorded_size(kept, tmp_path):
+    """H fixed, W dynamic: the file records no size; a given one (any width) is taken."""
+    def fixed_height(graph):
+        graph.input[0].type.tensor_type.shape.dim[2].dim_value = 96
+    path = edited(kept, tmp_path / "h96.onnx", fixed_height)
+    assert [d.dim_value or d.dim_param for d in onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim] == [
+        "n", 3, 96, "w"]
+    assert convert(path, tmp_path / "a.h5").size == (224, 224)
+    assert convert(path, tmp_path / "b.h5", size=(96, 128)).size == (96, 128)
 
 
 def test_a_mean_without_axes_is_refused(kept, tmp_path):
