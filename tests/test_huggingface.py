@@ -3,6 +3,8 @@
 Random He-scaled convs and randomised BatchNorm statistics (torch_reference.randomized),
 configs with tf_padding True and False, depth_multiplier 0.35 and 1.0, 1001 labels, the
 classification model and the headless MobileNetV2Model; one engine per folder, at every size.
+Also: crops and sizes whose height and width differ, against transformers' image processor,
+and folders that leave settings to transformers' defaults.
 """
 import json
 
@@ -17,6 +19,13 @@ from torch_reference import randomized
 
 transformers = require("transformers")
 require("safetensors")
+
+
+def processor_class():
+    """transformers' PIL image processor (transformers 5 names it so; MobileNetV2ImageProcessor
+    is the torchvision one there, and the PIL one before). Looked up when used: the lookup
+    imports transformers' image-processing modules."""
+    return getattr(transformers, "MobileNetV2ImageProcessorPil", None) or transformers.MobileNetV2ImageProcessor
 
 SIZES = (96, 160, 224, 113)
 
@@ -123,3 +132,126 @@ def test_predict_on_photos_matches_transformers_with_its_image_processor(tmp_pat
         ref = model(pixels).logits.numpy()
     assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max(), "reference ignores its input"
     close(probabilities(engine.predict(photo_paths, top=10), 10), softmax(ref))
+
+
+# (preprocessor_config.json's settings, the input size they feed the model): a crop wider
+# than high; one higher than wide and taller than the resized shorter side (transformers
+# pads it with zeros); a resize to 96x128 without a crop (the aspect ratio lost)
+NON_SQUARE = [
+    (dict(size={"shortest_edge": 146}, crop_size={"height": 96, "width": 128}), (96, 128)),
+    (dict(size={"shortest_edge": 111}, crop_size={"height": 128, "width": 96}), (128, 96)),
+    (dict(size={"height": 96, "width": 128}, do_center_crop=False), (96, 128)),
+    (dict(size=110, crop_size=96), (96, 96)),  # ints: the shorter side, a square crop
+]
+
+
+def test_a_non_square_crop_is_recorded_and_applied_as_transformers_image_processor_does(tmp_path, photo_paths):
+    """The engine's preprocessing equals transformers' own on the photos, landscape and
+    portrait, whose margins are odd on one side or the other (floored, as transformers
+    does), and predict equals the transformers model on the processor's pixels. config.json
+    keeps its image_size (224): what the processor feeds the model is what is recorded.
+    (Sizes as ints, last: as transformers reads them from the file; its save_pretrained
+    writes dicts.)"""
+    from PIL import Image
+
+    folder = tmp_path / "m"
+    model = save(dict(depth_multiplier=0.35, num_labels=10), True, "safetensors", folder)
+    images = [Image.open(p).convert("RGB") for p in photo_paths]
+    for settings, size in NON_SQUARE:
+        (folder / "preprocessor_config.json").write_text(json.dumps(
+            dict(image_processor_type="MobileNetV2ImageProcessor", **settings)))
+        processor = processor_class().from_pretrained(folder)  # the file both read
+        engine = Engine.load(folder)
+        assert engine.weights.size == size, settings
+        pixels = processor(images=images, return_tensors="np")["pixel_values"]
+        assert pixels.shape == (len(images), 3, *size)
+        mine = np.stack([engine.preprocess(image) for image in images])
+        np.testing.assert_allclose(mine, pixels.transpose(0, 2, 3, 1), atol=1e-5, err_msg=str(settings))
+        some = [i for i, p in enumerate(photo_paths) if p.name in ("bird.bmp", "grace_hopper.bmp")]  # wide, tall
+        with torch.no_grad():
+            ref = model(torch.from_numpy(pixels[some])).logits.numpy()
+        assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max(), "reference ignores its input"
+        close(probabilities(engine.predict([photo_paths[i] for i in some], top=10), 10), softmax(ref))
+
+
+def test_what_a_folder_leaves_out_is_read_as_transformers_reads_it(tmp_path, photo_paths):
+    """config.json holding model_type alone (transformers' defaults: depth_multiplier 1.0,
+    2 labels, tf_padding, layer_norm_eps 1e-3, image_size 224, ...) and a
+    preprocessor_config.json naming its class alone (shorter side 256, crop 224x224,
+    1/255, mean and std 0.5): the engine against transformers loading the same folder.
+    The BatchNorm variances are near layer_norm_eps, so that its value shows."""
+    folder = tmp_path / "m"
+    model = randomized(transformers.MobileNetV2ForImageClassification(transformers.MobileNetV2Config()), 0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.mul_(1e-3), m.weight.mul_(0.045)
+    model.save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps({"model_type": "mobilenet_v2"}))
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_processor_type": "MobileNetV2ImageProcessor"}))
+    theirs = transformers.MobileNetV2ForImageClassification.from_pretrained(folder).eval()
+    processor = processor_class().from_pretrained(folder)
+    ws = convert(folder, tmp_path / "mnv2.h5")
+    assert (ws.alpha, ws.classes, ws.padding, ws.size, ws.labels) == (1.0, 2, "same", (224, 224), None)
+    engine = Engine.load(tmp_path / "mnv2.h5")
+    x = np.random.default_rng(0).normal(0, 1, (2, 64, 80, 3)).astype(np.float32)
+    x[1] = np.linspace(-1, 1, 64 * 80 * 3).reshape(64, 80, 3)  # unlike noise, whose pooled features vary little
+    with torch.no_grad():
+        ref = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
+    assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max()
+    close(engine.forward(x), ref)
+    from PIL import Image
+    images = [Image.open(p).convert("RGB") for p in photo_paths]
+    pixels = processor(images=images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(np.stack([engine.preprocess(image) for image in images]),
+                               pixels.transpose(0, 2, 3, 1), atol=1e-5)
+
+
+def test_a_narrow_config_with_its_defaults_left_out_runs_as_transformers(tmp_path):
+    """depth_multiplier 0.35 and num_labels alone: min_depth, finegrained_output and the
+    other keys checked against a narrow network are transformers' defaults."""
+    folder = tmp_path / "m"
+    save(dict(depth_multiplier=0.35, num_labels=3), True, "safetensors", folder)
+    config = dict(model_type="mobilenet_v2", depth_multiplier=0.35, num_labels=3)
+    (folder / "config.json").write_text(json.dumps(config))
+    theirs = transformers.MobileNetV2ForImageClassification.from_pretrained(folder).eval()
+    engine = Engine.load(folder)
+    x = np.random.default_rng(1).normal(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    with torch.no_grad():
+        ref = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2))).logits.numpy()
+    assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max()
+    close(engine.forward(x), ref)
+
+
+@pytest.mark.parametrize("image_size,recorded", [(None, (224, 224)), (96, (96, 96)), ([96, 128], (96, 128))])
+def test_config_image_size_is_recorded_height_first(tmp_path, image_size, recorded):
+    """Without preprocessor_config.json: image_size as transformers' MobileNetV2Config takes
+    it (an int, or [height, width]); left out, its default 224."""
+    folder = tmp_path / "m"
+    save(dict(depth_multiplier=0.35, num_labels=3), True, "safetensors", folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("image_size")
+    if image_size is not None:
+        config["image_size"] = image_size
+    (folder / "config.json").write_text(json.dumps(config))
+    assert convert(folder, tmp_path / "mnv2.h5").size == recorded
+
+
+@pytest.mark.parametrize("file,change,message", [
+    ("config.json", dict(image_size="96x128"), r"image_size='96x128', expected an int, \[height, width\]"),
+    ("config.json", dict(image_size=[96, 0]), r"image_size=\[96, 0\]"),
+    ("preprocessor_config.json", dict(do_resize=False), "do_resize=false feeds each image at its own size"),
+    ("preprocessor_config.json", dict(size={"height": 100, "width": 120}, crop_size={"height": 90, "width": 100}),
+     "a resize to 100x120 then a centre crop of 90x100; the engine crops before it resizes"),
+    ("preprocessor_config.json", dict(size={"shortest_edge": 0}), r"size=\[0, 0\]"),
+    ("preprocessor_config.json", dict(crop_size={"height": 96}), r"crop_size=\{'height': 96\}"),
+])
+def test_sizes_the_engine_cannot_reproduce_are_refused_naming_the_setting(tmp_path, file, change, message):
+    folder = tmp_path / "m"
+    save(dict(depth_multiplier=0.35, num_labels=3), True, "safetensors", folder)
+    if file == "preprocessor_config.json":  # else config.json's image_size is the size recorded
+        processor_class()().save_pretrained(folder)
+    settings = json.loads((folder / file).read_text())
+    (folder / file).write_text(json.dumps({**settings, **change}))
+    with pytest.raises(WeightFileError, match=message):
+        convert(folder, tmp_path / "mnv2.h5")

@@ -9,6 +9,8 @@ without `mobilenet_v2.` and `classifier`): `conv_stem.first_conv` is the stem,
 `reduce_1x1` blocks 1-16, `conv_1x1` the head; each a `convolution` (OIHW, no bias) and a
 `normalization` (BatchNorm, epsilon `layer_norm_eps`); `classifier` the Linear.
 `tf_padding` pads like TensorFlow ('same'), otherwise 1 on every side ('symmetric').
+The input size recorded is the one preprocessor_config.json feeds the model (its crop_size,
+height and width as given), else config.json's `image_size` (an int or [H, W]).
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 from mnv2engine.arch import ALPHAS, STEM_CHANNELS, TABLE2, Architecture, make_divisible
 from mnv2engine.errors import WeightFileError
 
-from .weightset import BatchNorm, Layer, WeightSet, from_oihw, settled_size
+from .weightset import DEFAULT_SIZE, BatchNorm, Layer, WeightSet, from_oihw, settled_size
 
 # config.json settings the engine's architecture fixes: (key, transformers' default, the value we run)
 FIXED = (("expand_ratio", 6.0, 6.0), ("output_stride", 32, 32), ("depth_divisible_by", 8, 8),
@@ -138,30 +140,59 @@ def read_huggingface(folder, size=None) -> WeightSet:
     if leftover:
         raise WeightFileError(f"{folder}: tensors that are not part of MobileNetV2 alpha={alpha}: "
                               f"{', '.join(leftover[:5])}")
-    recorded = config.get("image_size")
-    ws = WeightSet(alpha=alpha, size=settled_size(folder, recorded if isinstance(recorded, int) else None, size),
-                   classes=classes, padding=padding, layers=layers, labels=_labels(config, classes),
-                   source=f"huggingface {folder}")
-    _preprocessing(folder, ws)
+    ws = WeightSet(alpha=alpha, size=(DEFAULT_SIZE, DEFAULT_SIZE), classes=classes, padding=padding, layers=layers,
+                   labels=_labels(config, classes), source=f"huggingface {folder}")
+    fed = _preprocessing(folder, ws)
+    # the size the image processor feeds the model; else config.json's image_size (int or [H, W])
+    recorded = fed or _pair(config.get("image_size"), folder / "config.json", "image_size", optional=True)
+    ws.size = settled_size(folder, recorded, size)
     return ws
 
 
-def _preprocessing(folder: Path, ws: WeightSet) -> None:
+def _pair(value, path, key, optional=False) -> tuple[int, int] | None:
+    """(H, W) from an int, a [H, W] list or transformers' {"height": H, "width": W}."""
+    if value is None and optional:
+        return None
+    if isinstance(value, dict) and set(value) == {"height", "width"}:
+        value = [value["height"], value["width"]]
+    elif isinstance(value, int):
+        value = [value, value]
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
+        raise WeightFileError(f"{path}: {key}={value!r}, expected an int, [height, width] or "
+                              "{\"height\": H, \"width\": W} of positive ints")
+    return int(value[0]), int(value[1])
+
+
+def _preprocessing(folder: Path, ws: WeightSet) -> tuple[int, int] | None:
     """The recipe of preprocessor_config.json where present, else of transformers'
     MobileNetV2ImageProcessor's defaults: shorter side to 256, centre crop 224,
-    x = (pixel * rescale_factor - mean) / std with 1/255, 0.5, 0.5 (x = pixel / 127.5 - 1)."""
+    x = (pixel * rescale_factor - mean) / std with 1/255, 0.5, 0.5 (x = pixel / 127.5 - 1).
+    Returns the (H, W) the processor feeds the model where it fixes one: the crop_size,
+    or a resize to {"height", "width"} without a crop."""
     path = folder / "preprocessor_config.json"
     ws.crop, ws.crop_fraction = "shorter-side-floor", 224 / 256
     if not path.is_file():
-        return
+        return None
     try:
         pre = json.loads(path.read_text())
-        shorter = (pre.get("size") or {}).get("shortest_edge", 256)
-        crop = pre.get("crop_size") or {"height": 224}
-        if pre.get("do_center_crop", True):
-            ws.crop_fraction = min(1.0, float(crop.get("height", 224)) / float(shorter))
-        else:
-            ws.crop = "none"
+        if not pre.get("do_resize", True):
+            raise WeightFileError(f"{path}: do_resize=false feeds each image at its own size; the engine "
+                                  "resizes every image to one input size")
+        resize = pre.get("size") or {"shortest_edge": 256}
+        resize = {"shortest_edge": resize} if isinstance(resize, int) else resize  # transformers' reading of an int
+        if isinstance(resize, dict) and set(resize) == {"shortest_edge"}:
+            shorter, fixed = _pair(resize["shortest_edge"], path, "size")[0], None
+        else:  # resized to (H, W), the aspect ratio lost
+            shorter, fixed = None, _pair(resize, path, "size")
+        crop = _pair(pre.get("crop_size") or 224, path, "crop_size") if pre.get("do_center_crop", True) else None
+        if crop is None or crop == fixed:
+            ws.crop, fed = "none", fixed
+        elif fixed:
+            raise WeightFileError(f"{path}: a resize to {fixed[0]}x{fixed[1]} then a centre crop of "
+                                  f"{crop[0]}x{crop[1]}; the engine crops before it resizes")
+        else:  # the shorter side to `shorter`, then a centre crop of (H, W); preprocess.cropped resizes
+            ws.crop_fraction, fed = max(crop) / shorter, crop  # the shorter side to round(max(H, W) / fraction)
         rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
         mean, std = ((np.asarray(pre.get("image_mean", (0.5,) * 3), np.float64),
                       np.asarray(pre.get("image_std", (0.5,) * 3), np.float64))
@@ -170,3 +201,4 @@ def _preprocessing(folder: Path, ws: WeightSet) -> None:
         raise WeightFileError(f"{path}: unreadable ({e})") from None
     ws.scale = (rescale / std).astype(np.float32)
     ws.offset = (-mean / std).astype(np.float32)
+    return fed

@@ -199,7 +199,12 @@ def _padding(path, found: list[Found]) -> str:
     """'symmetric' for pads of 1 on every 3x3 conv (torch), 'same' for SAME_UPPER (TF)."""
     conventions = set()
     for f in found:
-        if f.node.op_type != "Conv" or f.kernel.shape[2:] != (3, 3):
+        if f.node.op_type != "Conv":
+            continue
+        if f.kernel.shape[2:] != (3, 3):  # a 1x1 conv: any pad grows its output, which MobileNetV2's never does
+            if any(f.pads):
+                raise WeightFileError(f"{path}: {describe(f.node)}: padding pads={list(f.pads)} on a 1x1 conv, "
+                                      "which MobileNetV2 does not pad")
             continue
         if f.auto_pad == "SAME_UPPER":
             conventions.add("same")

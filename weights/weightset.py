@@ -140,9 +140,11 @@ def validate(ws: WeightSet) -> Architecture:
         arr = getattr(ws, what)
         if np.shape(arr) != (3,) or not np.isfinite(arr).all():
             raise WeightFileError(f"preprocessing {what} must be 3 finite numbers, got {arr!r}")
-    if ws.crop not in CROPS or not 0 < ws.crop_fraction <= 1:
-        raise WeightFileError(f"preprocessing crop must be one of {CROPS} with a fraction in (0, 1], "
-                              f"got {ws.crop!r} {ws.crop_fraction!r}")
+    # transformers pads a crop larger than the resized image with zeros, as PIL's crop does: a fraction > 1
+    top = np.inf if ws.crop == "shorter-side-floor" else 1
+    if ws.crop not in CROPS or not 0 < ws.crop_fraction <= top:
+        raise WeightFileError(f"preprocessing crop must be one of {CROPS} with a fraction in (0, 1] "
+                              f"((0, inf) for shorter-side-floor), got {ws.crop!r} {ws.crop_fraction!r}")
     if ws.labels is not None and len(ws.labels) != ws.classes:
         raise WeightFileError(f"{len(ws.labels)} labels for {ws.classes} classes")
     return arch
