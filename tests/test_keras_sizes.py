@@ -1,6 +1,6 @@
 """Keras files that record an input size (`.keras`, full-model `.h5`): the size is read
-from the model config, a contradicting size is refused, and one engine per file runs
-any size against Keras itself."""
+from the model config as (height, width), a contradicting size is refused, and one
+engine per file runs any size against Keras itself."""
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -11,7 +11,7 @@ import pytest
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close
+from conftest import close, probabilities, softmax
 from test_keras import randomized
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning",
@@ -86,3 +86,44 @@ def test_a_damaged_keras_zip_is_refused(tmp_path):
         z.writestr("model.weights.h5", b"")
     with pytest.raises(WeightFileError, match="damaged or incomplete .keras file"):
         convert(tmp_path / "bad.keras", tmp_path / "out.h5")
+
+
+# Odd by even: Keras pads each axis of a stride-2 conv by that axis's own parity (correct_pad).
+NON_SQUARE = (97, 128)
+
+
+@pytest.fixture(scope="module")
+def non_square(tmp_path_factory, photo_paths):
+    """A model built at 97x128 saved in the three layouts; Keras's output for a batch, and
+    its probabilities for the photos resized as a Keras user does (load_img's target_size
+    is (height, width))."""
+    model = randomized(keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=NON_SQUARE + (3,),
+                                                      classes=10, classifier_activation=None), seed=13)
+    folder = tmp_path_factory.mktemp("non_square")
+    model.save(folder / "m.keras")
+    model.save(folder / "full-model.h5")
+    model.save_weights(folder / "model.weights.h5")
+    x = np.random.default_rng(13).uniform(-1, 1, (2,) + NON_SQUARE + (3,)).astype(np.float32)
+    ref = model.predict(x, verbose=0)
+    assert np.abs(ref[0] - ref[1]).max() > 0.05 * np.abs(ref).max()
+    pixels = [keras.utils.img_to_array(keras.utils.load_img(p, target_size=NON_SQUARE, interpolation="bilinear"))
+              for p in photo_paths]
+    photos = softmax(model.predict(keras.applications.mobilenet_v2.preprocess_input(np.stack(pixels)), verbose=0))
+    return folder, x, ref, photos
+
+
+@pytest.mark.parametrize("name", ["m.keras", "full-model.h5", "model.weights.h5"])
+def test_a_non_square_size_is_height_by_width(non_square, tmp_path, name, photo_paths):
+    """Recorded as the file has it (weights alone record none: given), run against Keras,
+    on a batch and on the photos."""
+    folder, x, ref, photos = non_square
+    ws = convert(folder / name, tmp_path / "mnv2.h5", size=NON_SQUARE if name == "model.weights.h5" else None)
+    assert tuple(ws.size) == NON_SQUARE
+    engine = Engine.load(tmp_path / "mnv2.h5")
+    assert engine.arch.size == NON_SQUARE
+    assert engine.preprocess(np.zeros((300, 200, 3), np.uint8)).shape == NON_SQUARE + (3,)
+    close(engine.forward(x), ref)
+    close(probabilities(engine.predict(photo_paths, top=10, crop=False), 10), photos)
+    if name != "model.weights.h5":
+        with pytest.raises(WeightFileError, match="records input size 97x128, but size 128x97 was asked for"):
+            convert(folder / name, tmp_path / "other.h5", size=NON_SQUARE[::-1])
