@@ -452,7 +452,8 @@ def test_a_non_square_float_model_is_height_by_width(variant, float_model, photo
     assert engine.preprocess(np.zeros((300, 200, 3), np.uint8)).shape == NON_SQUARE + (3,)
     x = np.random.default_rng(3).uniform(-1, 1, (2,) + NON_SQUARE + (3,)).astype(np.float32)
     close(engine.forward(x), litert_logits(src.read_bytes(), x), rel=1e-4)
-    pixels = [np.asarray(Image.open(p).convert("RGB").resize(NON_SQUARE[::-1], Image.BILINEAR)) for p in photo_paths[:3]]
+    pixels = [np.asarray(Image.open(p).convert("RGB").resize(NON_SQUARE[::-1], Image.BILINEAR))
+              for p in photo_paths[:3]]
     want = litert_logits(src.read_bytes(), [(p * ws.scale + ws.offset).astype(np.float32) for p in pixels])
     close(probabilities(engine.predict(photo_paths[:3], top=1001, crop=False), 1001), softmax(want), rel=1e-3)
 
