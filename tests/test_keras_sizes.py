@@ -215,7 +215,7 @@ REFUSED = {
                                       "block_3_expand_relu: max_value None (Keras's default"),
     "ReLU4": (put("block_2_depthwise_relu", "max_value", 4.0), "block_2_depthwise_relu: max_value 4.0"),
     "strides omitted (1)": (drop("Conv1", "strides"), "Conv1: strides 1 (Keras's default"),
-    "depthwise strides": (put("block_6_depthwise", "strides", [1, 1]), "block_6_depthwise: strides [1, 1]"),
+    "depthwise strides": (put("block_6_depthwise", "strides", [2, 1]), "block_6_depthwise: strides [2, 1]"),
     "padded twice": (put("block_1_depthwise", "padding", "same"), "block_1_depthwise: padding 'same'"),
     # block 1 takes 49x64: TF pads ((1, 1), (0, 1))
     "pads of the other axis": (put("block_1_pad", "padding", [[0, 1], [1, 1]]),
