@@ -16,7 +16,7 @@ from PIL import Image
 from mnv2engine import Engine, WeightFileError, convert
 from mnv2engine.weights.tflite import read_tflite
 
-from conftest import close, require
+from conftest import close, probabilities, require, softmax
 
 # The model surgery needs only these two pure-Python modules; LiteRT's interpreter (a
 # native library) is imported by the tests that run it, so that the refusal tests still
@@ -26,6 +26,8 @@ schema = require("ai_edge_litert.schema_py_generated")
 OP, TT = schema.BuiltinOperator, schema.TensorType
 
 MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
+# Odd by even; the last feature map 4x5, so that a pool window read the wrong way round shows.
+NON_SQUARE = (97, 160)
 # shared/data/README.md: the interpreter's top-1 of each photo, for both models
 README_TOP1 = {"cat.bmp": "Egyptian cat", "bird.bmp": "chickadee", "grace_hopper.bmp": "military uniform",
                "parrot.jpg": "macaw", "owl.jpg": "ruffed grouse", "hot_dog.jpg": "hotdog",
@@ -134,9 +136,18 @@ def float16_weights(model):
     return m
 
 
-def explicit_padding(model, before=0, after=1):
+def tf_same(n: int, stride: int = 2, kernel: int = 3) -> tuple[int, int]:
+    """TensorFlow's 'same' padding of one axis: out = ceil(n / stride), total =
+    max((out - 1) * stride + kernel - n, 0), the smaller half before."""
+    total = max((-(-n // stride) - 1) * stride + kernel - n, 0)
+    return total // 2, total - total // 2
+
+
+def explicit_padding(model, pads=None, swap_axes=False):
     """Every stride-2 3x3 conv as PAD + VALID conv, as Keras's ZeroPadding2D converts:
-    TF 'same' on an even size pads 0 before and 1 after."""
+    `pads` (before, after) on both axes, or by default TF 'same' for each axis's own size
+    (0 before and 1 after on an even size, 1 and 1 on an odd one); swap_axes pads the
+    rows as the columns should be and the other way round."""
     m = copy.deepcopy(model)
     sg = m.subgraphs[0]
     for op in list(sg.operators):
@@ -144,12 +155,29 @@ def explicit_padding(model, before=0, after=1):
         if code_of(m, op) in (OP.CONV_2D, OP.DEPTHWISE_CONV_2D) and o.strideH == 2:
             x = sg.tensors[op.inputs[0]]
             n, h, w, c = x.shape
-            pads = np.array([[0, 0], [before, after], [before, after], [0, 0]], np.int32)
-            paddings = add_tensor(m, "paddings", (4, 2), TT.INT32, pads)
-            grown = before + after
-            padded = add_tensor(m, x.name.decode() + "_padded", (n, h + grown, w + grown, c), TT.FLOAT32)
+            (top, bottom), (left, right) = (pads, pads) if pads else (tf_same(h), tf_same(w))
+            if swap_axes:
+                (top, bottom), (left, right) = (left, right), (top, bottom)
+            paddings = add_tensor(m, "paddings", (4, 2), TT.INT32,
+                                  np.array([[0, 0], [top, bottom], [left, right], [0, 0]], np.int32))
+            padded = add_tensor(m, x.name.decode() + "_padded", (n, h + top + bottom, w + left + right, c),
+                                TT.FLOAT32)
             add_op(m, sg.operators.index(op), OP.PAD, [op.inputs[0], paddings], [padded])
             op.inputs[0], o.padding = padded, schema.Padding.VALID
+    return m
+
+
+def at_size(model, size):
+    """The model with a (height, width) input: an AVERAGE_POOL_2D's window the last feature
+    map (five stride-2 layers: ceil(side / 32)), every activation's shape as LiteRT works
+    it out. The converter reads only the input's shape and the window."""
+    m = copy.deepcopy(model)
+    sg = m.subgraphs[0]
+    sg.tensors[sg.inputs[0]].shape = np.array([1, *size, 3], np.int32)
+    for op in ops_of(m, OP.AVERAGE_POOL_2D):
+        op.builtinOptions.filterHeight, op.builtinOptions.filterWidth = (-(-n // 32) for n in size)
+    for d in interpreter(pack(m)).get_tensor_details():
+        sg.tensors[d["index"]].shape = np.array(d["shape"], np.int32)
     return m
 
 
@@ -391,8 +419,9 @@ def _valid_padding_on_the_stem(model):
     return m
 
 
-@pytest.mark.parametrize("alter", [_valid_padding_on_the_stem, lambda m: explicit_padding(m, 1, 1)],
-                         ids=["VALID", "PAD (1, 1)"])
+@pytest.mark.parametrize("alter", [_valid_padding_on_the_stem, lambda m: explicit_padding(m, (1, 1)),
+                                   lambda m: explicit_padding(at_size(m, NON_SQUARE), swap_axes=True)],
+                         ids=["VALID", "PAD (1, 1)", "97x160, PADs of the other axis"])
 def test_padding_other_than_tf_same_is_refused(float_model, tmp_path, alter):
     path = tmp_path / "padded.tflite"
     path.write_bytes(pack(alter(float_model)))
@@ -406,3 +435,38 @@ def test_another_network_is_refused(tmp_path):
     with pytest.raises(WeightFileError, match=r"other\.tflite: not a MobileNetV2"):
         convert(path, tmp_path / "out.h5")
     assert not (tmp_path / "out.h5").exists()
+
+
+# -- a non-square input ------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant", [lambda m: m, explicit_padding], ids=["SAME", "explicit padding"])
+def test_a_non_square_float_model_is_height_by_width(variant, float_model, photo_paths, tmp_path):
+    """The size recorded as the input tensor has it, [1, height, width, 3]; the logits of a
+    batch and of photos resized to it (crop=False) as LiteRT's; explicit PADs of TF 'same'
+    for each axis's own size accepted."""
+    src = tmp_path / "non_square.tflite"
+    src.write_bytes(pack(variant(at_size(float_model, NON_SQUARE))))
+    ws = read_tflite(src)
+    assert tuple(ws.size) == NON_SQUARE and ws.classes == 1001
+    engine = Engine(ws)
+    assert engine.preprocess(np.zeros((300, 200, 3), np.uint8)).shape == NON_SQUARE + (3,)
+    x = np.random.default_rng(3).uniform(-1, 1, (2,) + NON_SQUARE + (3,)).astype(np.float32)
+    close(engine.forward(x), litert_logits(src.read_bytes(), x), rel=1e-4)
+    pixels = [np.asarray(Image.open(p).convert("RGB").resize(NON_SQUARE[::-1], Image.BILINEAR))
+              for p in photo_paths[:3]]
+    want = litert_logits(src.read_bytes(), [(p * ws.scale + ws.offset).astype(np.float32) for p in pixels])
+    close(probabilities(engine.predict(photo_paths[:3], top=1001, crop=False), 1001), softmax(want), rel=1e-3)
+
+
+def test_a_non_square_quantized_model_with_a_pool_window(shared_data, photos, tmp_path):
+    """The uint8 model pools with AVERAGE_POOL_2D, whose 4x5 window must be read as the 4x5
+    last feature map. The reference is LiteRT on the test's dequantized graph (as above):
+    away from 224 the integer graph's uint8 logits saturate."""
+    quantized = at_size(unpack((shared_data / "models" / MODELS[1]).read_bytes()), NON_SQUARE)
+    src = tmp_path / "non_square.tflite"
+    src.write_bytes(pack(quantized))
+    ws = read_tflite(src)
+    assert tuple(ws.size) == NON_SQUARE
+    pixels = [np.asarray(Image.fromarray(p).resize(NON_SQUARE[::-1], Image.BILINEAR)) for _, p in photos[:3]]
+    x = np.stack([p * ws.scale + ws.offset for p in pixels]).astype(np.float32)
+    close(Engine(ws).forward(x), litert_logits(pack(float32_logits_model(quantized)), x), rel=1e-4)

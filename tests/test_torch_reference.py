@@ -11,6 +11,7 @@ from PIL import Image
 from mnv2engine import Engine
 
 from conftest import close, probabilities, softmax
+from test_crop import recipe
 from torch_reference import reference_and_engine, run_with_blocks
 
 # alpha 0.35 / 1.0 / 1.4, sizes 96 / 224 / odd, batch 1 and 3, with and without the top
@@ -50,15 +51,11 @@ TORCHVISION_STD = np.array([0.229, 0.224, 0.225], np.float32)
 
 
 def torchvision_eval(path, size):
-    """torchvision's ImageNet evaluation preset, written out: Resize(size / 0.875) of the
-    shorter side (the longer truncated), bilinear, then CenterCrop(size)."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    short = round(size / 0.875)
-    new = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
-    img = img.resize(new, Image.BILINEAR)
-    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    """torchvision's ImageNet evaluation preset (test_crop.recipe, from torchvision's code):
+    Resize(size / 0.875) of the shorter side, bilinear, then CenterCrop(size); `size` an
+    int or (height, width)."""
+    height, width = (size, size) if isinstance(size, int) else size
+    return recipe(np.asarray(Image.open(path).convert("RGB")), "shorter-side", 0.875, height, width)
 
 
 def test_predict_on_photos_matches_pytorch_with_torchvisions_preprocessing(tmp_path, photo_paths):
@@ -71,3 +68,20 @@ def test_predict_on_photos_matches_pytorch_with_torchvisions_preprocessing(tmp_p
     x = np.stack([(p.astype(np.float32) / 255 - TORCHVISION_MEAN) / TORCHVISION_STD for p in pixels])
     ref = run_with_blocks(model, x)["logits"]
     close(probabilities(engine.predict(photo_paths, top=1000), 1000), softmax(ref))
+
+
+def test_a_non_square_size_matches_pytorch_from_photo_to_logits(tmp_path, photo_paths):
+    """A size given as (height, width), odd by even: recorded so, each axis padded by its
+    own size, the photos cropped by it (the longer input side sets the resize)."""
+    size = (97, 128)
+    model, engine = reference_and_engine(tmp_path, 0.35, size, 10, seed=11)
+    assert engine.arch.size == size and engine.weights.size == size
+    pixels = [torchvision_eval(p, size) for p in photo_paths]
+    assert pixels[0].shape == size + (3,)
+    x = np.stack([(p.astype(np.float32) / 255 - TORCHVISION_MEAN) / TORCHVISION_STD for p in pixels])
+    ref = run_with_blocks(model, x)
+    assert np.abs(ref["logits"][0] - ref["logits"][1]).max() > 0.05 * np.abs(ref["logits"]).max()
+    got = engine.intermediates(x[:2])
+    for name in [f"block{i}" for i in range(17)]:
+        close(got[name], ref[name][:2])
+    close(probabilities(engine.predict(photo_paths, top=10), 10), softmax(ref["logits"]))

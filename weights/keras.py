@@ -29,7 +29,7 @@ from mnv2engine.errors import WeightFileError
 
 from .weightset import BatchNorm, Layer, WeightSet, settled_size
 
-KERAS_BN_EPSILON = 1e-3  # every BatchNormalization of keras.applications.MobileNetV2; not in the file
+KERAS_BN_EPSILON = 1e-3  # every BatchNormalization of keras.applications.MobileNetV2; not in a weights-only file
 BN_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")  # Keras's creation order
 SIGNATURE = ("Conv1", "expanded_conv_depthwise")  # MobileNet v1 has conv1, v3 has no Conv1
 KERAS_CLASS = {"depthwise": "depthwise_conv2d", "classifier": "dense"}  # of the others: conv2d
@@ -247,6 +247,86 @@ def recorded_size(config: dict | None) -> tuple[int, int] | None:
     return None
 
 
+# Keras's constructor defaults (keras.layers) of the attributes that change what a layer
+# computes, for a model config that omits them.
+KERAS_DEFAULTS = {
+    "Conv2D": {"strides": 1, "dilation_rate": 1, "padding": "valid", "activation": None},
+    "DepthwiseConv2D": {"strides": 1, "dilation_rate": 1, "padding": "valid", "activation": None},
+    "BatchNormalization": {"epsilon": 1e-3},
+    "ReLU": {"max_value": None, "negative_slope": 0.0, "threshold": 0.0},
+    "ZeroPadding2D": {"padding": 1},
+}
+
+
+def _pair(value) -> tuple:
+    """strides / dilation_rate / a ZeroPadding2D axis: an int or a pair, as a pair."""
+    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
+
+
+def _followed_config(path, config: dict | None, arch: Architecture, recorded: bool) -> dict[str, float]:
+    """The BatchNorm epsilons a model config gives, by layer, after checking each other
+    attribute the engine cannot follow against MobileNetV2's: conv strides, dilation,
+    activation and padding ('same', or 'valid' after a ZeroPadding2D that pads as TF 'same'
+    does), ReLU6. An attribute the config omits takes Keras's default, as when Keras loads
+    the file. Without a config (weights only): MobileNetV2's values."""
+    layers = {}
+    for layer in ((config or {}).get("config") or {}).get("layers", []):
+        cfg = layer.get("config") or {}
+        layers[layer.get("name") or cfg.get("name")] = (layer.get("class_name"), cfg)
+
+    def value(name, key):
+        cls, cfg = layers[name]
+        return cfg[key] if key in cfg else KERAS_DEFAULTS[cls][key]
+
+    def refuse(name, key, want):
+        omitted = " (Keras's default: the config omits it)" if key not in layers[name][1] else ""
+        raise WeightFileError(f"{path}: layer {name}: {key} {value(name, key)!r}{omitted}, where MobileNetV2 "
+                              f"has {want}: the engine cannot run this model")
+
+    def has(name, cls):
+        return name in layers and layers[name][0] == cls
+
+    blocks, epsilons = {b.name: b for b in arch.blocks}, {}
+    for name, (conv, bn) in _layer_map(arch).items():
+        if bn is not None:
+            epsilons[bn] = float(value(bn, "epsilon")) if has(bn, "BatchNormalization") else KERAS_BN_EPSILON
+        kind = name.rsplit("/", 1)[-1]
+        cls = "DepthwiseConv2D" if kind == "depthwise" else "Conv2D"
+        if not has(conv, cls):
+            continue
+        stride, in_size = 1, None  # 1x1 convs
+        if kind == "stem":
+            stride, in_size = 2, arch.size
+        elif kind == "depthwise":
+            block = blocks[name.split("/")[0]]
+            stride, in_size = block.stride, block.in_size
+        if _pair(value(conv, "strides")) != (stride, stride):
+            refuse(conv, "strides", (stride, stride))
+        if _pair(value(conv, "dilation_rate")) != (1, 1):
+            refuse(conv, "dilation_rate", (1, 1))
+        if value(conv, "activation") not in (None, "linear"):
+            refuse(conv, "activation", "'linear'")
+        pad = conv.removesuffix("_depthwise") + "_pad"  # Conv1_pad, block_1_pad: a ZeroPadding2D before it
+        if in_size is not None and not has(pad, "ZeroPadding2D") and value(conv, "padding") != "same":
+            refuse(conv, "padding", "'same'")
+        if in_size is not None and has(pad, "ZeroPadding2D"):  # a 1x1 conv pads nothing either way
+            if value(conv, "padding") != "valid":
+                refuse(conv, "padding", f"'valid' after {pad}")
+            want = arch.pads(in_size, stride)
+            # Keras's correct_pad pads (0, 1) where the model has no fixed size
+            accepted = [want] + ([(0, 1, 0, 1)] if not recorded and stride == 2 else [])
+            if tuple(p for axis in _pair(value(pad, "padding")) for p in _pair(axis)) not in accepted:
+                refuse(pad, "padding", f"TF 'same' padding (top, bottom, left, right) {want}")
+        relu = "out_relu" if kind == "head" else f"{conv}_relu"
+        if kind != "project" and has(relu, "ReLU"):
+            if value(relu, "max_value") is None or float(value(relu, "max_value")) != 6:
+                refuse(relu, "max_value", 6.0)
+            for key in ("negative_slope", "threshold"):
+                if float(value(relu, key)) != 0:
+                    refuse(relu, key, 0.0)
+    return epsilons
+
+
 def _what(config: dict | None) -> str:
     """What a config says the model is, for an error message."""
     if not config:
@@ -262,6 +342,8 @@ def read_keras(path, size=None, config=None, source=None) -> WeightSet:
     (the network runs at any size), so it is `size`, else 224.
     Padding is "same": Keras pads its stride-2 depthwise convs with `correct_pad` (0 before and
     1 after on an even size, 1 and 1 on an odd one) and runs them 'valid', which is TF 'same'.
+    Where the file has a model config, its BatchNorm epsilons are used and whatever else it
+    says a layer computes is checked (`_followed_config`).
     """
     if source is None:
         config = model_config(path)
@@ -271,11 +353,13 @@ def read_keras(path, size=None, config=None, source=None) -> WeightSet:
         raise WeightFileError(f"{path}: not a Keras MobileNetV2 weight file (no layer "
                               f"{' / '.join(missing)}; its layers: {', '.join(list(tensors)[:8]) or 'none'}"
                               f"{_what(config)})")
-    size = settled_size(path, recorded_size(config), size)
+    recorded = recorded_size(config)
+    size = settled_size(path, recorded, size)
     classes = _classes(path, tensors)
     _check_tensors(path, tensors, classes)
     alpha = _infer_alpha(path, tensors, classes)
     arch = Architecture(alpha=alpha, size=size, classes=classes, padding="same")
+    epsilons = _followed_config(path, config, arch, recorded is not None)
 
     def f32(layer, role):
         return np.ascontiguousarray(tensors[layer][role], dtype=np.float32)
@@ -288,8 +372,7 @@ def read_keras(path, size=None, config=None, source=None) -> WeightSet:
         if bn is None:
             layers[name] = Layer(kernel=kernel, bias=f32(conv, "bias"))
         else:
-            layers[name] = Layer(kernel=kernel, bn=BatchNorm(*(f32(bn, r) for r in BN_ROLES),
-                                                             epsilon=KERAS_BN_EPSILON))
+            layers[name] = Layer(kernel=kernel, bn=BatchNorm(*(f32(bn, r) for r in BN_ROLES), epsilon=epsilons[bn]))
     # Preprocessing stays the WeightSet default, x / 127.5 - 1 (mobilenet_v2.preprocess_input).
     return WeightSet(alpha=alpha, size=arch.size, classes=classes, padding="same", layers=layers,
                      source=f"keras {path}")
