@@ -25,6 +25,7 @@ def model_file(tmp_path_factory):
     return folder / "mnv2.h5", run_with_blocks(model, x)["logits"], x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_2000_image_batch_stays_within_the_default_budget(model_file, threads):
     """2000 images at alpha 0.35 / 96 (1.06 GB of activations in one arena) within the default budget."""
@@ -42,6 +43,7 @@ def test_a_2000_image_batch_stays_within_the_default_budget(model_file, threads)
     close(out[0], want[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(), dict(threads=2), dict(rows=True, t=3), dict(threads=3, rows=True)], ids=str)
 def test_sub_batches_give_the_same_results(model_file, kw):
     path, want, x = model_file

@@ -82,6 +82,7 @@ def assert_as_local(rows, images, local, tolerance=1e-6):
         assert np.abs(np.array(row["probability"]) - [p for _, _, p in expected]).max() <= tolerance
 
 
+@pytest.mark.slow
 def test_api_writes_parquet_with_the_local_predictions(local_ray, shared_data, photos, tmp_path):
     images, local = photos
     # a path every node can read; batches of 3 on the 2 actors, the damaged image in the second
@@ -93,6 +94,7 @@ def test_api_writes_parquet_with_the_local_predictions(local_ray, shared_data, p
     assert_as_local(table.to_pylist(), images, local)
 
 
+@pytest.mark.slow
 def test_cli_jsonl_holds_the_objects_of_json(local_ray, shared_data, photos, tmp_path, capsys):
     images, _ = photos
     args = ["predict", *map(str, images), "--weights", str(shared_data / TF2), "--top", "3"]
@@ -165,6 +167,7 @@ def assert_each_row_its_own(rows, images, tops, errors):
         assert np.abs(np.subtract(row["probability"], probability)).max() <= TOLERANCE, row["image"]
 
 
+@pytest.mark.slow
 def test_a_dataset_of_file_bytes(local_ray, twin, tmp_path):
     """A Dataset of one's own: read_binary_files gives each file's bytes and path. Here in
     4 blocks, held in memory and the files then removed (the workers have the bytes only,
@@ -198,6 +201,7 @@ def test_a_dataset_of_file_bytes(local_ray, twin, tmp_path):
     assert_each_row_its_own(pq.read_table(tmp_path / "p.parquet").to_pylist(), order, tops, errors)
 
 
+@pytest.mark.slow
 def test_cli_keeps_each_image_with_its_own_row_over_batches(local_ray, twin, tmp_path, capsys):
     """mnv2 predict --ray on 40 images: three batches of up to 16 on the two actors. An
     actor takes two batches at a time (Ray Data's default), so the first actor ready takes
@@ -233,6 +237,7 @@ def test_cli_keeps_each_image_with_its_own_row_over_batches(local_ray, twin, tmp
     assert_each_row_its_own(rows, images, tops, errors)
 
 
+@pytest.mark.slow
 def test_cli_without_an_address_starts_and_stops_its_own_ray(tmp_path):
     """The command as a user runs it: a process of its own, no Ray running in it."""
     write_mnv2(random_weightset(alpha=0.35, size=64, classes=4), tmp_path / "m.h5")
@@ -247,6 +252,7 @@ def test_cli_without_an_address_starts_and_stops_its_own_ray(tmp_path):
     assert row["image"] == str(tmp_path / "a.png") and len(row["top"]) == 2
 
 
+@pytest.mark.slow
 def test_a_failure_on_a_worker_is_an_engine_error_with_its_cause(local_ray, tmp_path):
     """Weights at a path a worker cannot read (here: gone after the driver's check): the
     job stops, naming the file, and leaves no output behind."""
@@ -402,6 +408,7 @@ def two_node_cluster():
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_cli_joins_a_two_node_cluster(two_node_cluster, shared_data, photos, tmp_path):
     address, env = two_node_cluster
     images, local = photos

@@ -55,6 +55,7 @@ def saved(request, tmp_path_factory):
     return request.param, save(config, classify, weights, folder), folder
 
 
+@pytest.mark.slow
 def test_one_engine_matches_transformers_at_every_size(saved, tmp_path):
     name, model, folder = saved
     config, classify, _ = CONFIGS[name]

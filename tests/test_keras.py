@@ -109,6 +109,7 @@ SAVERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layout", SAVERS)
 def test_engine_matches_keras(keras_model, tmp_path, layout):
     alpha, size, classes, model, x, ref = keras_model
@@ -125,6 +126,7 @@ def test_engine_matches_keras(keras_model, tmp_path, layout):
     close(engine.forward(x), ref)
 
 
+@pytest.mark.slow
 def test_every_mode_matches_keras_in_forward(keras_model, tmp_path):
     """Sliced and row-streamed forward() calls with TensorFlow's 'same' padding (its
     stride-2 pad of 0 before and 1 after meets every slice and row boundary)."""
@@ -146,6 +148,7 @@ def test_benchmarks_numpy_reference_matches_keras(keras_model, tmp_path):
     close(check.network(convert(tmp_path / "model.weights.h5", tmp_path / "mnv2.h5", size=size), x), ref, 1e-5)
 
 
+@pytest.mark.slow
 def test_predict_on_photos_matches_keras_with_its_own_preprocessing(keras_model, tmp_path, photo_paths):
     """Photos as a Keras user feeds them: `keras.utils.load_img` (bilinear resize of the
     whole image to the input size: crop=False) and `mobilenet_v2.preprocess_input`; the

@@ -43,6 +43,7 @@ def models():
     return saved, {SAVED_AT: saved, **at}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["m.keras", "full-model.h5"])
 def test_the_recorded_size_is_read_and_any_size_runs(models, tmp_path, name):
     saved, others = models
@@ -70,6 +71,7 @@ def test_a_size_that_contradicts_the_file_is_refused_naming_both(models, tmp_pat
     assert convert(tmp_path / name, tmp_path / "mnv2.h5", size=SAVED_AT).size == (SAVED_AT, SAVED_AT)
 
 
+@pytest.mark.slow
 def test_a_model_of_any_size_takes_the_given_size(tmp_path):
     keras.applications.MobileNetV2(weights=None, alpha=0.35, input_shape=None, include_top=False,
                                    pooling="avg").save(tmp_path / "any.keras")

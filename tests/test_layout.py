@@ -4,6 +4,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, require
 
 
@@ -11,6 +13,7 @@ def _in_root(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_transformers_mobilenet_v2_imports_from_the_repo_root():
     require("transformers")
     run = _in_root("from transformers import MobileNetV2Config, MobileNetV2ForImageClassification as M\n"

@@ -72,6 +72,7 @@ def exported(request, tmp_path_factory):
     return request.param, path
 
 
+@pytest.mark.slow
 def test_one_engine_matches_onnxruntime_at_every_size(exported, tmp_path):
     name, path = exported
     ws = convert(path, tmp_path / "mnv2.h5")
@@ -315,6 +316,7 @@ class GluonLike(MobileNetV2):
         return self.output(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1)).flatten(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("opset", [7, 12])
 def test_gluons_block_0_expansion_converts_and_matches_onnxruntime(opset, tmp_path):
     """The zoo's two opsets (Clip bounds as attributes, then as inputs), BatchNorm kept as

@@ -33,6 +33,7 @@ def rss() -> int:
     return int(STATM.read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not STATM.exists(), reason="resident memory is read from /proc/self/statm (Linux)")
 def test_soak_concurrent_calls_on_mixed_engines(tmp_path):
     model = randomized(MobileNetV2(num_classes=10, width_mult=0.5), seed=7)

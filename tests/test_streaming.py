@@ -12,6 +12,7 @@ from conftest import close, forward_peak, slicing_modes
 from torch_reference import reference_and_engine, run_with_blocks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.35, 1.0, 1.4])
 def test_every_mode_equals_materialized_block_by_block(alpha):
     size = 96

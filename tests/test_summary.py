@@ -32,6 +32,7 @@ def torch_counts(model, size):
     return params, sum(macs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha,size", [(1.0, 224), (0.35, 96), (1.4, 113)])
 def test_totals_match_pytorch(alpha, size):
     rows = layer_table(Architecture(alpha=alpha, size=size))

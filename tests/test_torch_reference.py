@@ -36,6 +36,7 @@ def test_network_matches_pytorch(tmp_path, alpha, size, batch, classes):
 
 
 # t=4 at alpha 0.75: block 1's 96 channels in slices of 24, packed by pairs (pairs.py)
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(), dict(rows=True), dict(t=3), dict(t=4)], ids=str)
 def test_one_image_shared_by_two_threads_matches_pytorch(tmp_path, kw):
     model, engine = reference_and_engine(tmp_path, 0.75, 99, 10, seed=3)

@@ -299,6 +299,7 @@ def edits(value, schema_values=()) -> list:
     return out
 
 
+@pytest.mark.slow
 def test_every_field_of_the_file_is_covered(tmp_path):
     """Each field the walk finds, edited in turn to a valid-looking value (same dtype and
     shape, or another value the schema allows): every edit is refused, as a digest
