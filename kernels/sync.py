@@ -55,6 +55,28 @@ after a helper's whole Python epilogue (a future's result, the pool's queue): 15
 us of a 5 ms forward on 2 threads. So the helpers wait, still spinning without the GIL,
 until the caller has returned to Python and says so (`release`); only then do they
 return, and their epilogue runs while the caller's next kernel has let go of the GIL.
+
+Memory ordering. A phase's outputs are plain stores, made visible to the threads after
+the barrier by one release/acquire pair on the counter: each thread's `atomic_add` of
+ARRIVED is a sequentially consistent read-modify-write, hence a release (every load and
+store of the thread before it, its share of the phase and its PASSED, BEGAN and ENDED
+slots, is ordered before it), and a waiting thread leaves only once its `atomic_load` of
+ARRIVED, an acquire, reads k * threads or more, which the last arrival's add or a later
+one wrote. The adds on one location form a release sequence, so that load synchronizes
+with every thread's add of barrier k: whatever any thread did before the barrier happens
+before whatever any thread does after it, in both directions (a buffer read before is
+safe to overwrite after). That is the C++ memory model's rule, which LLVM's orderings
+follow, so it holds on weakly-ordered CPUs too (AArch64: LDADDAL, or an LDAXR/STLXR loop,
+for the add, LDAR for the load), not only on x86, which orders every store anyway (and
+QEMU keeps x86's order when it runs ARM code there: an emulated run does not test this).
+The flags are plain stores: STATE = FAILED (give_up, from Python) or STALLED (a waiting
+thread), RELEASED = 1 (release, from Python). They publish nothing: a thread that sees
+one only leaves its wait, reading nothing written before the flag (after RELEASED a
+helper only returns to Python, whose hand-over to the caller goes through locks). So
+they need no ordering, only to be seen: an aligned 8-byte store is single-copy atomic on
+x86-64 and AArch64, and the waits read the flags with atomic loads, which the compiler
+neither hoists out of the loop nor merges, so coherence brings them the store. (give_up's
+check-then-write can race with a STALLED: either value gives the pass up.)
 """
 import platform
 import time
@@ -65,7 +87,10 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+_MACHINE = platform.machine().lower()
+_X86 = _MACHINE in ("x86_64", "amd64", "i686", "x86")
+_ARM64 = _MACHINE in ("aarch64", "arm64")
+ISB_SY = 15  # the option of `isb sy`, the full-system instruction barrier
 SPINS_BEFORE_YIELD = 100
 LINE = 8  # int64 per 64-byte cache line
 ARRIVED, STATE, PATIENCE_NS, RELEASED = 0, 1, 2, 3  # slots of the first line
@@ -129,12 +154,20 @@ def atomic_load(typingctx, arr, index):
 
 @intrinsic
 def _pause(typingctx):
-    """The spin-wait hint (x86 `pause`); nothing elsewhere."""
+    """The spin-wait hint: x86 `pause`; aarch64 `isb sy`, as Rust's spin_loop gives it
+    (`yield`, the other candidate, is a nop on ARM cores without SMT, nearly all of them;
+    `isb` holds the core until its pipeline drains, a short wait like `pause`'s, so that
+    SPINS_BEFORE_YIELD spins take a similar time); nothing elsewhere."""
     def codegen(context, builder, sig, args):
         if _X86:
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
                                                 "llvm.x86.sse2.pause")
             builder.call(fn, [])
+        elif _ARM64:
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i32]),
+                                                "llvm.aarch64.isb")
+            builder.call(fn, [ir.Constant(i32, ISB_SY)])
         return context.get_dummy_value()
     return types.none(), codegen
 

@@ -61,7 +61,9 @@ TILES = {
     # 16 ymm, two per vector: GEMM 6 x 1 = 12 accumulators + 2 weights + 1 broadcast
     # (XNNPACK's 6x16 for FMA3); the stem's tile likewise, 6 pixels x 1 vector.
     "avx2": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
-    # 32 q registers, four per vector: as AVX2 (24 accumulators + 4 weights; untested here).
+    # 32 q registers, four per vector: as AVX2, 6 x 1 = 24 accumulators + 4 weights + 2
+    # broadcasts, 30 registers and no spills in LLVM's code (docs/kernels.md); tested
+    # under QEMU by .ci/arm, not timed on ARM hardware.
     "neon": Tiles(gemm_vectors=1, stem_two_vectors=False, stem_pixels=6, pairs_vectors=1),
     # 16 xmm, four per vector: the same tiles, correct but spilling (the baseline
     # x86-64 target, for tests; every x86-64 CPU since 2013 has AVX2).

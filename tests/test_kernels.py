@@ -1,14 +1,14 @@
-"""Each kernel against a naive NumPy loop and against torch.nn.functional."""
+"""Each kernel against a naive NumPy loop and against torch.nn.functional, as tests of
+their own: where torch is absent (the emulated ARM job), the NumPy ones still run and the
+torch ones skip, saying so (conftest.require)."""
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 from mnv2engine.arch import conv_padding
 from mnv2engine.kernels import conv3x3, depthwise3x3, global_avg_pool, pack_panels, pointwise, pointwise_avg_pool
 
 import naive
-from conftest import close
+from conftest import close, require
 
 RELU6, LINEAR = (0.0, 6.0), (-np.inf, np.inf)
 NONE = np.empty((0, 0), np.float32)
@@ -29,8 +29,19 @@ def pads_for(H, W, stride, convention):
     return conv_padding(H, stride, convention) + conv_padding(W, stride, convention)
 
 
+REFERENCES = ["numpy", "torch"]
+
+
+def functional():
+    """torch.nn.functional, imported only by the tests that compare with it."""
+    require("torch")
+    import torch.nn.functional as F
+    return F
+
+
 def torch_conv(x, w_oihw, b, stride, pads, groups, lo, hi):
     """Reference: explicit (top, bottom, left, right) zero padding, then conv2d, then clamp."""
+    torch, F = require("torch"), functional()
     t = torch.from_numpy(x).permute(0, 3, 1, 2)
     t = F.pad(t, (pads[2], pads[3], pads[0], pads[1]))
     y = F.conv2d(t, torch.from_numpy(w_oihw), torch.from_numpy(b), stride=stride, groups=groups)
@@ -56,31 +67,37 @@ CONV_CASES = [
 ]
 
 
+@pytest.mark.parametrize("reference", REFERENCES)
 @pytest.mark.parametrize("N,H,W,C,stride,conv", CONV_CASES)
-def test_depthwise3x3(N, H, W, C, stride, conv):
+def test_depthwise3x3(N, H, W, C, stride, conv, reference):
     rng = np.random.default_rng(H * 100 + C)
     x, w, b = rand(rng, N, H, W, C, scale=3), rand(rng, 3, 3, C), rand(rng, C)
     pads = pads_for(H, W, stride, conv)
-    ref_naive = naive.depthwise3x3(x, w, b, stride, pads, *RELU6)
-    out = np.empty(ref_naive.shape, np.float32)
+    if reference == "numpy":
+        ref, rel = naive.depthwise3x3(x, w, b, stride, pads, *RELU6), 1e-6
+    else:
+        ref, rel = torch_conv(x, w.transpose(2, 0, 1)[:, None].copy(), b, stride, pads, C, *RELU6), 1e-5
+    out = np.empty(ref.shape, np.float32)
     depthwise3x3(x, w, b, stride, pads, *RELU6, out)
-    close(out, ref_naive, 1e-6)
-    close(out, torch_conv(x, w.transpose(2, 0, 1)[:, None].copy(), b, stride, pads, C, *RELU6), 1e-5)
+    close(out, ref, rel)
     assert_unclamped(out, *RELU6)
 
 
+@pytest.mark.parametrize("reference", REFERENCES)
 @pytest.mark.parametrize("N,H,W,C,stride,conv", CONV_CASES)
 @pytest.mark.parametrize("cout", [5, 11, 21, 32])  # channel groups of 8: one, two, three, four
-def test_conv3x3(N, H, W, C, stride, conv, cout):
+def test_conv3x3(N, H, W, C, stride, conv, cout, reference):
     rng = np.random.default_rng(H * 10 + cout)
     x, w, b = rand(rng, N, H, W, C), rand(rng, 3, 3, C, cout, scale=0.5), rand(rng, cout)
     pads = pads_for(H, W, stride, conv)
     lo, hi = LINEAR if cout in (5, 11) else RELU6
-    ref_naive = naive.conv3x3(x, w, b, stride, pads, lo, hi)
-    out = np.empty(ref_naive.shape, np.float32)
+    if reference == "numpy":
+        ref = naive.conv3x3(x, w, b, stride, pads, lo, hi)
+    else:
+        ref = torch_conv(x, w.transpose(3, 2, 0, 1).copy(), b, stride, pads, 1, lo, hi)
+    out = np.empty(ref.shape, np.float32)
     conv3x3(x, w, b, stride, pads, lo, hi, out)
-    close(out, ref_naive, 1e-5)
-    close(out, torch_conv(x, w.transpose(3, 2, 0, 1).copy(), b, stride, pads, 1, lo, hi), 1e-5)
+    close(out, ref, 1e-5)
     assert_unclamped(out, lo, hi)
 
 
@@ -91,9 +108,11 @@ def test_conv_rejects_output_of_wrong_shape():
         conv3x3(x, np.zeros((3, 3, 3, 4), np.float32), np.zeros(4, np.float32), 2, (0, 1, 0, 1), *LINEAR, out)
 
 
-@pytest.mark.parametrize("P,cin,cout", [(1, 3, 5), (37, 16, 24), (50, 13, 7), (9, 96, 1000), (30, 20, 100), (13, 8, 45), (25, 9, 80)])
-@pytest.mark.parametrize("residual,accumulate", [(False, False), (True, False), (False, True)])
-def test_pointwise(P, cin, cout, residual, accumulate):
+POINTWISE_CASES = [(1, 3, 5), (37, 16, 24), (50, 13, 7), (9, 96, 1000), (30, 20, 100), (13, 8, 45), (25, 9, 80)]
+
+
+def run_pointwise(P, cin, cout, residual, accumulate):
+    """(x, w, b, residual or None, the output before, the output after, lo, hi) of one call."""
     rng = np.random.default_rng(P + cin)
     x, w, b = rand(rng, P, cin), rand(rng, cin, cout, scale=cin ** -0.5), rand(rng, cout)
     res = rand(rng, P, cout) if residual else None
@@ -101,20 +120,39 @@ def test_pointwise(P, cin, cout, residual, accumulate):
     lo, hi = RELU6 if cout % 2 else LINEAR
     out = prev.copy()
     pointwise(x, pack_panels(w), b, lo, hi, out, res if residual else NONE, accumulate)
-    close(out, naive.pointwise(x, w, b, lo, hi, res, prev if accumulate else None), 1e-5)
     assert_unclamped(out - (res if residual else 0), lo, hi)
-    if not accumulate:  # same thing as a 1x1 conv in torch
-        ref = torch_conv(x[None, :, None, :], w.T[:, :, None, None].copy(), b, 1, (0, 0, 0, 0), 1, lo, hi)[0, :, 0]
-        close(out - (res if residual else 0), ref, 1e-5)
+    return x, w, b, res, prev, out, lo, hi
 
 
+@pytest.mark.parametrize("P,cin,cout", POINTWISE_CASES)
+@pytest.mark.parametrize("residual,accumulate", [(False, False), (True, False), (False, True)])
+def test_pointwise(P, cin, cout, residual, accumulate):
+    x, w, b, res, prev, out, lo, hi = run_pointwise(P, cin, cout, residual, accumulate)
+    close(out, naive.pointwise(x, w, b, lo, hi, res, prev if accumulate else None), 1e-5)
+
+
+@pytest.mark.parametrize("P,cin,cout", POINTWISE_CASES)
+@pytest.mark.parametrize("residual", [False, True])
+def test_pointwise_against_torch(P, cin, cout, residual):
+    """The same thing as a 1x1 conv in torch (which has no accumulate-into-output)."""
+    require("torch")
+    x, w, b, res, _, out, lo, hi = run_pointwise(P, cin, cout, residual, False)
+    ref = torch_conv(x[None, :, None, :], w.T[:, :, None, None].copy(), b, 1, (0, 0, 0, 0), 1, lo, hi)[0, :, 0]
+    close(out - (res if residual else 0), ref, 1e-5)
+
+
+@pytest.mark.parametrize("reference", REFERENCES)
 @pytest.mark.parametrize("N,H,W,C", [(1, 7, 7, 1280), (3, 5, 3, 13)])
-def test_global_avg_pool(N, H, W, C):
+def test_global_avg_pool(N, H, W, C, reference):
     x = rand(np.random.default_rng(C), N, H, W, C)
     out = np.empty((N, C), np.float32)
     global_avg_pool(x, out)
-    close(out, naive.global_avg_pool(x), 1e-6)
-    close(out, F.adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), 1).flatten(1).numpy(), 1e-6)
+    if reference == "numpy":
+        ref = naive.global_avg_pool(x)
+    else:
+        torch = require("torch")
+        ref = functional().adaptive_avg_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), 1).flatten(1).numpy()
+    close(out, ref, 1e-6)
 
 
 @pytest.mark.parametrize("chunk", [1, 4, 15])
