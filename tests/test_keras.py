@@ -12,13 +12,14 @@ import shutil
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import h5py
-import keras
 import numpy as np
 import pytest
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close, load_benchmark, probabilities, slicing_modes, softmax
+from conftest import close, load_benchmark, probabilities, slicing_modes, require, softmax
+
+keras = require("keras")  # the reference (on torch): without it these tests skip
 
 # Keras's torch backend warns about NumPy 2's copy keyword on every array it converts.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

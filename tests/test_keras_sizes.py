@@ -9,13 +9,14 @@ import zipfile
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import h5py
-import keras
 import numpy as np
 import pytest
 
 from mnv2engine import Engine, WeightFileError, convert
 
-from conftest import close, probabilities, softmax
+from conftest import close, probabilities, require, softmax
+
+keras = require("keras")  # the reference (on torch): without it these tests skip
 from test_keras import randomized
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning",
