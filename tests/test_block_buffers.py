@@ -15,6 +15,8 @@ from mnv2engine import Engine
 from mnv2engine.budget import Schedule
 from mnv2engine.report import MemoryReport
 
+from conftest import require
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "block_buffers.py"
 _spec = importlib.util.spec_from_file_location("block_buffers", SCRIPT)
 bb = importlib.util.module_from_spec(_spec)
@@ -118,5 +120,6 @@ def test_drawn_rectangles_of_live_buffers_do_not_overlap(modes, kind):
 
 def test_png_is_written(modes, tmp_path):
     path = tmp_path / "block_buffers.png"
+    require("matplotlib")  # the plots extra
     bb.plot(list(modes.values()), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -2,7 +2,7 @@
 fit the buffers the planner gave them (1.0/224, rows=True)."""
 import pytest
 
-from conftest import load_benchmark
+from conftest import load_benchmark, require
 
 pb = load_benchmark("pipeline_buffers")
 
@@ -43,5 +43,6 @@ def test_the_pipeline_covers_the_112_and_56_blocks_within_half_a_mib(pipeline):
 
 def test_png_is_written(pipeline, tmp_path):
     path = tmp_path / "pipeline_buffers.png"
+    require("matplotlib")  # the plots extra
     pb.plot(pipeline, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
