@@ -40,6 +40,7 @@ def _run_for(cpu: str, files: list[str], isa: str):
     assert run.returncode == 0, f"tests compiled for {cpu} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
 
 
+@pytest.mark.slow
 @x86_only
 def test_kernels_and_engine_compiled_for_avx2():
     if current().isa == "avx2":
@@ -47,11 +48,13 @@ def test_kernels_and_engine_compiled_for_avx2():
     _run_for("haswell", KERNEL_TESTS + ENGINE_TESTS, "avx2")
 
 
+@pytest.mark.slow
 @x86_only
 def test_kernels_compiled_for_baseline_x86_64():
     _run_for("generic", KERNEL_TESTS, "sse")
 
 
+@pytest.mark.slow
 def test_kernels_with_the_avx512_tiles_on_this_cpu(tmp_path):
     """The AVX-512 tile table (4-vector GEMM tiles, 64-channel panels, the stem's two-vector
     tile) run on whatever this CPU is: the same results, so this covers that code on a
@@ -65,6 +68,7 @@ def test_kernels_with_the_avx512_tiles_on_this_cpu(tmp_path):
     assert run.returncode == 0, f"tests with the AVX-512 tiles failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ARM64, reason="generic names the aarch64 baseline here")
 def test_kernels_compiled_for_baseline_aarch64():
     """The 128-bit NEON tiles as LLVM compiles them for any ARMv8-A, where the native
