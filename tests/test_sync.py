@@ -205,3 +205,30 @@ def test_a_thread_that_starts_late_is_waited_for(pytorch, monkeypatch, kw, late)
     monkeypatch.setattr(engine, "_arena", poisoned)
     monkeypatch.setattr(engine, "_output", lambda images: np.full((images, 10), np.nan, np.float32))
     close(engine.forward(x), run_with_blocks(model, x)["logits"])
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(t=3), dict(rows=True)], ids=str)
+def test_every_phase_ends_at_a_barrier(pytorch, monkeypatch, kw):
+    """Each thread enters a barrier after every phase whose output the others read: a
+    materialized block's three (expand, depthwise, project), a sliced block's two per slice
+    and one at its end, one after the row pipeline and after a streamed block, and the
+    head's two (before the classifier, and at the end, so that the caller returns with
+    every share written). A barrier left out shows in the numbers only when a thread
+    happens to be late; counted, it shows every time."""
+    model, loaded = pytorch
+    engine = Engine(loaded.weights, threads=2, **kw)
+    x = np.random.default_rng(12).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
+    states = []
+
+    def forward(arena, params, ints, blocks, head, tid, threads, sync, *rest):
+        states.append(sync)
+        real_forward(arena, params, ints, blocks, head, tid, threads, sync, *rest)
+    monkeypatch.setattr(engine_module, "forward", forward)
+    close(engine.forward(x), run_with_blocks(model, x)["logits"])
+    plan = engine.plan(1, 2)
+    want = (1 if plan.piped else 0) + 2
+    for step in plan.steps[plan.piped:]:
+        t = len(step.bounds) - 1
+        want += 1 if step.rows else 3 if t == 1 else 2 * t + 1
+    sync = states[0]
+    assert [int(sync[LINE * (1 + tid) + PASSED]) for tid in range(2)] == [want, want]
