@@ -106,7 +106,9 @@ def test_a_given_up_pass_stops_the_other_thread_at_the_end_of_its_block(model_fi
     its barriers now let through: it ends the block it is in and returns, before the head.
     Where it stopped is read from the pass's state: the barriers each thread entered (a
     materialized block ends each of its three phases at one); and the logits (10 classes:
-    one panel, the helper's share) must never be written."""
+    one panel, the helper's share) must never be written. The caller raises only once the
+    other thread has returned (the helper, slowed here on its way out), so that the engine's
+    helpers are free for the next call."""
     path, want, x = model_file
     engine = Engine.load(path, threads=2)
     engine.forward(x[:1])
@@ -119,10 +121,13 @@ def test_a_given_up_pass_stops_the_other_thread_at_the_end_of_its_block(model_fi
     def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
         seen["sync"], seen["out"] = sync, out
         fault(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+        time.sleep(0.05)
+        seen["returned"] = True  # only the other thread gets here
     monkeypatch.setattr(engine_module, "forward", forward)
     monkeypatch.setattr(engine, "_output", lambda images: np.full((images, 10), np.nan, np.float32))
     box = within(HANG, engine.forward, x[:1])
     assert isinstance(box.get("error"), EngineError) and "injected fault" in str(box["error"]), box
+    assert seen.get("returned"), "the caller raised while the other thread was still running"
     sync = seen["sync"]
     entered = [int(sync[sync_module.LINE * (1 + tid) + sync_module.PASSED]) for tid in range(2)]
     assert entered[victim] == 3 * k, entered  # the fault came after k whole blocks
