@@ -24,7 +24,6 @@ from mnv2engine.kernels.sync import (FAILED, LINE, PASSED, PATIENCE_NS, RUNNING,
 from mnv2engine.memory import allocate
 
 from conftest import close
-from torch_reference import reference_and_engine, run_with_blocks
 
 HANG = 10.0  # seconds: a thread that has not returned by then is hung
 DELAY_NS = 20_000_000  # how long a late thread spins after the others have arrived
@@ -170,7 +169,11 @@ def test_two_threads_cut_a_balanced_share_where_it_was_learned():
 
 @pytest.fixture(scope="module")
 def pytorch(tmp_path_factory):
-    return reference_and_engine(tmp_path_factory.mktemp("sync"), 0.35, SIZE, 10, seed=11)
+    """(an Engine on a PyTorch model's weights, the model's logits as a function of x);
+    imported here, so that the barrier's own tests run without torch (.ci/arm)."""
+    from torch_reference import reference_and_engine, run_with_blocks
+    model, engine = reference_and_engine(tmp_path_factory.mktemp("sync"), 0.35, SIZE, 10, seed=11)
+    return engine, lambda x: run_with_blocks(model, x)["logits"]
 
 
 def poisoned(nbytes, images, shared):
@@ -188,7 +191,7 @@ def test_a_thread_that_starts_late_is_waited_for(pytorch, monkeypatch, kw, late)
     waiting at its first barrier, and 0.1 s later. The logits must be PyTorch's, and the
     arena is full of NaN, so that a thread let through early cannot find the right numbers
     left there by an earlier pass."""
-    model, loaded = pytorch
+    loaded, logits = pytorch
     engine = Engine(loaded.weights, threads=2, **kw)
     x = np.random.default_rng(11).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
     engine.forward(x)  # the plan and the compiled kernels, before the delay matters
@@ -204,7 +207,7 @@ def test_a_thread_that_starts_late_is_waited_for(pytorch, monkeypatch, kw, late)
     monkeypatch.setattr(engine_module, "forward", forward)
     monkeypatch.setattr(engine, "_arena", poisoned)
     monkeypatch.setattr(engine, "_output", lambda images: np.full((images, 10), np.nan, np.float32))
-    close(engine.forward(x), run_with_blocks(model, x)["logits"])
+    close(engine.forward(x), logits(x))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(t=3), dict(rows=True)], ids=str)
@@ -215,7 +218,7 @@ def test_every_phase_ends_at_a_barrier(pytorch, monkeypatch, kw):
     head's two (before the classifier, and at the end, so that the caller returns with
     every share written). A barrier left out shows in the numbers only when a thread
     happens to be late; counted, it shows every time."""
-    model, loaded = pytorch
+    loaded, logits = pytorch
     engine = Engine(loaded.weights, threads=2, **kw)
     x = np.random.default_rng(12).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
     states = []
@@ -224,7 +227,7 @@ def test_every_phase_ends_at_a_barrier(pytorch, monkeypatch, kw):
         states.append(sync)
         real_forward(arena, params, ints, blocks, head, tid, threads, sync, *rest)
     monkeypatch.setattr(engine_module, "forward", forward)
-    close(engine.forward(x), run_with_blocks(model, x)["logits"])
+    close(engine.forward(x), logits(x))
     plan = engine.plan(1, 2)
     want = (1 if plan.piped else 0) + 2
     for step in plan.steps[plan.piped:]:
