@@ -151,29 +151,50 @@ def test_concurrent_calls_from_threads_match_sequential_ones_and_pytorch(pytorch
         close(got, pytorch_logits(model, x))
 
 
-def test_threads_split_a_batch_without_changing_results():
+def test_threads_split_a_batch_without_changing_results(pytorch):
+    model, one = pytorch
     x = np.random.default_rng(4).uniform(-1, 1, (5, SIZE, SIZE, 3)).astype(np.float32)
-    one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
-    two = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1, threads=2)
-    assert np.array_equal(one.forward(x), two.forward(x))
+    two = Engine(one.weights, threads=2)
+    got = two.forward(x)
+    assert np.array_equal(got, one.forward(x))
+    close(got, pytorch_logits(model, x))
     with pytest.raises(EngineError, match="threads"):
         Engine.random(alpha=0.35, size=SIZE, classes=10, threads=0)
 
 
+ODD = 67  # an odd size: the threads' shares of rows and pixels are uneven
+
+
+@pytest.fixture(scope="module")
+def pytorch_odd(tmp_path_factory):
+    """PyTorch models at an odd size with 70 classes (two panels of the classifier, one per
+    thread) and headless, each with an Engine on its weights."""
+    return {classes: reference_and_engine(tmp_path_factory.mktemp(f"odd{classes}"), 0.5, ODD, classes, seed=2)
+            for classes in (70, 0)}
+
+
 @pytest.mark.parametrize("kw", [dict(), dict(t=3), dict(t=4), dict(rows=True), dict(rows=True, t=2)], ids=str)
-def test_threads_share_one_image_without_changing_results(kw):
-    """Batch 1 on 2 and 3 threads: each thread computes a share of every layer. Every
-    output sums in the same order as on one thread, so the results are identical; an odd
-    size makes the shares uneven, and 3 threads on the 2-row last blocks leave one idle."""
-    size = 67
-    x = np.random.default_rng(5).uniform(-1, 1, (1, size, size, 3)).astype(np.float32)
-    one = Engine.random(alpha=0.5, size=size, classes=70, seed=2, padding="symmetric", **kw)
-    want = one.forward(x)
+def test_threads_match_one_thread_and_pytorch_in_every_mode(pytorch_odd, kw):
+    """2 and 3 threads, on fewer images than threads (1, and 2 on 3 threads: the threads
+    share each image, each computing a share of every layer) and on more (5: each thread
+    takes whole images). Every output sums in the same order as on one thread, so the
+    results are one thread's, bit for bit, and PyTorch's; 3 threads on the 2-row last
+    blocks leave one idle."""
+    model, loaded = pytorch_odd[70]
+    x = np.random.default_rng(5).uniform(-1, 1, (5, ODD, ODD, 3)).astype(np.float32)
+    want = pytorch_logits(model, x)
+    one = Engine(loaded.weights, **kw)
     for threads in (2, 3):
-        shared = Engine(one.weights, threads=threads, **kw)
-        assert np.array_equal(shared.forward(x), want), f"{threads} threads"
-    headless = Engine.random(alpha=0.5, size=size, classes=0, seed=2, threads=2, **kw)
-    assert np.array_equal(headless.forward(x), Engine(headless.weights, **kw).forward(x))
+        shared = Engine(loaded.weights, threads=threads, **kw)
+        for batch in (1, 2, 5):
+            got = shared.forward(x[:batch])
+            assert np.array_equal(got, one.forward(x[:batch])), f"{threads} threads, batch {batch}"
+            close(got, want[:batch])
+    model, loaded = pytorch_odd[0]
+    headless = Engine(loaded.weights, threads=2, **kw)
+    got = headless.forward(x[:1])
+    assert np.array_equal(got, Engine(loaded.weights, **kw).forward(x[:1]))
+    close(got, run_with_blocks(model, x[:1])["pooled"])
 
 
 @pytest.mark.parametrize("cut", ["learned", "after the first row", "before the last row"])
@@ -198,12 +219,14 @@ def test_two_threads_cut_the_rows_anywhere_without_changing_results(pytorch, cut
     close(got, pytorch_logits(model, x))
 
 
-def test_more_threads_than_cores_still_finish():
+def test_more_threads_than_cores_still_finish(pytorch):
     """The barrier spins, then yields its core: 8 threads on this machine's few cores."""
+    model, one = pytorch
     x = np.random.default_rng(6).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
-    one = Engine.random(alpha=0.35, size=SIZE, classes=10, seed=1)
     many = Engine(one.weights, threads=8, rows=True)
-    assert np.array_equal(many.forward(x), one.forward(x))
+    got = many.forward(x)
+    assert np.array_equal(got, one.forward(x))
+    close(got, pytorch_logits(model, x))
 
 
 def test_concurrent_first_calls_wait_for_one_plan(monkeypatch, pytorch):

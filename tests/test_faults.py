@@ -99,6 +99,46 @@ def test_a_failing_thread_never_hangs_the_caller(model_file, monkeypatch, kw, wh
     close(engine.forward(x), want)
 
 
+@pytest.mark.parametrize("blocks_before", [0, 3, "all but the last"])
+@pytest.mark.parametrize("who", ["helper", "caller"])
+def test_a_given_up_pass_stops_the_other_thread_at_the_end_of_its_block(model_file, monkeypatch, who, blocks_before):
+    """Once a thread fails, the other must not run on through the network on the garbage
+    its barriers now let through: it ends the block it is in and returns, before the head.
+    Where it stopped is read from the pass's state: the barriers each thread entered (a
+    materialized block ends each of its three phases at one); and the logits (10 classes:
+    one panel, the helper's share) must never be written. The caller raises only once the
+    other thread has returned (the helper, slowed here on its way out), so that the engine's
+    helpers are free for the next call."""
+    path, want, x = model_file
+    engine = Engine.load(path, threads=2)
+    engine.forward(x[:1])
+    blocks = len(engine.arch.blocks)
+    k = blocks - 1 if blocks_before == "all but the last" else blocks_before
+    victim, other = (1, 0) if who == "helper" else (0, 1)
+    seen = {}
+    fault = failing(who, "inside" if k else "before", k)
+
+    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
+        seen["sync"], seen["out"] = sync, out
+        fault(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+        time.sleep(0.05)
+        seen["returned"] = True  # only the other thread gets here
+    monkeypatch.setattr(engine_module, "forward", forward)
+    monkeypatch.setattr(engine, "_output", lambda images: np.full((images, 10), np.nan, np.float32))
+    box = within(HANG, engine.forward, x[:1])
+    assert isinstance(box.get("error"), EngineError) and "injected fault" in str(box["error"]), box
+    assert seen.get("returned"), "the caller raised while the other thread was still running"
+    sync = seen["sync"]
+    entered = [int(sync[sync_module.LINE * (1 + tid) + sync_module.PASSED]) for tid in range(2)]
+    assert entered[victim] == 3 * k, entered  # the fault came after k whole blocks
+    assert 3 * k <= entered[other] <= 3 * (k + 1), \
+        f"after a fault in block {k}, the other thread entered {entered[other]} barriers (3 per block, " \
+        f"{3 * blocks + 2} in a whole pass)"
+    assert np.isnan(seen["out"]).all(), "the head ran after the pass was given up"
+    monkeypatch.undo()
+    close(engine.forward(x[:1]), want[:1])
+
+
 def test_a_helper_failing_in_its_setup_is_named(model_file, monkeypatch):
     path, want, x = model_file
     engine = Engine.load(path, threads=2)
@@ -155,22 +195,33 @@ def test_a_thread_that_stops_arriving_is_given_up_after_the_patience(model_file,
 
 def test_a_thread_failing_on_its_share_of_a_batch_stops_the_others(model_file, monkeypatch):
     """Batch larger than the threads: each takes whole images, in sub-batches; after a
-    failure on one, the other stops at its next sub-batch."""
+    failure on one, the other stops at its next sub-batch. A sub-batch of the caller's
+    starts only once the helper's failure has given the batch up, so it must be its last
+    (or it has none: the failure came before its first)."""
     path, want, x = model_file
     engine = Engine.load(path, threads=2, max_memory=2 * Engine.load(path).memory_report(1).arena_bytes)
     batch = np.concatenate([x] * 4)  # 12 images, 6 per thread, 1 per sub-batch
-    passes = []
+    passes, states = [], []
+    real_new_sync = engine_module.new_sync
+
+    def new_sync(threads):  # the first one made is the batch's: the failure gives it up
+        states.append(real_new_sync(threads))
+        return states[-1]
 
     def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
         passes.append(threading.current_thread().name)
         if threading.current_thread().name.startswith("mnv2-helper"):
             raise RuntimeError("injected fault on a helper's share")
-        time.sleep(0.05)  # the helper fails while this thread is busy
+        end = time.monotonic() + HANG / 2
+        while states[0][sync_module.STATE] == sync_module.RUNNING and time.monotonic() < end:
+            time.sleep(0.001)
         real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+    monkeypatch.setattr(engine_module, "new_sync", new_sync)
     monkeypatch.setattr(engine_module, "forward", forward)
     box = within(HANG, engine.forward, batch)
     assert isinstance(box.get("error"), EngineError) and "injected fault" in str(box["error"]), box
-    assert len(passes) < 12, "the caller went on with its share after the helper failed"
+    callers = [name for name in passes if not name.startswith("mnv2-helper")]
+    assert len(callers) <= 1, f"the caller went on with its share after the helper failed: {len(callers)} passes"
     monkeypatch.undo()
     close(engine.forward(batch), np.concatenate([want] * 4))
 

@@ -2,9 +2,9 @@
 and the caller's input read in place.
 
 The reference is the engine's materialized mode (t = 1, every tensor whole), itself
-checked against PyTorch and Keras elsewhere (test_torch_reference, test_keras); every
-output of a piped block is copied out row by row as the pipeline makes it
-(Engine.intermediates), since none of them exists whole otherwise."""
+checked against PyTorch and Keras elsewhere (test_torch_reference, test_keras), and, with
+PyTorch's padding, PyTorch itself; every output of a piped block is copied out row by row
+as the pipeline makes it (Engine.intermediates), since none of them exists whole otherwise."""
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ KIB = 1024
 
 
 def assert_blocks_equal(engine, reference, x):
+    """Every block's output, the pooled features and the logits; returns the engine's."""
     got, want = engine.intermediates(x), reference.intermediates(x)
     assert got.keys() == want.keys()
     for name in want:
@@ -25,6 +26,13 @@ def assert_blocks_equal(engine, reference, x):
             close(got[name], want[name], 1e-5)
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from None
+    return got
+
+
+@pytest.fixture(scope="module")
+def pytorch_99(tmp_path_factory):
+    """PyTorch's MobileNetV2 0.75 at 99 (symmetric padding), and an Engine on its weights."""
+    return reference_and_engine(tmp_path_factory.mktemp("pipeline"), 0.75, 99, 10, seed=6)
 
 
 @pytest.mark.parametrize("alpha", [0.35, 1.0, 1.4])
@@ -40,20 +48,33 @@ def test_every_block_equals_the_materialized_one(alpha, size, batch):
 
 
 @pytest.mark.parametrize("kw", [dict(t=3), dict(t=[5] * 4 + [1] * 13), dict(threads=2), dict(threads=2, t=2),
-                                dict(threads=2, t=5)],
+                                dict(threads=2, t=5), dict(threads=3)],
                          ids=str)
 @pytest.mark.parametrize("padding", ["same", "symmetric"])
-def test_the_pipeline_composes_with_slices_threads_and_both_paddings(kw, padding):
-    """threads=2: each thread makes a band of rows through its own rings (forward; the
+def test_the_pipeline_composes_with_slices_threads_and_both_paddings(kw, padding, pytorch_99):
+    """threads=2, 3: each thread makes a band of rows through its own rings (forward; the
     block-by-block intermediates run on one thread). Width 0.75: block 0's 24 channels
     are no multiple of 16, so rows=True slices them the paper's way (8/8/8 at t=3,
-    4-5 at t=5), through the stem and depthwise paths for narrow slices."""
-    reference = Engine.random(alpha=0.75, size=99, classes=10, seed=6, padding=padding)
+    4-5 at t=5), through the stem and depthwise paths for narrow slices. With PyTorch's
+    padding, every block and the logits against PyTorch's as well."""
+    if padding == "symmetric":
+        model, reference = pytorch_99
+    else:
+        model, reference = None, Engine.random(alpha=0.75, size=99, classes=10, seed=6, padding=padding)
     engine = Engine(reference.weights, rows=True, **kw)
     x = np.random.default_rng(3).uniform(-1, 1, (1, 99, 99, 3)).astype(np.float32)
     assert engine.plan(1, engine.threads).piped >= 2
-    assert_blocks_equal(engine, reference, x)
-    close(engine.forward(x), reference.forward(x), 1e-5)
+    blocks = assert_blocks_equal(engine, reference, x)
+    got = engine.forward(x)
+    close(got, reference.forward(x), 1e-5)
+    if model is not None:
+        want = run_with_blocks(model, x)
+        for name in [b.name for b in engine.arch.blocks] + ["logits"]:
+            try:
+                close(blocks[name], want[name])
+            except AssertionError as e:
+                raise AssertionError(f"{name}: {e}") from None
+        close(got, want["logits"])
 
 
 @pytest.mark.parametrize("kw", [dict(rows=True), dict(rows=True, t=4), dict(rows=True, threads=2)], ids=str)
