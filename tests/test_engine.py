@@ -219,6 +219,7 @@ def test_two_threads_cut_the_rows_anywhere_without_changing_results(pytorch, cut
     close(got, pytorch_logits(model, x))
 
 
+@pytest.mark.slow
 def test_more_threads_than_cores_still_finish(pytorch):
     """The barrier spins, then yields its core: 8 threads on this machine's few cores."""
     model, one = pytorch

@@ -35,6 +35,7 @@ def pytorch_99(tmp_path_factory):
     return reference_and_engine(tmp_path_factory.mktemp("pipeline"), 0.75, 99, 10, seed=6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [0.35, 1.0, 1.4])
 @pytest.mark.parametrize("size", [96, 224, 113])  # 113: odd sizes, both edges padded at stride 2
 @pytest.mark.parametrize("batch", [1, 3])
@@ -47,6 +48,7 @@ def test_every_block_equals_the_materialized_one(alpha, size, batch):
     close(engine.forward(x), reference.forward(x), 1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(t=3), dict(t=[5] * 4 + [1] * 13), dict(threads=2), dict(threads=2, t=2),
                                 dict(threads=2, t=5), dict(threads=3)],
                          ids=str)
