@@ -29,30 +29,19 @@ run the rest of their current block without waiting (its numbers are garbage, in
 pass's own arena), the network stops at the block's end (network.py), and the engine
 raises.
 
-Balanced phases. Two halves of a phase need not take the same time: the helper starts
-some 20 us after the caller; on a Zen 4 VM the bottom half of block 1's stride-2
-depthwise took 1.5-2x its top half, on whichever thread ran it (on one thread both
-halves took the same time; no cause found), and each 14x14 depthwise's top half took
-1.6x its bottom half on two threads; a hybrid CPU's efficiency core is slower at
-everything. So where two threads cut the rows of a phase in two (`balanced_share`:
-the stem, and each depthwise of a materialized block), the cut is learned. At the
-phase's barrier (`balance_barrier`), thread 0 compares when the two finished and
-moves the cut halfway to where they would have finished together, for the next pass
-of the same plan (the cuts live in its network.BLOCK rows). The caller's waits at
-those barriers went from about 0.2 ms per pass to about 0.01 (medians per barrier,
-AVX2 build), and a 2-thread batch-1 forward took 0.974-0.989x the time on the AVX2
-build and 0.99x on AVX-512 (`t=1`, one process, alternating, Zen 4). Any cut gives
-the same results, bit for bit: each row is computed once, alone, in the same way.
-(Claiming rows one at a time from a shared counter, from both ends, balanced as well
-but was no faster: a thread that walks its rows bottom up reads them slower, 1.2-1.3x
-on one thread. A learned cut of the sliced mode's bands, of the row pipeline's and of
-the row-streamed blocks' was no faster either: README.)
+Balanced phases. Two halves of a phase need not take the same time (the helper starts
+some 20 us after the caller; some rows read slower than others; a hybrid CPU's cores
+differ). So where two threads cut the rows of a phase in two (`balanced_share`: the
+stem, and each depthwise of a materialized block), the cut is learned: at the phase's
+barrier (`balance_barrier`), thread 0 compares when the two finished and moves the cut
+halfway to where they would have finished together, for the next pass of the same plan
+(the cuts live in its network.BLOCK rows). Any cut gives the same results, bit for bit:
+each row is computed once, alone, in the same way.
 
 The end of a pass. The threads meet after the classifier, so the caller knows every
-share is written as soon as it returns. Left at that, all threads would then leave
-their nogil kernels at once and queue for the GIL, and the caller often came second,
-after a helper's whole Python epilogue (a future's result, the pool's queue): 150-350
-us of a 5 ms forward on 2 threads. So the helpers wait, still spinning without the GIL,
+share is written as soon as it returns. Left at that, all threads would leave their
+nogil kernels at once and queue for the GIL, the caller often behind a helper's Python
+epilogue. So the helpers wait, still spinning without the GIL,
 until the caller has returned to Python and says so (`release`); only then do they
 return, and their epilogue runs while the caller's next kernel has let go of the GIL.
 
