@@ -6,9 +6,7 @@ import time
 
 import pytest
 
-from mnv2engine.kernels.sync import LINE, balance_barrier, new_sync
-
-BEGAN, ENDED = 1, 2  # a thread's slots in its own line of the sync array
+from mnv2engine.kernels.sync import BEGAN, ENDED, LINE, balance_barrier, new_sync
 
 
 @pytest.fixture(scope="module", autouse=True)
