@@ -30,8 +30,8 @@ else:
 
     from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
     from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402
-    from .block import inverted_residual, pack_expansion, pack_slices  # noqa: E402
+    from .block import pack_expansion, pack_slices  # noqa: E402
     from .gemm import pack_panels  # noqa: E402
 
     __all__ = ["pointwise", "depthwise3x3", "conv3x3", "global_avg_pool", "pointwise_avg_pool",
-               "inverted_residual", "pack_slices", "pack_expansion", "pack_panels"]
+               "pack_slices", "pack_expansion", "pack_panels"]

@@ -1,8 +1,8 @@
 """Keep Numba's on-disk cache honest across edits of the kernel sources.
 
 Numba checks a cached function against the timestamp of its own source file only. A
-kernel in block.py that calls (and inlines) one from _rows.py keeps running the old
-code after _rows.py changes, until block.py changes too. So: one digest of all the
+kernel in block.py that calls (and inlines) one from depthwise.py keeps running the old
+code after depthwise.py changes, until block.py changes too. So: one digest of all the
 kernel sources, stored beside the cache; when it differs, every cached kernel is dropped.
 """
 import hashlib

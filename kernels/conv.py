@@ -5,7 +5,8 @@ Shapes: x [N, H, W, Cin] float32, C-contiguous; outputs are passed in. Padding i
 """
 from numba import njit
 
-from ._rows import FASTMATH, depthwise_row
+from .depthwise import depthwise_row
+from .gemm import FASTMATH
 from .stem import conv3x3_row, pack_stem
 from .gemm import gemm
 

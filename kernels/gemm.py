@@ -42,7 +42,7 @@ from .target import current
 # No reassociation flags: every loop runs over independent output channels, so nothing
 # reorders a sum, and results do not depend on the SIMD width.
 FASTMATH = {"contract"}
-WIDE, MID, NARROW, THIN = 64, 48, 32, 16  # channels per tile
+WIDE, MID, NARROW, THIN = 4 * LANES, 3 * LANES, 2 * LANES, LANES  # channels per tile
 SHORT_ROW = 24  # fewer pixels than this: 4-pixel wide tiles
 _TILES = current().tiles
 PANEL = _TILES.panel  # 64 for the tiles of 4 vectors; 16 where a tile is one vector wide
@@ -83,6 +83,13 @@ def gemm(x, w, b, accumulate, lo, hi, out):
     # from every caller: one compiled signature of the tiles (cold start).
     K = x.shape[1]
     _tiled(x, w[:, 0:K], init[:, 0:C], step, lo, hi, out[:, 0:C])
+
+
+@njit(cache=True, fastmath=FASTMATH, inline="always")  # no level of its own to compile
+def pointwise_row(x, w, b, lo, hi, out):
+    """A 1x1 conv with the epilogue: out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C]
+    as panels, out [P, C]."""
+    gemm(x, w, b, False, lo, hi, out)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
@@ -272,7 +279,7 @@ def _store_column(out, p, c, n, lo, hi, v):
 @njit(cache=True)
 def _lanes(width, v):
     """How many of the `width` remaining channels fall in vector v (16 lanes) of a tile."""
-    return min(max(width - 16 * v, 0), 16)
+    return min(max(width - LANES * v, 0), LANES)
 
 
 # A tile is written out pixel by pixel with the helpers below: `_start4` gives a pixel's
@@ -348,7 +355,7 @@ def _mid_tile(x, w, init, step, lo, hi, out, p, c, n2):
     a50, a51, a52 = _start3(init, p5 * step, c, n2)
     i = c // PANEL
     for k in range(K):
-        w0, w1, w2 = vload(w, (i, k, 0), 16), vload(w, (i, k, 16), 16), vload(w, (i, k, 32), n2)
+        w0, w1, w2 = vload(w, (i, k, 0), LANES), vload(w, (i, k, LANES), LANES), vload(w, (i, k, 2 * LANES), n2)
         a00, a01, a02 = _fma3(x[p, k], w0, w1, w2, a00, a01, a02)
         a10, a11, a12 = _fma3(x[p1, k], w0, w1, w2, a10, a11, a12)
         a20, a21, a22 = _fma3(x[p2, k], w0, w1, w2, a20, a21, a22)
@@ -366,7 +373,7 @@ def _mid_tile(x, w, init, step, lo, hi, out, p, c, n2):
 @njit(cache=True, fastmath=FASTMATH, inline="always")
 def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n1):
     """Pixels p..p+7 x channels c..c+31; the first vector full, n1 live lanes in the second."""
-    n0 = 16
+    n0 = LANES
     P, K = x.shape
     last = P - 1
     p1, p2, p3 = min(p + 1, last), min(p + 2, last), min(p + 3, last)
@@ -380,7 +387,7 @@ def _narrow_tile(x, w, init, step, lo, hi, out, p, c, n1):
     a60, a61 = _start2(init, p6 * step, c, n0, n1)
     a70, a71 = _start2(init, p7 * step, c, n0, n1)
     for k in range(K):
-        w0, w1 = vload(w, (c // PANEL, k, 0), n0), vload(w, (c // PANEL, k, 16), n1)
+        w0, w1 = vload(w, (c // PANEL, k, 0), n0), vload(w, (c // PANEL, k, LANES), n1)
         a00, a01 = _fma2(x[p, k], w0, w1, a00, a01)
         a10, a11 = _fma2(x[p1, k], w0, w1, a10, a11)
         a20, a21 = _fma2(x[p2, k], w0, w1, a20, a21)
@@ -450,23 +457,23 @@ def _store_pixels4(out, q0, q1, q2, q3, c, n, lo, hi, v0, v1, v2, v3):
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start4(init, i, c, n0, n1, n2, n3):
-    return vload(init, (i, c), n0), vload(init, (i, c + 16), n1), vload(init, (i, c + 32), n2), vload(init, (i, c + 48), n3)
+    return vload(init, (i, c), n0), vload(init, (i, c + LANES), n1), vload(init, (i, c + 2 * LANES), n2), vload(init, (i, c + 3 * LANES), n3)
 
 
 @njit(cache=True, _nrt=False)
 def _prefetch_row(w, i, k):
     """The four cache lines of row k of panel i."""
     prefetch(w, (i, k, 0))
-    prefetch(w, (i, k, 16))
-    prefetch(w, (i, k, 32))
-    prefetch(w, (i, k, 48))
+    prefetch(w, (i, k, LANES))
+    prefetch(w, (i, k, 2 * LANES))
+    prefetch(w, (i, k, 3 * LANES))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _weights4(w, k, c, n0, n1, n2, n3):
     """Row k of the panel that starts at channel c (a multiple of 64)."""
     i = c // PANEL
-    return vload(w, (i, k, 0), n0), vload(w, (i, k, 16), n1), vload(w, (i, k, 32), n2), vload(w, (i, k, 48), n3)
+    return vload(w, (i, k, 0), n0), vload(w, (i, k, LANES), n1), vload(w, (i, k, 2 * LANES), n2), vload(w, (i, k, 3 * LANES), n3)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -479,14 +486,14 @@ def _fma4(xv, w0, w1, w2, w3, a0, a1, a2, a3):
 def _store4(out, p, c, n0, n1, n2, n3, lo, hi, v0, v1, v2, v3):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (p, c), n0, vclamp(v0, lo32, hi32))
-    vstore(out, (p, c + 16), n1, vclamp(v1, lo32, hi32))
-    vstore(out, (p, c + 32), n2, vclamp(v2, lo32, hi32))
-    vstore(out, (p, c + 48), n3, vclamp(v3, lo32, hi32))
+    vstore(out, (p, c + LANES), n1, vclamp(v1, lo32, hi32))
+    vstore(out, (p, c + 2 * LANES), n2, vclamp(v2, lo32, hi32))
+    vstore(out, (p, c + 3 * LANES), n3, vclamp(v3, lo32, hi32))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start3(init, i, c, n2):
-    return vload(init, (i, c), 16), vload(init, (i, c + 16), 16), vload(init, (i, c + 32), n2)
+    return vload(init, (i, c), LANES), vload(init, (i, c + LANES), LANES), vload(init, (i, c + 2 * LANES), n2)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -498,14 +505,14 @@ def _fma3(xv, w0, w1, w2, a0, a1, a2):
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _store3(out, p, c, n2, lo, hi, v0, v1, v2):
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    vstore(out, (p, c), 16, vclamp(v0, lo32, hi32))
-    vstore(out, (p, c + 16), 16, vclamp(v1, lo32, hi32))
-    vstore(out, (p, c + 32), n2, vclamp(v2, lo32, hi32))
+    vstore(out, (p, c), LANES, vclamp(v0, lo32, hi32))
+    vstore(out, (p, c + LANES), LANES, vclamp(v1, lo32, hi32))
+    vstore(out, (p, c + 2 * LANES), n2, vclamp(v2, lo32, hi32))
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
 def _start2(init, i, c, n0, n1):
-    return vload(init, (i, c), n0), vload(init, (i, c + 16), n1)
+    return vload(init, (i, c), n0), vload(init, (i, c + LANES), n1)
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -518,7 +525,7 @@ def _fma2(xv, w0, w1, a0, a1):
 def _store2(out, p, c, n0, n1, lo, hi, v0, v1):
     lo32, hi32 = np.float32(lo), np.float32(hi)
     vstore(out, (p, c), n0, vclamp(v0, lo32, hi32))
-    vstore(out, (p, c + 16), n1, vclamp(v1, lo32, hi32))
+    vstore(out, (p, c + LANES), n1, vclamp(v1, lo32, hi32))
 
 
 # The target's path, chosen here in Python, so that only its code is typed and compiled.

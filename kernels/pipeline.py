@@ -15,7 +15,7 @@ no tensor of the chain exists whole but the last block's output. Each block hold
                               R = 2 (plan.input_ring_rows computes it)
 
 except at stride 2, where E row r is folded into the (at most two) depthwise rows it
-feeds as soon as it is made (_fold.py), and the block holds instead
+feeds as soon as it is made (depthwise.fold_row), and the block holds instead
 
     E row   [We, cs]          one expansion row of one slice
     D sums  [2, Wo, hidden]   the partial sums of the two depthwise rows in the making:
@@ -41,15 +41,18 @@ through its own rings; the band's first rows need input rows above it, which the
 thread before also made (a few rows per block at the seam: the only rows computed
 twice). No barrier inside the pipeline.
 
-_expand and _emit are inlined into the walk, as block.py's steps are into its orders
-(see there: each level Numba compiles on its own emits all the kernels' code again).
+_expand and _emit are inlined into the walk: each level Numba compiles on its own emits
+all the kernels' code again.
 """
 from numba import njit
 
-from ._fold import fold_row
-from ._rows import FASTMATH, clamp, depthwise_row
-from .block import RELU6, _expansion_size, _pointwise, _project, _slice_weights
-from .gemm import PANEL
+from .block import depthwise_relu6, expand_pointwise, project
+from .depthwise import fold_row
+from .epilogue import RELU6, clamp
+from .gemm import FASTMATH
+from .geometry import (expanded_height, expanded_width, first_row_needed, last_row_needed, slice_bounds,
+                       slice_weights, window_top)
+from .modes import PIPED
 from .stem import conv3x3_row
 from .sync import share
 
@@ -59,7 +62,7 @@ E_MADE, OUT_MADE = 0, 1  # the counters of state[tid]: next expansion row, next 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)
 def pipeline(arena, params, ints, blocks, image, state, tid, threads, narrow, taps):
     """Thread tid's band of the output rows of the pipeline (the leading blocks of
-    `blocks` whose `piped` is set), for every image of `image` [N, H, W, 3].
+    `blocks` whose mode is PIPED), for every image of `image` [N, H, W, 3].
 
     state   int64 [threads, 2, len(blocks)], the counters (E_MADE, OUT_MADE) per block
     taps    None, or a float32 array that receives a copy of every output row of every
@@ -67,7 +70,7 @@ def pipeline(arena, params, ints, blocks, image, state, tid, threads, narrow, ta
             Engine.intermediates (no output but the last one exists whole otherwise)
     """
     L = 0
-    while L < len(blocks) and blocks[L].piped != 0:
+    while L < len(blocks) and blocks[L].mode == PIPED:
         L += 1
     last = L - 1
     oy0, oy1 = share(blocks[last].ho, tid, threads)
@@ -80,14 +83,13 @@ def pipeline(arena, params, ints, blocks, image, state, tid, threads, narrow, ta
         out_made[last] = oy0
         for i in range(last, -1, -1):
             b = blocks[i]
-            e_made[i] = max(out_made[i] * b.dw_stride - b.dw_top, 0)
+            e_made[i] = first_row_needed(out_made[i], b.dw_stride, b.dw_top)
             if i > 0:
                 out_made[i - 1] = e_made[i]
         i = last
         while out_made[last] < oy1:
             b = blocks[i]
-            He = _e_height(b)
-            needed = min(out_made[i] * b.dw_stride - b.dw_top + 2, He - 1)  # the window's last row
+            needed = last_row_needed(out_made[i], b.dw_stride, b.dw_top, expanded_height(b))
             if e_made[i] <= needed:
                 if i > 0 and out_made[i - 1] <= e_made[i]:
                     i -= 1  # the block before owes this input row
@@ -101,36 +103,12 @@ def pipeline(arena, params, ints, blocks, image, state, tid, threads, narrow, ta
                     i += 1  # hand the row on
 
 
-@njit(cache=True)
-def _e_height(b):
-    """Rows of the block's expansion: the stem's output rows, or its input's."""
-    if b.stem != 0:
-        return (b.h + b.exp_top + b.exp_bottom - 3) // b.exp_stride + 1
-    return b.h
-
-
-@njit(cache=True)
-def _e_width(b):
-    if b.stem != 0:
-        return (b.w + b.exp_left + b.exp_right - 3) // b.exp_stride + 1
-    return b.w
-
-
 @njit(cache=True, inline="always")  # returns views: inlined, so no kernel returns one
 def _weights(params, ints, b, s):
-    """Slice s's weights (block.py's _slice_weights), its channel range and where its
-    expansion weights start."""
-    bounds = ints[b.bounds:b.bounds + b.t + 1]
-    stem = b.stem != 0
-    we_at = 0
-    for k in range(s):
-        we_at += _expansion_size(bounds[k + 1] - bounds[k], stem, b.cin)
-    panels = -(-b.cout // PANEL)
-    wp = params[b.wp:b.wp + panels * b.hidden * PANEL].reshape((panels, b.hidden, PANEL))
-    we_s, be_s, wd_s, bd_s, wp_s = _slice_weights(params[b.we:b.we + b.we_len], params[b.be:b.be + b.hidden],
-                                                  params[b.wd:b.wd + 9 * b.hidden], params[b.bd:b.bd + b.hidden],
-                                                  wp, bounds, s, we_at, stem, b.cin)
-    return we_s, be_s, wd_s, bd_s, wp_s, bounds[s], bounds[s + 1]
+    """Slice s's weights (geometry.slice_weights) and its channel range."""
+    bounds = slice_bounds(ints, b)
+    we, be, wd, bd, wp, bp = slice_weights(params, ints, b, s)
+    return we, be, wd, bd, wp, bp, bounds[s], bounds[s + 1]
 
 
 @njit(cache=True, inline="always")
@@ -151,7 +129,7 @@ def _sums(arena, b, tid, threads, c0, c1, oy):
 
 @njit(cache=True, inline="always")
 def _folded(b):
-    """Whether the block folds each E row into its depthwise rows (_fold.py)."""
+    """Whether the block folds each E row into its depthwise rows (depthwise.fold_row)."""
     return b.dw_stride == 2
 
 
@@ -183,21 +161,20 @@ def _expand(arena, params, ints, blocks, i, image, n, r, open_row, tid, threads,
     then folded into the sums of the depthwise rows from open_row on (the rows before
     are made, or another thread's) that it feeds."""
     b = blocks[i]
-    We = _e_width(b)
+    We = expanded_width(b)
     for s in range(b.t):
-        we_s, be_s, wd_s, bd_s, _, c0, c1 = _weights(params, ints, b, s)
+        we_s, be_s, wd_s, bd_s, _, _, c0, c1 = _weights(params, ints, b, s)
         ring = _ring(arena, b, tid, threads, c0, c1, We)
         out = ring[r % ring.shape[0]]
         if b.stem != 0:
             conv3x3_row(image[n], r, we_s, be_s, b.exp_stride, b.exp_top, b.exp_left, RELU6[0], RELU6[1], out)
         else:
-            _pointwise(_input_row(arena, b, tid, r), we_s, be_s, out, narrow)
+            expand_pointwise(_input_row(arena, b, tid, r), we_s, be_s, out, narrow)
         if _folded(b):
             top = b.dw_top
             for oy in range(max((r + top - 1) // 2, open_row), min((r + top) // 2, b.ho - 1) + 1):
-                first = max(2 * oy - top, 0)  # the window's first row inside the image
-                fold_row(out, wd_s, r - (2 * oy - top), 2, b.dw_left, r == first, bd_s,
-                         _sums(arena, b, tid, threads, c0, c1, oy))
+                fold_row(out, wd_s, r - window_top(oy, 2, top), 2, b.dw_left, r == first_row_needed(oy, 2, top),
+                         bd_s, _sums(arena, b, tid, threads, c0, c1, oy))
 
 
 @njit(cache=True, fastmath=FASTMATH, inline="always")
@@ -206,20 +183,19 @@ def _emit(arena, params, ints, blocks, i, n, oy, tid, threads, narrow, taps):
     and summed into the row (the first slice starts from the bias, plus the residual's
     input row)."""
     b = blocks[i]
-    We, He = _e_width(b), _e_height(b)
+    We, He = expanded_width(b), expanded_height(b)
     y_row = _output_row(arena, b, n, tid, oy)
     x_row = _input_row(arena, b, tid, oy) if b.residual != 0 else y_row  # y_row: unused
     d_size = b.d_len // threads
     for s in range(b.t):
-        _, _, wd_s, bd_s, wp_s, c0, c1 = _weights(params, ints, b, s)
+        _, _, wd_s, bd_s, wp_s, bp, c0, c1 = _weights(params, ints, b, s)
         if _folded(b):
             d = _sums(arena, b, tid, threads, c0, c1, oy)
             clamp(d, RELU6[0], RELU6[1])
         else:
             d = arena[b.d + tid * d_size:b.d + tid * d_size + b.wo * (c1 - c0)].reshape((b.wo, c1 - c0))
-            depthwise_row(_ring(arena, b, tid, threads, c0, c1, We), He, oy, wd_s, bd_s, b.dw_stride, b.dw_top,
-                          b.dw_left, RELU6[0], RELU6[1], d, narrow)
-        _project(d, wp_s, params[b.bp:b.bp + b.cout], s == 0, b.residual != 0, x_row, y_row)
+            depthwise_relu6(_ring(arena, b, tid, threads, c0, c1, We), He, oy, b, wd_s, bd_s, d, narrow)
+        project(d, wp_s, bp, s == 0, b.residual != 0, x_row, y_row)
     if taps is not None:
         at = 0
         for k in range(i):

@@ -1,7 +1,7 @@
 """Global average pooling, alone and fused with the last 1x1 conv."""
 from numba import njit
 
-from ._rows import FASTMATH, pointwise_row
+from .gemm import FASTMATH, pointwise_row
 
 
 @njit(cache=True, fastmath=FASTMATH, nogil=True)

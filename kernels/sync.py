@@ -35,7 +35,7 @@ differ). So where two threads cut the rows of a phase in two (`balanced_share`: 
 stem, and each depthwise of a materialized block), the cut is learned: at the phase's
 barrier (`balance_barrier`), thread 0 compares when the two finished and moves the cut
 halfway to where they would have finished together, for the next pass of the same plan
-(the cuts live in its network.BLOCK rows). Any cut gives the same results, bit for bit:
+(the cuts live beside its records: program.Program.cuts). Any cut gives the same results, bit for bit:
 each row is computed once, alone, in the same way.
 
 The end of a pass. The threads meet after the classifier, so the caller knows every

@@ -25,7 +25,7 @@ def _t_arg(text: str) -> int:
 
 def _add_engine_args(p):
     p.add_argument("--t", type=_t_arg, default=1, help="expansion slices per block (1 = materialized)")
-    p.add_argument("--rows", action="store_true", help="lowest memory: a row pipeline across the first blocks, row-streamed blocks after it")
+    p.add_argument("--rows", action="store_true", help="lowest memory: the first blocks piped (row by row across blocks), the others streamed")
     p.add_argument("--threads", type=int, default=1, help="threads that share each image (or split a batch of at least as many images)")
 
 
@@ -240,10 +240,10 @@ def cmd_memory(args) -> int:
         reports[f"sliced (t={t})"] = make(t=t).memory_report()
     rows = make(rows=True)
     alone = build_plan(rows.arch, [w.bounds for w in rows.blocks], True, 1, pipeline=False)
-    reports["row-streamed blocks, no pipeline"] = MemoryReport(alone, Schedule(1, 1, 1, 1), rows.max_memory)
-    reports["row pipeline (rows=True)"] = rows.memory_report()
+    reports["streamed, no pipeline"] = MemoryReport(alone, Schedule(1, 1, 1, 1), rows.max_memory)
+    reports["rows=True: piped, then streamed"] = rows.memory_report()
     for t in sorted({args.t, 4} - {1}):
-        reports[f"row pipeline, t={t} (rows=True, t={t})"] = make(rows=True, t=t).memory_report()
+        reports[f"rows=True, t={t}"] = make(rows=True, t=t).memory_report()
     print(format_memory(rows.arch, reports, args.bytes))
     return 0
 

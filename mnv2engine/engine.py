@@ -19,7 +19,7 @@ from .program import compile_plan, gather
 from .recent import Recent
 from .spread import spread
 from .kernels.finite import all_finite
-from .kernels.network import forward, modes, run_block, run_head
+from .kernels.network import forward, run_block, run_head
 from .kernels.pipeline import pipeline
 from .kernels.simd import LANES
 from .kernels.sync import RUNNING, STATE, new_sync
@@ -119,13 +119,11 @@ class Engine:
         return self._planned(batch, self.input_size(size), threads)[0]
 
     def _planned(self, batch: int, size: tuple[int, int], threads: int):
-        """(plan, (blocks, head, evaluation flags)), made on first use; concurrent first
-        calls make it once."""
+        """(plan, program.Program), made on first use; concurrent first calls make it once."""
         def make():
             at = self._at(size)
             plan = build_plan(at.arch, [w.bounds for w in self.blocks], self.rows, batch, threads)
-            blocks, head = compile_plan(plan, self._weights, at.stem_pads, at.dw_pads)
-            return plan, (blocks, head, modes(blocks, self._weights.ints))
+            return plan, compile_plan(plan, self._weights, at.stem_pads, at.dw_pads)
         with self._planning:
             return self._plans.get((batch, *size, threads), make)
 
@@ -229,34 +227,34 @@ class Engine:
 
     def _run(self, x: np.ndarray, out: np.ndarray, threads: int, observe=None):
         """One forward pass on the batch x into out, each image shared by `threads` threads."""
-        plan, (blocks, head, used) = self._planned(x.shape[0], x.shape[1:3], threads)
+        plan, program = self._planned(x.shape[0], x.shape[1:3], threads)
         w = self._weights
         arena = self._arena(plan.arena_bytes, x.shape[0], shared=threads > 1)
         image = x if self.reads_in_place(x) else np.array(x, np.float32, order="C")  # byte order, strides
         floats = arena.view(np.float32)
         sync = new_sync(threads)
-        state = np.zeros((threads, 2, len(blocks)), np.int64)  # the row pipeline's counters
+        state = np.zeros((threads, 2, len(program.blocks)), np.int64)  # the row pipeline's counters
+        tables = (floats, w.params, w.ints, program.blocks)
         if observe:  # block by block, to show each output before the next block overwrites it
             if plan.piped:  # its outputs never exist whole: the pipeline copies each row out
                 shapes = [(x.shape[0], *step.block.out_size, step.block.cout) for step in plan.steps[:plan.piped]]
                 taps = np.empty(sum(math.prod(shape) for shape in shapes), np.float32)
-                narrow = used[3]  # modes(): streamed, whole, sliced, narrow, piped
-                pipeline(floats, w.params, w.ints, blocks, image, state, 0, 1, narrow, taps)
+                pipeline(*tables, image, state, 0, 1, program.compiled.narrow, taps)
                 at = 0
                 for step, shape in zip(plan.steps, shapes):
                     observe(step.block.name, taps[at:at + math.prod(shape)].reshape(shape))
                     at += math.prod(shape)
             for i, step in enumerate(plan.steps[plan.piped:], plan.piped):
-                run_block(floats, w.params, w.ints, blocks, i, 0, 1, sync, image, state, *used)
+                run_block(*tables, program.cuts, state, image, i, 0, 1, sync, *program.compiled)
                 observe(step.block.name, view(arena, step.y))
-            run_head(floats, w.params, head, 0, 1, sync, out)
+            run_head(floats, w.params, program.head, 0, 1, sync, out)
             observe("pooled", view(arena, plan.pooled))
         elif threads == 1:
-            forward(floats, w.params, w.ints, blocks, head, 0, 1, sync, out, image, state, *used)
+            forward(*tables, program.head, program.cuts, state, image, out, 0, 1, sync, *program.compiled)
         else:
             with self._sharing_lock:
-                spread(self._helpers, forward, [(floats, w.params, w.ints, blocks, head, tid, threads, sync, out,
-                                                  image, state, *used) for tid in range(threads)], sync, joined=True)
+                spread(self._helpers, forward, [(*tables, program.head, program.cuts, state, image, out, tid, threads,
+                                                  sync, *program.compiled) for tid in range(threads)], sync, joined=True)
         if self.arch.headless:
             out[:] = view(arena, plan.pooled)
         if threads > 1:

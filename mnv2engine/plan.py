@@ -13,6 +13,7 @@ import numpy as np
 
 from .arch import Architecture, Block
 from .errors import EngineError
+from .kernels.geometry import last_row_needed
 from .memory import Buffer, place
 
 PHASES_PER_BLOCK = 3  # expand, depthwise, project
@@ -62,12 +63,19 @@ def resolve_t(arch: Architecture, t) -> list[int]:
 class BlockStep:
     block: Block
     bounds: np.ndarray
-    rows: bool
+    mode: str   # how the block runs: one of kernels/modes.py's NAMES
     x: Buffer   # the input; a ring of rows in the pipeline; block 0's is the caller's image
     y: Buffer   # the output; a ring of rows in the pipeline but for its last block
     e: Buffer   # expansion scratch: whole E, one slice of it, or a 3-row line buffer
     d: Buffer   # depthwise scratch: whole D, one slice, or one row
-    piped: bool = False  # in the row pipeline (kernels/pipeline.py)
+
+    @property
+    def piped(self) -> bool:
+        return self.mode == "piped"
+
+    @property
+    def streamed(self) -> bool:
+        return self.mode == "streamed"
 
 
 @dataclass
@@ -152,7 +160,7 @@ def input_ring_rows(block: Block, pads: tuple) -> int:
     if not block.use_residual:
         return 1
     He, top = block.in_size[0], pads[0]
-    return max(min(oy * block.stride - top + 2, He - 1) - oy + 1 for oy in range(block.out_size[0]))
+    return max(last_row_needed(oy, block.stride, top, He) - oy + 1 for oy in range(block.out_size[0]))
 
 
 def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed: list[bool],
@@ -176,7 +184,7 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
         cs = int(np.max(np.diff(bounds)))
         (He, We), (Ho, Wo) = block.in_size, block.out_size
         if block.index < piped:
-            if block.stride == 2:  # E rows folded into two rows of depthwise sums (kernels/_fold.py)
+            if block.stride == 2:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
                 e = Buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
                 d = Buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
             else:
@@ -188,7 +196,7 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
                 y = Buffer(f"{block.name}/output", (*per_thread, ring, Wo, block.cout), 0, end, whole=False)
             else:
                 y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), 0, end)
-            steps.append(BlockStep(block, bounds, False, x, y, e, d, piped=True))
+            steps.append(BlockStep(block, bounds, "piped", x, y, e, d))
             x = y
             continue
         # the expand phase reads x; the project phase reads it again for the residual
@@ -203,7 +211,8 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
             e = Buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
             d = Buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
             y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
-        steps.append(BlockStep(block, bounds, rows, x, y, e, d))
+        steps.append(BlockStep(block, bounds, "streamed" if rows else "materialized" if materialized else "sliced",
+                               x, y, e, d))
         x = y
     head_phase = PHASES_PER_BLOCK * len(arch.blocks)
     x.last = head_phase

@@ -2,7 +2,8 @@
 
 `gather` puts every packed weight of the network in one aligned float32 array (the
 engine's BlockWeights are views into it). `compile_plan` turns a Plan's buffers and the
-weights' places into the rows of network.BLOCK and network.HEAD.
+weights' places into records: one BLOCK per inverted residual and one HEAD, which the
+kernels read field by field (kernels/geometry.py makes the views).
 """
 from __future__ import annotations
 
@@ -10,12 +11,33 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from .kernels.network import BLOCK, HEAD
+from .kernels.modes import NAMES, Compiled, compiled
 from .memory import ALIGN, allocate
 from .model import BlockWeights, Conv
 from .plan import Plan
 
 _FLOATS_PER_ALIGN = ALIGN // 4
+
+# Offsets and lengths count elements of the arena, params or ints; every field is an int64.
+BLOCK = np.dtype([(name, np.int64) for name in (
+    "x", "n", "h", "w", "cin",           # input [n, h, w, cin] at arena[x:]
+    "y", "ho", "wo", "cout",             # output [n, ho, wo, cout] at arena[y:]
+    "e", "e_len", "d", "d_len",          # expansion and depthwise scratch
+    "mode",                              # kernels/modes.py: MATERIALIZED, SLICED, STREAMED, PIPED
+    "stem", "exp_stride", "exp_top", "exp_bottom", "exp_left", "exp_right",
+    "dw_stride", "dw_top", "dw_bottom", "dw_left", "dw_right",
+    "residual",
+    "x_rows", "y_rows",                  # piped: rings of rows of the input and output (0: whole)
+    "we", "be", "hidden", "wd", "bd", "wp", "bp",   # weights at params[...]
+    "bounds", "t",                       # slice edges at ints[bounds:bounds + t + 1]
+)])
+
+HEAD = np.dtype([(name, np.int64) for name in (
+    "x", "n", "pixels", "cin",           # the last block's output, [n, pixels, cin]
+    "cout", "chunk", "scratch", "pooled",  # head conv: scratch [chunk, cout], pooled [n, cout]
+    "hw", "hb",                           # head conv weights (panels) and bias
+    "classes", "cw", "cb",                # classifier (classes = 0: headless)
+)])
 
 
 def _pool(arrays: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -62,8 +84,18 @@ def gather(blocks: list[BlockWeights], head: Conv, classifier: Conv | None) -> W
                    params, ints, bounds_at)
 
 
-def compile_plan(plan: Plan, weights: Weights, stem_pads, dw_pads) -> tuple[np.ndarray, np.ndarray]:
-    """The rows of network.BLOCK (one per block) and network.HEAD (one) for this plan."""
+@dataclass(frozen=True)
+class Program:
+    """A plan compiled for the kernels: its records, the code they need, and the state
+    its passes keep."""
+    blocks: np.ndarray   # BLOCK records, one per block
+    head: np.ndarray     # one HEAD record
+    compiled: Compiled   # which evaluations forward compiles
+    cuts: np.ndarray     # int64 [blocks, 2]: two threads' learned cuts (kernels/block.py); 0: half way
+
+
+def compile_plan(plan: Plan, weights: Weights, stem_pads, dw_pads) -> Program:
+    """The records of this plan: one BLOCK per block, one HEAD."""
     at = weights.at
     blocks = np.zeros(len(plan.steps), BLOCK)
     for i, (step, w, pads, bounds_at) in enumerate(zip(plan.steps, weights.blocks, dw_pads, weights.bounds_at)):
@@ -79,8 +111,8 @@ def compile_plan(plan: Plan, weights: Weights, stem_pads, dw_pads) -> tuple[np.n
             x=max(step.x.offset, 0) // 4, n=plan.batch, h=h, w=wd, cin=cin, y=step.y.offset // 4, ho=ho, wo=wo,
             cout=cout, e=step.e.offset // 4, e_len=step.e.nbytes // 4, d=step.d.offset // 4, d_len=step.d.nbytes // 4,
             stem=stem, exp_stride=2 if stem else 1, dw_stride=b.stride,
-            residual=b.use_residual, rows=step.rows, piped=step.piped, x_rows=x_rows, y_rows=y_rows,
-            we=at(w.expand), we_len=w.expand.size, be=at(w.expand_bias), hidden=b.hidden,
+            mode=NAMES.index(step.mode), residual=b.use_residual, x_rows=x_rows, y_rows=y_rows,
+            we=at(w.expand), be=at(w.expand_bias), hidden=b.hidden,
             wd=at(w.depthwise), bd=at(w.depthwise_bias), wp=at(w.project), bp=at(w.project_bias),
             bounds=bounds_at, t=len(w.bounds) - 1)
         for side, value in zip(("top", "bottom", "left", "right"), stem_pads if stem else (0, 0, 0, 0)):
@@ -100,4 +132,5 @@ def compile_plan(plan: Plan, weights: Weights, stem_pads, dw_pads) -> tuple[np.n
                   cw=0 if cls is None else at(cls.kernel), cb=0 if cls is None else at(cls.bias))
     for key, value in values.items():
         head[key][0] = value
-    return blocks, head
+    return Program(blocks, head, compiled(blocks, weights.ints), np.zeros((len(blocks), 2), np.int64))
+

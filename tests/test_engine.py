@@ -4,6 +4,7 @@ import pytest
 from PIL import Image
 
 from mnv2engine import Engine, EngineError, InputError
+from mnv2engine.kernels.block import DEPTHWISE, EXPAND
 
 from conftest import close
 from torch_reference import reference_and_engine, run_with_blocks
@@ -200,20 +201,20 @@ def test_threads_match_one_thread_and_pytorch_in_every_mode(pytorch_odd, kw):
 @pytest.mark.parametrize("cut", ["learned", "after the first row", "before the last row"])
 def test_two_threads_cut_the_rows_anywhere_without_changing_results(pytorch, cut):
     """Two threads sharing an image cut the rows of the stem and of every depthwise where
-    they last finished together (kernels/sync.py), a cut kept in the plan's table. Any
+    they last finished together (kernels/sync.py), a cut kept beside the plan's records. Any
     cut must give PyTorch's logits, and one thread's bit for bit: every row computed
     once, by one thread, in the same way."""
     model, one = pytorch
     two = Engine(one.weights, threads=2)
     x = np.random.default_rng(8).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
     two.forward(x)
-    blocks = two._planned(1, (SIZE, SIZE), 2)[1][0]
-    assert blocks["exp_split"][0] > 0 and (blocks["dw_split"] > 0).all(), "the first pass stores its cuts"
-    stem_rows = blocks["ho"][0]  # block 0's depthwise has stride 1: the stem's rows
+    cuts = two._planned(1, (SIZE, SIZE), 2)[1].cuts
+    assert cuts[0, EXPAND] > 0 and (cuts[:, DEPTHWISE] > 0).all(), "the first pass stores its cuts"
+    rows = np.array([step.block.out_size[0] for step in two.plan(1, 2).steps])  # block 0's: the stem's
     if cut == "after the first row":
-        blocks["exp_split"][0], blocks["dw_split"][:] = 1, 1
+        cuts[0, EXPAND], cuts[:, DEPTHWISE] = 1, 1
     elif cut == "before the last row":
-        blocks["exp_split"][0], blocks["dw_split"][:] = stem_rows - 1, blocks["ho"] - 1
+        cuts[0, EXPAND], cuts[:, DEPTHWISE] = rows[0] - 1, rows - 1
     got = two.forward(x)
     assert np.array_equal(got, one.forward(x))
     close(got, pytorch_logits(model, x))

@@ -73,13 +73,13 @@ def failing(who, where, blocks_before=3):
     tid 0) raises, `where` = 'before' its kernel or 'inside' it, after `blocks_before` blocks."""
     victim = 1 if who == "helper" else 0
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
+    def forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled):
         if tid == victim:
             if where == "inside":
                 for i in range(blocks_before):
-                    run_block(arena, params, ints, blocks, i, tid, threads, sync, *modes)
+                    run_block(arena, params, ints, blocks, cuts, state, image, i, tid, threads, sync, *compiled)
             raise RuntimeError(f"injected fault on thread {tid}")
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+        real_forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled)
     return forward
 
 
@@ -120,9 +120,9 @@ def test_a_given_up_pass_stops_the_other_thread_at_the_end_of_its_block(model_fi
     seen = {}
     fault = failing(who, "inside" if k else "before", k)
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
+    def forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled):
         seen["sync"], seen["out"] = sync, out
-        fault(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+        fault(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled)
         time.sleep(0.05)
         seen["returned"] = True  # only the other thread gets here
     monkeypatch.setattr(engine_module, "forward", forward)
@@ -180,14 +180,14 @@ def test_a_thread_that_stops_arriving_is_given_up_after_the_patience(model_file,
     engine = Engine.load(path, threads=2)
     monkeypatch.setattr(sync_module, "PATIENCE", 0.3)
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
+    def forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled):
         if tid == 1:
-            run_block(arena, params, ints, blocks, 0, tid, threads, sync, *modes)
+            run_block(arena, params, ints, blocks, cuts, state, image, 0, tid, threads, sync, *compiled)
             end = time.monotonic() + HANG
             while sync[sync_module.STATE] == sync_module.RUNNING and time.monotonic() < end:
                 time.sleep(0.01)
             return
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+        real_forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled)
     monkeypatch.setattr(engine_module, "forward", forward)
     box = within(HANG, engine.forward, x[:1])
     assert isinstance(box.get("error"), EngineError) and "no progress for 0.3 s" in str(box["error"]), box
@@ -210,14 +210,14 @@ def test_a_thread_failing_on_its_share_of_a_batch_stops_the_others(model_file, m
         states.append(real_new_sync(threads))
         return states[-1]
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes):
+    def forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled):
         passes.append(threading.current_thread().name)
         if threading.current_thread().name.startswith("mnv2-helper"):
             raise RuntimeError("injected fault on a helper's share")
         end = time.monotonic() + HANG / 2
         while states[0][sync_module.STATE] == sync_module.RUNNING and time.monotonic() < end:
             time.sleep(0.001)
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *modes)
+        real_forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *compiled)
     monkeypatch.setattr(engine_module, "new_sync", new_sync)
     monkeypatch.setattr(engine_module, "forward", forward)
     box = within(HANG, engine.forward, batch)

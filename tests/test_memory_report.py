@@ -33,7 +33,7 @@ def test_table3_maximum_is_the_papers_400K(capsys):
     assert top.size == (112, 112) and abs(top.nbytes - 400e3) / 400e3 < 0.01
     assert main(["memory", "--alpha", "0.35", "--size", "96"]) == 0
     out = capsys.readouterr().out
-    assert "Table 3" in out and "row-streamed" in out and "sliced (t=4)" in out
+    assert "Table 3" in out and "streamed, no pipeline" in out and "sliced (t=4)" in out
     assert "400K" in out and "200K" in out  # both versions of Table 3
 
 
@@ -44,11 +44,11 @@ def test_every_mode_reports_both_measures_and_the_pipeline_is_lowest(capsys):
     modes = {}
     for line in capsys.readouterr().out.splitlines():
         m = re.match(r"(\S.*?)\s{2,}([\d,]+)\s+[\d.]+\s+([\d,]+)\s+(\S.*)$", line)
-        if m and line.startswith(("materialized", "sliced", "row")):
+        if m and line.startswith(("materialized", "sliced", "streamed", "rows")):
             modes[m[1]] = (int(m[2].replace(",", "")), int(m[3].replace(",", "")), m[4])
-    assert set(modes) >= {"materialized (t=1)", "sliced (t=4)", "row-streamed blocks, no pipeline",
-                          "row pipeline (rows=True)"}
-    peak, largest, _ = modes["row pipeline (rows=True)"]
-    assert peak < min(p for label, (p, _, _) in modes.items() if not label.startswith("row pipeline"))
+    assert set(modes) >= {"materialized (t=1)", "sliced (t=4)", "streamed, no pipeline",
+                          "rows=True: piped, then streamed"}
+    peak, largest, _ = modes["rows=True: piped, then streamed"]
+    assert peak < min(p for label, (p, _, _) in modes.items() if not label.startswith("rows=True"))
     assert peak < 400_000 and largest < 200_000
     assert modes["sliced (t=4)"][1:] == (401_408, "block0/output[112, 112, 16]")

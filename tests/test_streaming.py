@@ -85,7 +85,7 @@ def test_tracemalloc_peak_matches_the_planner(kw):
         full = max(b.in_size[0] * b.in_size[1] * b.hidden * 4 for b in engine.arch.blocks)
         assert measured < full
         for step in engine.plan().steps:
-            if step.rows or len(step.bounds) > 2:
+            if step.streamed or len(step.bounds) > 2:
                 h, w = step.block.in_size
                 assert step.e.nbytes < h * w * step.block.hidden * 4, step.block.name
 
@@ -99,33 +99,38 @@ def test_rows_mode_streams_only_where_the_peak_needs_it(t, batch):
     plan = engine.plan(batch)
     h, w = arch.blocks[-1].out_size
     n = len(arch.blocks)
-    lowest = min(layout_plan(arch, bounds, [True] * n, w, batch, 1, piped).arena_bytes for piped in range(n + 1))
-    assert plan.arena_bytes == lowest
+    for piped in range(n + 1):  # no other depth of the pipeline, every other block streamed, is lower
+        assert plan.arena_bytes <= layout_plan(arch, bounds, [True] * n, w, batch, 1, piped).arena_bytes, piped
+    if (t, batch) == (1, 1):
+        assert round(plan.arena_bytes / 2**20, 2) == 0.47  # the README's figure
     # 1.0/224: the stem and the 112x112 and 56x56 blocks are piped, the 28x28 ones streamed
     assert plan.piped == 4 and [step.piped for step in plan.steps[:5]] == [True] * 4 + [False]
-    streamed = [step.rows for step in plan.steps]
+    streamed = [step.streamed for step in plan.steps]
     if batch == 1:  # at batch 3 the lower peak leaves no room for whole late blocks
         assert streamed[4] and not streamed[-1], streamed
 
 
 def test_no_kernel_allocates_inside_numba():
-    """Numba's runtime counts every allocation. Per forward, the count must not depend on
-    t or the batch size: then nothing is allocated per slice, row or image, and what is
-    counted is the fixed set of array arguments crossing into the kernels, and one small
-    array per call of the block kernel (the row pipeline is one call for its blocks)."""
+    """Numba's runtime counts every allocation. Per forward call, the count must depend
+    on nothing but the passes the call makes (rows=True takes a batch one image at a
+    time): not on t, the mode or the batch. Then nothing is allocated per block, slice,
+    row or image, and what is counted is the fixed set of array arguments crossing into
+    the kernels (the row pipeline is one call for its blocks, so a count per block call
+    would differ between the modes)."""
     _nrt_python.memsys_enable_stats()
-    counts = {}
-    for label, kw in [("t=1", {}), ("t=4", dict(t=4)), ("rows", dict(rows=True)), ("rows", dict(rows=True, t=3))]:
+    counts = {}  # passes -> {label: allocations}
+    for label, kw in [("t=1", {}), ("t=4", dict(t=4)), ("rows", dict(rows=True)), ("rows, t=3", dict(rows=True, t=3))]:
         for batch in (1, 3):
             engine = Engine.random(alpha=0.35, size=64, classes=5, **kw)
             x = np.zeros((batch, 64, 64, 3), np.float32)
-            out = np.empty((batch, 5), np.float32)
-            engine._run(x, out, 1)  # one pass on the whole batch (forward runs rows=True's an image at a time)
+            engine.forward(x)  # compiled, planned
             before = rtsys.get_allocation_stats()
-            engine._run(x, out, 1)
-            block_calls = len(engine.arch.blocks) - engine.plan(batch).piped
-            counts.setdefault(label, set()).add(rtsys.get_allocation_stats().alloc - before.alloc - block_calls)
-    assert len(set.union(*counts.values())) == 1, counts
+            engine.forward(x)
+            passes = -(-batch // engine.memory_report(batch).schedule.sub_batch)
+            counts.setdefault(passes, {})[f"{label}, batch {batch}"] = rtsys.get_allocation_stats().alloc - before.alloc
+    assert sorted(counts) == [1, 3], counts
+    for passes, by_label in counts.items():
+        assert len(set(by_label.values())) == 1, (passes, by_label)
 
 
 @pytest.mark.parametrize("kw", [dict(t=1), dict(t=3), dict(rows=True)], ids=str)

@@ -196,14 +196,14 @@ def test_a_thread_that_starts_late_is_waited_for(pytorch, monkeypatch, kw, late)
     x = np.random.default_rng(11).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
     engine.forward(x)  # the plan and the compiled kernels, before the delay matters
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, out, *rest):
+    def forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *rest):
         if tid == late:
             other = LINE * (1 + (1 - tid))  # the other thread's own line of the state
             end = time.monotonic() + 2.0
             while sync[other + PASSED] == 0 and time.monotonic() < end:
                 time.sleep(0.001)
             time.sleep(0.1)
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, out, *rest)
+        real_forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *rest)
     monkeypatch.setattr(engine_module, "forward", forward)
     monkeypatch.setattr(engine, "_arena", poisoned)
     monkeypatch.setattr(engine, "_output", lambda images: np.full((images, 10), np.nan, np.float32))
@@ -223,15 +223,15 @@ def test_every_phase_ends_at_a_barrier(pytorch, monkeypatch, kw):
     x = np.random.default_rng(12).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
     states = []
 
-    def forward(arena, params, ints, blocks, head, tid, threads, sync, *rest):
+    def forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *rest):
         states.append(sync)
-        real_forward(arena, params, ints, blocks, head, tid, threads, sync, *rest)
+        real_forward(arena, params, ints, blocks, head, cuts, state, image, out, tid, threads, sync, *rest)
     monkeypatch.setattr(engine_module, "forward", forward)
     close(engine.forward(x), logits(x))
     plan = engine.plan(1, 2)
     want = (1 if plan.piped else 0) + 2
     for step in plan.steps[plan.piped:]:
         t = len(step.bounds) - 1
-        want += 1 if step.rows else 3 if t == 1 else 2 * t + 1
+        want += 1 if step.streamed else 3 if t == 1 else 2 * t + 1
     sync = states[0]
     assert [int(sync[LINE * (1 + tid) + PASSED]) for tid in range(2)] == [want, want]

@@ -1,44 +1,23 @@
-"""Row-level building blocks shared by the whole-tensor kernels and the fused block.
+"""The 3x3 depthwise conv, one output row at a time, in two ways.
 
-Each computes one output row (a [W, channels] slab) of one operator, so the same code
-serves the materialized evaluation (every row, one operator at a time) and the streamed
-one (rows produced only when the next operator needs them). Every weight argument is
-exactly the slice of channels being computed: depthwise weights as a C-contiguous
-[3, 3, channels] array, 1x1 weights as GEMM panels (gemm.py). The stem's row is in
-stem.py.
+depthwise_row makes an output row from the three input rows its window reads, held at
+once: by the whole-tensor kernels (every row, one operator at a time) and by the
+streamed evaluations (rows made only when the next operator needs them, in a 3-row line
+buffer). Weights are exactly the slice of channels being computed, a C-contiguous
+[3, 3, channels] array.
+
+fold_row goes the other way: it folds one input row into the output rows it belongs to,
+as soon as that row exists. At stride 2 an input row feeds at most two output rows, each
+half as wide, so two rows of partial sums cost one input row's bytes where a 3-row line
+buffer costs three (the row pipeline's stride-2 blocks, pipeline.py). Its sums are made
+in depthwise_row's order (bias, then kernel rows 0, 1, 2, each tap left to right, one
+rounding per FMA), so they are the same floats.
 """
 import numpy as np
 from numba import njit
 
-from .gemm import FASTMATH, gemm
+from .gemm import FASTMATH
 from .simd import LANES, vclamp, vfma, vload, vrepeat8, vsplat, vstore
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def fill_bias(out, b):
-    """out[p, :] = b for every row p of out [P, C]."""
-    P, C = out.shape
-    for p in range(P):
-        for c in range(C):
-            out[p, c] = b[c]
-
-
-@njit(cache=True, fastmath=FASTMATH, _nrt=False)
-def clamp(out, lo, hi):
-    """The epilogue's clamp, in place on out [P, C]; lo, hi = -inf, inf leaves it linear."""
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    if lo32 == -np.inf and hi32 == np.inf:
-        return
-    P, C = out.shape
-    for p in range(P):
-        for c in range(C):
-            out[p, c] = min(max(out[p, c], lo32), hi32)
-
-
-@njit(cache=True, fastmath=FASTMATH, inline="always")  # no level of its own to compile
-def pointwise_row(x, w, b, lo, hi, out):
-    """out = clamp(x @ w + b, lo, hi); x [P, Cin], w [Cin, C] as panels, out [P, C]."""
-    gemm(x, w, b, False, lo, hi, out)
 
 
 @njit(cache=True, fastmath=FASTMATH, _nrt=False)
@@ -188,3 +167,25 @@ def _nearest(i, size):
 def _tap(w, ky, kx, c, n, inside):
     """Weights w[ky, kx, c:c + n] as a vector, or zeros when that tap is on the padding."""
     return vload(w, (ky, kx, c), n if inside else 0)
+
+
+@njit(cache=True, fastmath=FASTMATH, _nrt=False)
+def fold_row(e, w, ky, stride, pad_left, start, bias, sums):
+    """sums [Wo, C] = (bias if start else sums) + kernel row ky of the depthwise over the
+    input row e [W, C]: sums[ox] += sum over kx of w[ky, kx] * e[ox * stride - pad_left + kx]."""
+    W, C = e.shape
+    Wo = sums.shape[0]
+    for c in range(0, C, LANES):
+        n = min(LANES, C - c)
+        w0, w1, w2 = vload(w, (ky, 0, c), n), vload(w, (ky, 1, c), n), vload(w, (ky, 2, c), n)
+        b = vload(bias, (c,), n)
+        for ox in range(Wo):
+            ix = ox * stride - pad_left
+            a = b if start else vload(sums, (ox, c), n)
+            if ix >= 0:
+                a = vfma(vload(e, (ix, c), n), w0, a)
+            if 0 <= ix + 1 < W:
+                a = vfma(vload(e, (ix + 1, c), n), w1, a)
+            if ix + 2 < W:
+                a = vfma(vload(e, (ix + 2, c), n), w2, a)
+            vstore(sums, (ox, c), n, a)
