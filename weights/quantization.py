@@ -183,13 +183,13 @@ def _check_layer(what: str, layer: QuantizedLayer, float_layer, src: ActivationQ
         except ValueError as e:
             raise WeightFileError(f"{what}: requantization multiplier input scale * weight scale / output scale "
                                   f"(channel {c}) is not representable by TFLite's QuantizeMultiplier: {e}") from None
-    for tname, arr in (("kernel", _dequantized(layer.kernel, layer.kernel_zero_point, layer.kernel_scale)),
-                       ("bias", _dequantized(layer.bias, np.zeros(1, np.int64), layer.bias_scale))):
+    for tname, arr in (("kernel", dequantized(layer.kernel, layer.kernel_zero_point, layer.kernel_scale)),
+                       ("bias", dequantized(layer.bias, np.zeros(1, np.int64), layer.bias_scale))):
         if arr.tobytes() != getattr(float_layer, tname).tobytes():
             raise WeightFileError(f"{what}/{tname}: the float {tname} beside it is not its dequantized value")
 
 
-def _dequantized(q: np.ndarray, zero_point: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def dequantized(q: np.ndarray, zero_point: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """float32 (q - zero_point) * scale, per output channel (the last axis), computed in
     float64 as the converters do."""
     return ((q - zero_point.astype(np.float64)) * scale.astype(np.float64)).astype(np.float32)
