@@ -89,16 +89,17 @@ def check_activation(what: str, a: ActivationQuantization) -> None:
 def check_scales(what: str, scale: np.ndarray) -> None:
     bad = ~(np.isfinite(scale) & (scale > 0))
     if bad.any():
-        raise WeightFileError(f"{what}: scale {scale[bad][0]!r} (channel {int(np.argmax(bad))}): "
-                              "a scale must be positive and finite")
+        channel = f" (channel {int(np.argmax(bad))})" if scale.size > 1 else ""
+        raise WeightFileError(f"{what}: scale {float(scale[bad][0])!r}{channel}: a scale must be positive and finite")
 
 
 def check_zero_points(what: str, dtype: str, zero_point: np.ndarray) -> None:
     lo, hi = INTEGER_RANGES[dtype]
     bad = (zero_point < lo) | (zero_point > hi)
     if bad.any():
-        raise WeightFileError(f"{what}: zero point {int(zero_point[bad][0])} (channel {int(np.argmax(bad))}) "
-                              f"is outside {dtype}'s range [{lo}, {hi}]")
+        channel = f" (channel {int(np.argmax(bad))})" if zero_point.size > 1 else ""
+        raise WeightFileError(f"{what}: zero point {int(zero_point[bad][0])}{channel} is outside {dtype}'s range "
+                              f"[{lo}, {hi}]")
 
 
 def quantize_multiplier(real: float) -> tuple[int, int]:
@@ -109,7 +110,7 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     if not (math.isfinite(real) and real > 0):
         raise ValueError(f"{real!r} is not a positive finite number")
     fraction, shift = math.frexp(real)
-    fixed = round(fraction * (1 << 31))    # TfLiteRound: half away from zero; fraction > 0 here
+    fixed = math.floor(fraction * (1 << 31) + 0.5)  # TfLiteRound: half away from zero (fraction > 0), exact
     if fixed == 1 << 31:
         fixed, shift = fixed // 2, shift + 1
     if shift < -31:

@@ -571,9 +571,9 @@ def read_tflite(path) -> WeightSet:
         arch = _infer(g, convs, image.shape[1:3])
         shapes = arch.tensor_shapes()
         ops = _walk(g, arch)
+        quantization = _quantization(g, arch, ops)  # first: its checks name the layer of a bad scale
         weights = {name: _layer(g, op, shapes[name][-1]) for name, op in ops.items() if op.name != ADD}
         scale, offset = _preprocessing(image)
-        quantization = _quantization(g, arch, ops)
         if quantization is not None:
             validate_quantization(quantization, arch, weights)
     except EngineError as e:  # WeightFileError, or an architecture error such as a too small input
