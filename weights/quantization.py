@@ -124,7 +124,8 @@ def validate_quantization(q: Quantization, arch: Architecture, float_layers: dic
     """Check a Quantization against the architecture and the float tensors beside it; the
     message names the tensor, as the file calls it (quantization/...)."""
     want = expected_activations(arch)
-    for name in sorted(want - q.activations.keys(), key=list(layer_inputs(arch)).index):
+    order = ["input", *layer_inputs(arch)]
+    for name in sorted(want - q.activations.keys(), key=order.index):
         raise WeightFileError(f"quantization/activations/{name}: missing from a quantized model")
     for name in sorted(q.activations.keys() - want - {"softmax"}):
         raise WeightFileError(f"quantization/activations/{name}: not an activation of MobileNetV2 "
