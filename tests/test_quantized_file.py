@@ -17,8 +17,9 @@ import pytest
 from mnv2engine import Engine, WeightFileError, convert
 from mnv2engine.arch import Architecture
 from mnv2engine.cli import main
-from mnv2engine.weights import read_mnv2
+from mnv2engine.weights import read_mnv2, write_mnv2
 from mnv2engine.weights.quantization import quantize_multiplier
+from mnv2engine.weights.random import random_weightset
 from mnv2engine.weights.tflite import read_tflite
 
 from conftest import require
@@ -201,8 +202,6 @@ def test_mnv2_convert_writes_the_quantization(shared_data, tmp_path):
 
 
 def test_a_float_model_has_no_quantization(tmp_path):
-    from mnv2engine.weights.random import random_weightset
-    from mnv2engine.weights import write_mnv2
     write_mnv2(random_weightset(alpha=0.35, size=32, classes=3), tmp_path / "f.h5")
     with h5py.File(tmp_path / "f.h5", "r") as f:
         assert f.attrs["schema_version"] == 4 and "quantization" not in f
