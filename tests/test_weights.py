@@ -9,7 +9,9 @@ import pytest
 
 from mnv2engine import EngineError, UnverifiedWeightsWarning, WeightFileError, convert
 from mnv2engine.weights import detect_format, read_mnv2, write_mnv2
-from mnv2engine.weights.random import random_weightset
+from mnv2engine.weights.digest import weightset_digest
+from mnv2engine.weights.h5format import _read_open
+from mnv2engine.weights.random import random_quantized_weightset, random_weightset
 
 from conftest import require
 
@@ -114,11 +116,27 @@ def test_a_missing_digest_is_damage(h5file):
         read_mnv2(h5file)
 
 
+def test_a_version_3_file_loads_verified(h5file, ws):
+    """Written before the quantization (schema 3): its digest is checked as it was computed
+    then, and it reads as the version 4 file it was made from; a /quantization group in it
+    is refused."""
+    _rewrite(h5file, lambda f: f.attrs.__setitem__("sha256", weightset_digest(ws, version=3)))
+    with pytest.raises(WeightFileError, match="damaged mnv2 file: its tensors or metadata differ"):
+        read_mnv2(h5file)  # a version 4 digest covers the version: still 4, so this one is wrong
+    _rewrite(h5file, lambda f: f.attrs.__setitem__("schema_version", 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        old = read_mnv2(h5file)
+    assert (old.crop, old.crop_fraction, old.quantization) == (ws.crop, ws.crop_fraction, None)
+    assert old.layers["head"].kernel.tobytes() == ws.layers["head"].kernel.tobytes()
+    _rewrite(h5file, lambda f: f.create_group("quantization"))
+    with pytest.raises(WeightFileError, match="a /quantization group in a schema version 3 file"):
+        read_mnv2(h5file)
+
+
 def test_a_version_2_file_loads_verified_and_crops_nothing(h5file, ws):
     """Written before the crop recipe (schema 2): its digest is checked as it was
     computed then, and predict resizes the whole image, as it did then."""
-    from mnv2engine.weights.digest import weightset_digest
-
     def as_version_2(f):
         del f["preprocess"].attrs["crop"], f["preprocess"].attrs["crop_fraction"]
         f.attrs["schema_version"] = 2
@@ -223,7 +241,8 @@ CHECKED_OTHERWISE = {
     "/format": ("names the file as an mnv2engine one", "not an mnv2engine weight file"),
     "/schema_version": ("chooses how the file is read and its digest computed: a newer one is refused, "
                         "an older one reads the digest as that version wrote it",
-                        f"newer than this mnv2engine reads|{DIGEST_MISMATCH}|schema version 1, .*sha256"),
+                        f"newer than this mnv2engine reads|{DIGEST_MISMATCH}|schema version 1, .*sha256|"
+                        "a /quantization group in a schema version"),
     "/alpha": ("sets every channel count: another alpha disagrees with the tensors' shapes",
                "invalid architecture|expected shape"),
     "/classes": ("sets the classifier's width and the number of labels", "expected shape"),
@@ -236,7 +255,7 @@ CHECKED_OTHERWISE = {
 # gets values of its own dtype and shape: a float's next value toward 0, an integer's
 # neighbours, a string reversed.
 SCHEMA_VALUES = {
-    "/schema_version": (1, 2, 4),
+    "/schema_version": (1, 2, 3, 4),
     "/padding": ("same", "symmetric"),
     "preprocess/crop": ("central", "shorter-side", "shorter-side-floor", "none"),
     "preprocess/channel_order": ("BGR",),
@@ -301,25 +320,54 @@ def edits(value, schema_values=()) -> list:
     return out
 
 
+# A quantized file's own checks (weights/quantization.py) refuse many edits of its layers
+# before the digest is compared: a weight's scale or value changed no longer dequantizes to
+# the float kernel beside it, a zero point may leave its range. There, each edit must be
+# refused for some reason, and the digest of what the reader reads must differ from the
+# stored one, so that an edit no check catches is still refused.
+QUANTIZED_CHECKED = ("quantization/", "layers/")
+
+# the kinds of field the schema describes, which the walk must find, of a float and a quantized file
+FLOAT_FIELDS = {"/source", "/sha256", "/input_size", "preprocess/crop_fraction", "preprocess/scale", "labels",
+                "layers/classifier/bias", "layers/head/batchnorm/epsilon", "layers/stem/batchnorm/var"}
+QUANTIZED_FIELDS = {"layers/classifier/bias", "quantization/activations/input/dtype",
+                    "quantization/activations/input/scale", "quantization/activations/pool/zero_point",
+                    "quantization/activations/block#/residual/scale", "quantization/activations/softmax/scale",
+                    *(f"quantization/layers/stem/{t}" for t in ("kernel", "kernel_scale", "kernel_zero_point",
+                                                                "bias", "bias_scale"))}
+
+
+def digest_of_content(path) -> bool:
+    """Whether the digest of what the reader reads from `path` is the one it stores."""
+    with h5py.File(path, "r") as f:
+        ws, version, stored = _read_open(f)
+    return weightset_digest(ws, version) == stored
+
+
 @pytest.mark.slow
-def test_every_field_of_the_file_is_covered(tmp_path):
+@pytest.mark.parametrize("quantized", [False, True], ids=["float", "quantized uint8"])
+def test_every_field_of_the_file_is_covered(tmp_path, quantized):
     """Each field the walk finds, edited in turn to a valid-looking value (same dtype and
     shape, or another value the schema allows): every edit is refused, as a digest
-    mismatch unless CHECKED_OTHERWISE says which check refuses it. Each attribute
-    deleted is refused too: no reader default stands in for a lost one."""
-    ws = random_weightset(alpha=0.35, size=40, classes=3, seed=5)  # 39 and 41 are valid sizes too
+    mismatch unless CHECKED_OTHERWISE says which check refuses it (of a quantized file's
+    layers, see QUANTIZED_CHECKED). Each attribute deleted is refused too: no reader
+    default stands in for a lost one."""
+    if quantized:  # uint8: per-tensor weights with zero points other than 0, to edit
+        ws = random_quantized_weightset(alpha=0.35, size=40, classes=3, seed=5, dtype="uint8")
+    else:
+        ws = random_weightset(alpha=0.35, size=40, classes=3, seed=5)  # 39 and 41 are valid sizes too
     ws.scale, ws.offset = np.array([0.02, 0.03, 0.04], np.float32), np.array([-1.5, -1.0, -0.5], np.float32)
     original = tmp_path / "original.h5"
     write_mnv2(ws, original)
+    assert digest_of_content(original)
     fields = file_fields(original)
     names = {field_name(obj, attr) for obj, attr in fields}
     # the walk proves nothing if it misses the kinds of field the schema describes
-    assert {"/source", "/sha256", "/input_size", "preprocess/crop_fraction", "preprocess/scale", "labels",
-            "layers/classifier/bias", "layers/head/batchnorm/epsilon", "layers/stem/batchnorm/var"} <= names
+    assert (QUANTIZED_FIELDS if quantized else FLOAT_FIELDS) <= {re.sub(r"block\d+", "block#", n) for n in names}
     assert set(CHECKED_OTHERWISE) | set(SCHEMA_VALUES) <= names
-    edited, loaded, wrong = tmp_path / "edited.h5", [], []
+    edited, loaded, wrong, undigested = tmp_path / "edited.h5", [], [], []
 
-    def check(edit, what: str, expected: str):
+    def check(edit, what: str, expected: str, digest: bool = False):
         shutil.copyfile(original, edited)
         with h5py.File(edited, "r+") as f:
             edit(f)
@@ -330,10 +378,15 @@ def test_every_field_of_the_file_is_covered(tmp_path):
                 wrong.append(f"{what}: {e}")
         else:
             loaded.append(what)
+        if digest and digest_of_content(edited):
+            undigested.append(what)
 
     for obj, attr in fields:
         field = field_name(obj, attr)
         expected = CHECKED_OTHERWISE.get(field, (None, DIGEST_MISMATCH))[1]
+        by_own_checks = quantized and field.startswith(QUANTIZED_CHECKED)
+        if by_own_checks:
+            expected = "."
         with h5py.File(original, "r") as f:
             value = f[obj].attrs[attr] if attr else f[obj][()]
         for new in edits(value, SCHEMA_VALUES.get(field, ())):
@@ -343,8 +396,9 @@ def test_every_field_of_the_file_is_covered(tmp_path):
                 edit = lambda f: f[obj].attrs.modify(attr, new)  # keeps the stored type
             else:  # another value of the schema, stored as the writer stores it
                 edit = lambda f: f[obj].attrs.__setitem__(attr, new)
-            check(edit, f"{field} = {new!r}", expected)
+            check(edit, f"{field} = {new!r}", expected, digest=by_own_checks)
         if attr is not None:
             check(lambda f: f[obj].attrs.__delitem__(attr), f"{field} deleted", ".")
     assert not loaded, f"edits that load as if the file were intact: {loaded}"
     assert not wrong, f"edits refused for another reason than expected: {wrong}"
+    assert not undigested, f"edits the digest does not cover: {undigested}"

@@ -10,10 +10,11 @@ import numpy as np
 from mnv2engine.errors import UnverifiedWeightsWarning, WeightFileError
 
 from .digest import weightset_digest
+from .quantization import ActivationQuantization, Quantization, QuantizedLayer
 from .weightset import BatchNorm, Layer, WeightSet, validate
 
 FORMAT = "mnv2engine"
-SCHEMA_VERSION = 3  # 2 added the sha256 digest, 3 the crop recipe
+SCHEMA_VERSION = 4  # 2 added the sha256 digest, 3 the crop recipe, 4 a quantized source's quantization
 # /preprocess attributes outside the digest: the engine feeds RGB, resized bilinearly
 FIXED_PREPROCESSING = {"channel_order": "RGB", "resize": "bilinear"}
 
@@ -53,7 +54,21 @@ def mnv2_bytes(ws: WeightSet) -> bytes:
                 g.create_dataset(tname, data=arr)
             if layer.bn is not None:
                 g["batchnorm"].attrs["epsilon"] = layer.bn.epsilon
+        if ws.quantization is not None:
+            _write_quantization(f.create_group("quantization"), ws.quantization)
     return buffer.getvalue()
+
+
+def _write_quantization(root: h5py.Group, q: Quantization) -> None:
+    """/quantization/activations/<name> (attributes dtype, scale, zero_point) and
+    /quantization/layers/<layer>/<tensor>, each tensor in its own dtype."""
+    for name, a in q.activations.items():
+        g = root.create_group(f"activations/{name}")
+        g.attrs.update(dtype=_fixed(a.dtype), scale=np.float32(a.scale), zero_point=np.int64(a.zero_point))
+    for name, layer in q.layers.items():
+        g = root.create_group(f"layers/{name}")
+        for tname, arr in layer.tensors().items():
+            g.create_dataset(tname, data=arr)
 
 
 def _fixed(text: str) -> np.bytes_:
@@ -147,6 +162,11 @@ def _read_open(f: h5py.File) -> tuple[WeightSet, int, object]:
         ws.crop, ws.crop_fraction = _text(pre["crop"]), float(pre["crop_fraction"])
     else:  # written before the recipe: the whole image, as predict then did
         ws.crop, ws.crop_fraction = "none", 1.0
+    if "quantization" in f:
+        if version < 4:
+            raise WeightFileError(f"a /quantization group in a schema version {version} file, which had none "
+                                  "(damaged file?)")
+        ws.quantization = _read_quantization(f["quantization"])
     stored = f.attrs.get("sha256")
     return ws, version, None if stored is None else _text(stored)
 
@@ -157,6 +177,34 @@ def _read_layer(g: h5py.Group) -> Layer:
         b = g["batchnorm"]
         bn = BatchNorm(*(b[k][()] for k in BatchNorm.TENSORS), epsilon=float(b.attrs["epsilon"]))
     return Layer(kernel=g["kernel"][()], bias=g["bias"][()] if "bias" in g else None, bn=bn)
+
+
+def _read_quantization(root: h5py.Group) -> Quantization:
+    activations, layers = {}, {}
+
+    def visit_activation(name, obj):
+        if isinstance(obj, h5py.Group) and "dtype" in obj.attrs:
+            a = obj.attrs
+            activations[name] = ActivationQuantization(_text(a["dtype"]), float(np.float32(a["scale"])),
+                                                       int(a["zero_point"]))
+
+    def visit_layer(name, obj):
+        if isinstance(obj, h5py.Group) and "kernel" in obj:
+            missing = [t for t in QuantizedLayer.TENSORS if t not in obj]
+            if missing:
+                raise WeightFileError(f"quantization/layers/{name}: missing {', '.join(missing)}")
+            layers[name] = QuantizedLayer(**{t: obj[t][()] for t in QuantizedLayer.TENSORS})
+    for part, visit in (("activations", visit_activation), ("layers", visit_layer)):
+        if part not in root:
+            raise WeightFileError(f"quantization/{part}: missing")
+        root[part].visititems(visit)
+    stray = [k for k in root if k not in ("activations", "layers")]
+    known = {f"layers/{name}/{t}" for name in layers for t in QuantizedLayer.TENSORS}
+    root.visititems(lambda name, obj: stray.append(name)
+                    if isinstance(obj, h5py.Dataset) and name not in known else None)
+    if stray:
+        raise WeightFileError(f"unexpected item(s) in /quantization: {', '.join(stray[:5])}")
+    return Quantization(layers=layers, activations=activations)
 
 
 def _reject_stray_datasets(root: h5py.Group, layers: dict) -> None:

@@ -7,7 +7,9 @@ classifier (FULLY_CONNECTED, or a 1x1 CONV_2D as in TF-Slim). BatchNorm is alrea
 folded into each conv's weights and bias, so layers carry a kernel and a bias only.
 Weights may be float32, float16 (behind DEQUANTIZE ops), uint8 per tensor (TF1
 quantization-aware training) or int8 per channel (post-training quantization); they are
-dequantized to float32. Kernels are OHWI ([Cout, KH, KW, Cin]; depthwise [1, KH, KW, C],
+dequantized to float32. Of a model whose activations are quantized too, the integer
+weights, biases and every activation's scale and zero point are kept as they are stored
+(weights/quantization.py). Kernels are OHWI ([Cout, KH, KW, Cin]; depthwise [1, KH, KW, C],
 dense [Cout, Cin]).
 
 Reading happens in two stages: `_parse` copies what is needed out of the flatbuffer (any
@@ -29,6 +31,8 @@ from mnv2engine.arch import ALPHAS, Architecture
 from mnv2engine.errors import EngineError, WeightFileError
 
 from .labels import parse_labels
+from .quantization import (ActivationQuantization, Quantization, QuantizedLayer, check_activation, check_scales,
+                           check_zero_points, layer_inputs, validate_quantization)
 from .weightset import Layer, WeightSet
 
 try:
@@ -56,8 +60,8 @@ class _Tensor:
     shape: tuple[int, ...]
     type: int
     data: np.ndarray | None = None       # constants only, in their stored dtype
-    scale: np.ndarray | None = None
-    zero_point: np.ndarray | None = None
+    scale: np.ndarray | None = None      # float64 of the stored float32
+    zero_point: np.ndarray | None = None  # int64, as stored
     quantized_dimension: int = 0
 
 
@@ -148,7 +152,7 @@ def _tensor(model, buf: bytes, sg, index: int, constant: bool) -> _Tensor:
     q = t.Quantization()
     if q is not None and q.ScaleLength():
         out.scale = q.ScaleAsNumpy().astype(np.float64)
-        out.zero_point = q.ZeroPointAsNumpy().astype(np.float64) if q.ZeroPointLength() else np.zeros(1)
+        out.zero_point = q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() else np.zeros(1, np.int64)
         out.quantized_dimension = q.QuantizedDimension()
     raw = _buffer_bytes(model, buf, t.Buffer()) if constant and t.Buffer() > 0 else None
     if raw is not None:
@@ -353,7 +357,8 @@ def _check_pool(g: _Graph, arch: Architecture, op: _Op, pools: list[_Op]):
 
 def _walk(g: _Graph, arch: Architecture) -> dict[str, _Op]:
     """Match the structural ops one by one to MobileNetV2's layers, following the data
-    from op to op; name the first that differs."""
+    from op to op; name the first that differs. Returns every layer's op, the residual
+    ADDs ('block3/residual') among them."""
     for op in g.ops:
         if op.name not in STRUCTURAL + PASS_THROUGH:
             raise WeightFileError(f"not a MobileNetV2: {op} is not one of its ops")
@@ -380,7 +385,7 @@ def _walk(g: _Graph, arch: Architecture) -> dict[str, _Op]:
             if src is not prev:
                 raise WeightFileError(f"{op} ({layer}) takes its input from {src or 'the image'}, "
                                       f"expected {prev or 'the image'}")
-            layers[layer] = op
+        layers[layer] = op
         _check_op(g, arch, op, slot, between)
         prev = op
     if len(structural) > len(slots):
@@ -403,7 +408,7 @@ def _dequantize(t: _Tensor) -> np.ndarray:
             raise WeightFileError(f"tensor {t.name}: {t.scale.size} scales for shape {t.data.shape} "
                                   f"along dimension {t.quantized_dimension}")
         shape[t.quantized_dimension] = -1
-    zero_point = t.zero_point if t.zero_point.size == t.scale.size else t.zero_point[:1]
+    zero_point = (t.zero_point if t.zero_point.size == t.scale.size else t.zero_point[:1]).astype(np.float64)
     return ((t.data - zero_point.reshape(shape)) * t.scale.reshape(shape)).astype(np.float32)
 
 
@@ -425,6 +430,105 @@ def _layer(g: _Graph, op: _Op, cout: int) -> Layer:
     if bias.shape != (cout,):
         raise WeightFileError(f"{op}: bias of shape {bias.shape}, expected ({cout},)")
     return Layer(kernel=np.ascontiguousarray(kernel), bias=np.ascontiguousarray(bias))
+
+
+# -- the integer arithmetic of a quantized model -----------------------------------------
+
+def _activation(t: _Tensor, layer: str) -> ActivationQuantization:
+    """The per-tensor quantization of an activation tensor, checked."""
+    what = f"tensor {t.name} ({layer})"
+    if t.type not in (UINT8, INT8):
+        raise WeightFileError(f"{what}: {TYPE_NAMES.get(t.type, t.type)} in a model whose activations are "
+                              "quantized, expected int8 or uint8")
+    if t.scale is None or t.scale.size != 1 or t.zero_point.size != 1:
+        raise WeightFileError(f"{what}: expected one scale and one zero point, got "
+                              f"{0 if t.scale is None else t.scale.size} and "
+                              f"{0 if t.zero_point is None else t.zero_point.size}")
+    a = ActivationQuantization(TYPE_NAMES[t.type], float(np.float32(t.scale[0])), int(t.zero_point[0]))
+    check_activation(what, a)
+    return a
+
+
+def _scales(t: _Tensor, what: str, channels: int, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    """A constant's scales (float32) and zero points (int64), one per tensor or one per
+    output channel (`dimension` of the stored tensor), checked."""
+    if t.scale is None:
+        raise WeightFileError(f"{what}: {TYPE_NAMES.get(t.type, t.type)} without quantization parameters")
+    scale, zero_point = t.scale.astype(np.float32), t.zero_point
+    if scale.size not in (1, channels) or scale.size > 1 and t.quantized_dimension != dimension:
+        raise WeightFileError(f"{what}: {scale.size} scales along dimension {t.quantized_dimension} of shape "
+                              f"{t.shape}, expected one, or one per output channel ({channels}) along "
+                              f"dimension {dimension}")
+    if zero_point.size == 1:
+        zero_point = np.repeat(zero_point, scale.size)
+    if zero_point.size != scale.size:
+        raise WeightFileError(f"{what}: {zero_point.size} zero points for {scale.size} scales")
+    check_scales(what, scale)
+    return scale, zero_point
+
+
+def _quantized_layer(g: _Graph, op: _Op, layer: str, input_scale: float) -> QuantizedLayer:
+    """A layer's integer weights and int32 bias as stored, the kernel in the engine's layout."""
+    w = _constant(g, op.inputs[1])
+    what = f"tensor {w.name} ({layer} weights)"
+    if w.type not in (UINT8, INT8):
+        raise WeightFileError(f"{what}: {TYPE_NAMES.get(w.type, w.type)} weights in a model whose activations "
+                              "are quantized, expected int8 or uint8")
+    cout = _engine_shape(op, w.shape)[-1]
+    kernel_scale, kernel_zero_point = _scales(w, what, cout, 3 if op.name == DEPTHWISE else 0)
+    check_zero_points(what, TYPE_NAMES[w.type], kernel_zero_point)
+    if len(op.inputs) > 2 and op.inputs[2] >= 0:
+        b = _constant(g, op.inputs[2])
+        what = f"tensor {b.name} ({layer} bias)"
+        if b.type != INT32:
+            raise WeightFileError(f"{what}: {TYPE_NAMES.get(b.type, b.type)}, expected an int32 bias")
+        bias_scale, bias_zero_point = _scales(b, what, cout, 0)
+        if bias_zero_point.any():
+            raise WeightFileError(f"{what}: zero point {int(bias_zero_point[bias_zero_point != 0][0])}, "
+                                  "an int32 bias has zero point 0")
+        bias = b.data.astype(np.int32)
+    else:  # no bias: zeros, at the scale an int32 bias of this layer would have
+        bias = np.zeros(cout, np.int32)
+        bias_scale = (np.float64(input_scale) * kernel_scale.astype(np.float64)).astype(np.float32)
+    return QuantizedLayer(kernel=np.ascontiguousarray(_to_engine_layout(op, w.data)), kernel_scale=kernel_scale,
+                          kernel_zero_point=kernel_zero_point, bias=np.ascontiguousarray(bias), bias_scale=bias_scale)
+
+
+def _quantization(g: _Graph, arch: Architecture, ops: dict[str, _Op]) -> Quantization | None:
+    """The integer arithmetic the file defines, where its activations are quantized; None for
+    float activations (a float model, or one whose weights alone are quantized)."""
+    stem_input = g.tensors[ops["stem"].inputs[0]]
+    if stem_input.type not in (UINT8, INT8):
+        return None
+    acts = {"input": _activation(stem_input, "input")}
+    acts.update({name: _activation(g.tensors[op.outputs[0]], name) for name, op in ops.items()})
+    name_of = {op: name for name, op in ops.items()}
+    inputs = layer_inputs(arch)
+    # (op, layer, tensor it reads, the activation that tensor carries)
+    reads = [(op, name, op.inputs[0], inputs[name]) for name, op in ops.items()
+             if op.name != ADD and name not in ("stem", "classifier")]
+    reads += [(op, name, t, name_of.get(_trace(g, t)[0], "input")) for name, op in ops.items()
+              if op.name == ADD for t in op.inputs]
+    if "classifier" in ops:
+        classifier = ops["classifier"]
+        pool = next(p for p in _trace(g, classifier.inputs[0])[1] if p.name in POOLS)
+        acts["pool"] = _activation(g.tensors[pool.outputs[0]], "pool")
+        reads += [(classifier, "classifier", classifier.inputs[0], "pool"), (pool, "pool", pool.inputs[0], "head")]
+        softmaxes = [op for op in g.ops if op.name == "SOFTMAX"]
+        for op in softmaxes:
+            if len(softmaxes) > 1 or _trace(g, op.inputs[0])[0] is not classifier:
+                raise WeightFileError(f"{op}: a quantized MobileNetV2 has at most one softmax, after the classifier")
+            acts["softmax"] = _activation(g.tensors[op.outputs[0]], "softmax")
+            reads.append((op, "softmax", op.inputs[0], "classifier"))
+    for op, name, t, source in reads:
+        got = _activation(g.tensors[t], name)
+        if got != acts[source]:
+            raise WeightFileError(f"{op} ({name}) reads tensor {g.tensors[t].name} quantized as {got}, but "
+                                  f"{source} produces {acts[source]}: a requantization between layers, "
+                                  "which mnv2engine does not keep")
+    layers = {name: _quantized_layer(g, op, name, acts[inputs[name]].scale)
+              for name, op in ops.items() if op.name != ADD}
+    return Quantization(layers=layers, activations=acts)
 
 
 def _preprocessing(t: _Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -466,10 +570,14 @@ def read_tflite(path) -> WeightSet:
     try:
         arch = _infer(g, convs, image.shape[1:3])
         shapes = arch.tensor_shapes()
-        weights = {name: _layer(g, op, shapes[name][-1]) for name, op in _walk(g, arch).items()}
+        ops = _walk(g, arch)
+        quantization = _quantization(g, arch, ops)  # first: its checks name the layer of a bad scale
+        weights = {name: _layer(g, op, shapes[name][-1]) for name, op in ops.items() if op.name != ADD}
         scale, offset = _preprocessing(image)
+        if quantization is not None:
+            validate_quantization(quantization, arch, weights)
     except EngineError as e:  # WeightFileError, or an architecture error such as a too small input
         raise WeightFileError(f"{path}: {e}") from None
     return WeightSet(alpha=arch.alpha, size=arch.size, classes=arch.classes, padding="same",
-                     layers=weights, scale=scale, offset=offset,
+                     layers=weights, scale=scale, offset=offset, quantization=quantization,
                      labels=_embedded_labels(path, arch.classes), source=f"tflite {path}")

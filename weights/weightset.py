@@ -2,7 +2,8 @@
 
 Kernel layouts are the engine's (see `Architecture.tensor_shapes`): HWIO for the stem,
 [3, 3, C] for depthwise, [Cin, Cout] for 1x1 convs and the classifier. A layer carries a
-bias, a BatchNorm, or both (a bias before the BatchNorm), all float32.
+bias, a BatchNorm, or both (a bias before the BatchNorm), all float32. Of a quantized
+source, `quantization` keeps its integer arithmetic beside them (weights/quantization.py).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 from mnv2engine.arch import Architecture
 from mnv2engine.errors import EngineError, WeightFileError
 from mnv2engine.preprocess import CROPS
+
+from .quantization import Quantization, validate_quantization
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +64,9 @@ class WeightSet:
     # the crop before the resize (mnv2engine/preprocess.py): the source's evaluation recipe
     crop: str = "central"
     crop_fraction: float = 0.875
+    # a quantized source's integer weights and activation quantization; the float tensors
+    # above are their dequantized values, which the engine runs
+    quantization: Quantization | None = None
 
     @property
     def architecture(self) -> Architecture:
@@ -147,4 +153,6 @@ def validate(ws: WeightSet) -> Architecture:
                               f"((0, inf) for shorter-side-floor), got {ws.crop!r} {ws.crop_fraction!r}")
     if ws.labels is not None and len(ws.labels) != ws.classes:
         raise WeightFileError(f"{len(ws.labels)} labels for {ws.classes} classes")
+    if ws.quantization is not None:
+        validate_quantization(ws.quantization, arch, ws.layers)
     return arch
