@@ -501,10 +501,11 @@ class Op:
 
 
 def read_model(path) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
-    """(tensors, operators in execution order, graph inputs, graph outputs) of subgraph 0."""
+    """(tensors, operators in execution order, graph inputs, graph outputs) of subgraph 0
+    of a .tflite file (a path, or its bytes)."""
     import tflite  # the flatbuffer schema, pure Python
 
-    buf = Path(path).read_bytes()
+    buf = path if isinstance(path, bytes) else Path(path).read_bytes()
     model = tflite.Model.GetRootAs(buf, 0)
     graph = model.Subgraphs(0)
     tensors = []
@@ -546,9 +547,9 @@ def read_model(path) -> tuple[list[Tensor], list[Op], list[int], list[int]]:
 
 
 def run(path, inputs) -> dict[int, np.ndarray]:
-    """Every tensor of the file after one forward pass, by tensor index: constants as
-    stored, the graph input(s) as given (`inputs`: one array or a list), and each
-    operator's output."""
+    """Every tensor of a .tflite file (path or bytes) after one forward pass, by tensor
+    index: constants as stored, the graph input(s) as given (`inputs`: one array or a
+    list), and each operator's output."""
     tensors, ops, graph_inputs, _ = read_model(path)
     if isinstance(inputs, np.ndarray):
         inputs = [inputs]
