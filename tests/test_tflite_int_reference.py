@@ -456,7 +456,7 @@ def network_inputs(photo_paths):
     return photos + noise
 
 
-@pytest.mark.slow
+# about 5 s a network (4 inputs): in the quick tier
 @pytest.mark.parametrize("name", MODELS)
 def test_every_tensor_of_the_network_matches_litert_reference(name, shared_data, photo_paths):
     content = (shared_data / "models" / name).read_bytes()
