@@ -444,6 +444,57 @@ def test_fully_connected_matches_litert_reference(dtype, seed):
     assert_same_output(content, [random_values(rng, (B, D), dtype)])
 
 
+# Scales whose product rounds differently in float32 and in double, and accumulators where
+# that moves the output by one, or where a fixed-point multiplier and a rounded double
+# product disagree (found by search). The input sits at its zero point and the weights at
+# theirs, so that the accumulator is the bias.
+PRODUCT_SCALES = (0.04064014, 0.016254846, 1.7181271)
+PRODUCT_ACCUMULATORS = [-297798, 297798, -326408, 1300]
+
+
+@pytest.mark.parametrize("op,dtype,requantization", [
+    ("conv", UINT8, "float32 product"), ("conv", INT8, "double product"),
+    ("depthwise", UINT8, "float32 product"), ("depthwise", INT8, "double product"),
+    ("fully_connected", UINT8, "double, rounded"), ("fully_connected", INT8, "double, rounded")])
+def test_requantization_follows_tflites_scale_arithmetic(op, dtype, requantization):
+    """uint8 conv: the scale product in float32, int8 conv: in double, both then a
+    fixed-point multiplier; FULLY_CONNECTED: round(acc * s_x * s_w / s_y) in double."""
+    s_x, s_w, s_y = (np.float32(v) for v in PRODUCT_SCALES)
+    acc = np.array(PRODUCT_ACCUMULATORS)
+    by = {"float32 product": ti.multiply_by_quantized_multiplier(
+              acc, *ti.quantize_multiplier(float(np.float32(s_x * s_w)) / float(s_y))),
+          "double product": ti.multiply_by_quantized_multiplier(
+              acc, *ti.quantize_multiplier(float(s_x) * float(s_w) / float(s_y))),
+          "double, rounded": ti.round_half_away(acc * (float(s_x) * float(s_w) / float(s_y))).astype(np.int64)}
+    expected = by[requantization]
+    for other, values in by.items():
+        assert other == requantization or (values != expected).any(), f"the case no longer tells {other} apart"
+    zp = 128 if dtype == UINT8 else 0
+    C = len(acc)
+    b = Builder()
+    x_shape, w_shape, y_shape = {"conv": ((1, 1, 1, 1), (C, 1, 1, 1), (1, 1, 1, C)),
+                                 "depthwise": ((1, 1, 1, C), (1, 1, 1, C), (1, 1, 1, C)),
+                                 "fully_connected": ((1, 1), (C, 1), (1, C))}[op]
+    per_channel = dtype == INT8 and op != "fully_connected"
+    x = b.tensor(x_shape, dtype, s_x, zp)
+    w = b.tensor(w_shape, dtype, np.full(C, s_w) if per_channel else s_w, np.zeros(C, int) if per_channel else zp,
+                 axis=3 if op == "depthwise" else 0, data=np.full(w_shape, zp))
+    bias = b.tensor((C,), np.int32, np.float32(s_x * s_w), 0, data=acc.astype(np.int32))
+    y = b.tensor(y_shape, dtype, s_y, zp)
+    if op == "conv":
+        o, code, kind = schema.Conv2DOptionsT(), OP.CONV_2D, BO.Conv2DOptions
+    elif op == "depthwise":
+        o, code, kind = schema.DepthwiseConv2DOptionsT(), OP.DEPTHWISE_CONV_2D, BO.DepthwiseConv2DOptions
+        o.depthMultiplier = 1
+    else:
+        o, code, kind = schema.FullyConnectedOptionsT(), OP.FULLY_CONNECTED, BO.FullyConnectedOptions
+    if op != "fully_connected":
+        o.padding, o.strideH, o.strideW, o.dilationHFactor, o.dilationWFactor = ti.VALID, 1, 1, 1, 1
+    version = {"conv": 3, "depthwise": 3, "fully_connected": 4}[op] if dtype == INT8 else 1
+    ref = assert_same_output(b.build(code, [x, w, bias], [y], kind, o, version), [np.full(x_shape, zp, dtype)])
+    assert list(ref.ravel().astype(int) - zp) == list(expected)
+
+
 # -- the two MobileNetV2s, every tensor -------------------------------------------------------
 
 def network_inputs(photo_paths):

@@ -9,7 +9,8 @@ carried in int64 arrays and wrapped to int32 where the C++ does int32 arithmetic
 `run(path, input)` walks a .tflite file's operators in order and returns every tensor,
 keyed by tensor index. It knows the operators of the quantized MobileNetV2s (CONV_2D,
 DEPTHWISE_CONV_2D, ADD, AVERAGE_POOL_2D, MEAN, RESHAPE, SOFTMAX, QUANTIZE) and
-FULLY_CONNECTED, in int8 and uint8.
+FULLY_CONNECTED, in int8 and uint8. (FULLY_CONNECTED's reference kernels requantize in
+double, not in fixed point; that is followed too.)
 """
 from __future__ import annotations
 
@@ -180,12 +181,11 @@ def conv_multipliers(inp: Quant, filt: Quant, out: Quant, channels: int, dtype) 
     return np.array([m for m, _ in pairs], np.int64), np.array([s for _, s in pairs], np.int64)
 
 
-def fully_connected_multipliers(inp: Quant, filt: Quant, out: Quant, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """FULLY_CONNECTED's Prepare: per channel in double when the filter has several scales,
-    else GetQuantizedConvolutionMultipler (float32 product) for every type."""
-    if len(filt.scale) > 1:
-        return conv_multipliers(inp, filt, out, channels, np.int8)
-    return conv_multipliers(inp, filt, out, channels, np.uint8)
+def fully_connected_scales(inp: Quant, filt: Quant, out: Quant, channels: int) -> np.ndarray:
+    """FULLY_CONNECTED's reference kernels (per-tensor and per-channel alike) requantize in
+    floating point, not with a fixed-point multiplier: s_in * s_w / s_out in double."""
+    scales = filt.scale if len(filt.scale) > 1 else np.repeat(filt.scale, channels)
+    return np.array([float(inp.s) * float(f) / float(out.s) for f in scales], np.float64)
 
 
 # -- padding (kernels/padding.h) -------------------------------------------------------------
@@ -269,12 +269,16 @@ def depthwise_conv2d(x, x_zp, w, w_zp, bias, multiplier, shift, out_zp, lo, hi, 
     return requantize_acc(acc, bias, multiplier, shift, out_zp, lo, hi, dtype)
 
 
-def fully_connected(x, x_zp, w, w_zp, bias, multiplier, shift, out_zp, lo, hi, dtype=np.int8):
-    """FULLY_CONNECTED, x [B, D], w [O, D]: acc = sum (w - w_zp)(x - x_zp)."""
+def fully_connected(x, x_zp, w, w_zp, bias, effective_scale, out_zp, lo, hi, dtype=np.int8):
+    """FULLY_CONNECTED, x [B, D], w [O, D]: acc = sum (w - w_zp)(x - x_zp) + bias in int32,
+    then round(double(acc) * effective_scale) (half away from zero) + out_zp, clamped."""
     xc = np.asarray(x, np.int64) - x_zp
     wc = np.asarray(w, np.int64) - w_zp
-    acc = (xc.astype(np.float64) @ wc.T.astype(np.float64)).astype(np.int64)
-    return requantize_acc(acc, bias, multiplier, shift, out_zp, lo, hi, dtype)
+    acc = wrap32((xc.astype(np.float64) @ wc.T.astype(np.float64)).astype(np.int64))
+    if bias is not None:
+        acc = wrap32(acc + np.asarray(bias, np.int64))
+    scaled = round_half_away(acc.astype(np.float64) * effective_scale).astype(np.int64)
+    return clamp_cast(scaled + out_zp, lo, hi, dtype)
 
 
 @dataclass(frozen=True)
@@ -586,10 +590,12 @@ def evaluate(op: Op, args: list, ins: list[Tensor], out: Tensor) -> np.ndarray:
                                 depth_multiplier=o.DepthMultiplier(), **common)
     if op.code == B.FULLY_CONNECTED:
         x, w, bias = args[0], args[1], args[2] if len(args) > 2 and args[2] is not None else None
-        multiplier, shift = fully_connected_multipliers(ins[0].quant, ins[1].quant, out.quant, w.shape[0])
+        scales = fully_connected_scales(ins[0].quant, ins[1].quant, out.quant, w.shape[0])
         lo, hi = activation_range(o.FusedActivationFunction(), out.quant, out.dtype)
-        y = fully_connected(x.reshape(-1, w.shape[1]), ins[0].quant.zp, w, ins[1].quant.zp, bias,
-                            multiplier, shift, out.quant.zp, lo, hi, dtype=out.dtype)
+        # per-channel int8 weights are symmetric: their zero point is not read
+        w_zp = ins[1].quant.zp if len(ins[1].quant.scale) == 1 else 0
+        y = fully_connected(x.reshape(-1, w.shape[1]), ins[0].quant.zp, w, w_zp, bias,
+                            scales, out.quant.zp, lo, hi, dtype=out.dtype)
         return y.reshape(out.shape)
     if op.code == B.ADD:
         lo, hi = activation_range(o.FusedActivationFunction(), out.quant, out.dtype)
