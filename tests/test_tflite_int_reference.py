@@ -495,6 +495,17 @@ def test_requantization_follows_tflites_scale_arithmetic(op, dtype, requantizati
     assert list(ref.ravel().astype(int) - zp) == list(expected)
 
 
+def test_an_operator_it_does_not_implement_is_refused_by_name():
+    b = Builder()
+    x = b.tensor((1, 4, 4, 1), INT8, 0.1, 0)
+    y = b.tensor((1, 2, 2, 1), INT8, 0.1, 0)
+    o = schema.Pool2DOptionsT()
+    o.padding, o.strideH, o.strideW, o.filterHeight, o.filterWidth = ti.VALID, 2, 2, 2, 2
+    content = b.build(OP.MAX_POOL_2D, [x], [y], BO.Pool2DOptions, o, version=2)
+    with pytest.raises(ti.UnsupportedModelError, match=f"operator code {OP.MAX_POOL_2D}"):
+        ti.run(content, np.zeros((1, 4, 4, 1), np.int8))
+
+
 # -- the two MobileNetV2s, every tensor -------------------------------------------------------
 
 def network_inputs(photo_paths):

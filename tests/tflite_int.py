@@ -76,6 +76,7 @@ def multiply_by_quantized_multiplier(x, multiplier, shift):
 
 
 def multiply_by_quantized_multiplier_greater_than_one(x, multiplier, left_shift):
+    """The softmax's input scaling: x << left_shift (wrapping), then the high multiply."""
     return saturating_rounding_doubling_high_mul(wrap32(np.asarray(x, np.int64) << left_shift), multiplier)
 
 
