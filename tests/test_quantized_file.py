@@ -24,8 +24,7 @@ from mnv2engine.weights.tflite import read_tflite
 
 from conftest import require
 
-flatbuffers = require("flatbuffers")
-schema = require("ai_edge_litert.schema_py_generated")
+from tflite_edit import code_of, pack, schema, unpack
 OP = schema.BuiltinOperator
 
 MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
@@ -33,21 +32,6 @@ ARCH = Architecture(alpha=1.0, size=224, classes=1001)
 
 
 # -- the test's own map from the flatbuffer to the engine's names --------------------------
-
-def unpack(buf: bytes):
-    return schema.ModelT.InitFromPackedBuf(buf, 0)
-
-
-def pack(model) -> bytes:
-    b = flatbuffers.Builder(1 << 20)
-    b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
-
-
-def code_of(model, op) -> int:
-    c = model.operatorCodes[op.opcodeIndex]
-    return max(c.builtinCode, c.deprecatedBuiltinCode)
-
 
 def engine_names(model) -> dict:
     """{engine name: (op, its kind)} of every layer and activation, by position: MobileNetV2

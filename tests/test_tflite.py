@@ -18,11 +18,7 @@ from mnv2engine.weights.tflite import read_tflite
 
 from conftest import close, probabilities, require, softmax
 
-# The model surgery needs only these two pure-Python modules; LiteRT's interpreter (a
-# native library) is imported by the tests that run it, so that the refusal tests still
-# run where it does not load. Under CI, any of them missing fails (conftest.require).
-flatbuffers = require("flatbuffers")
-schema = require("ai_edge_litert.schema_py_generated")
+from tflite_edit import code_of, pack, schema, unpack
 OP, TT = schema.BuiltinOperator, schema.TensorType
 
 MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
@@ -35,21 +31,6 @@ README_TOP1 = {"cat.bmp": "Egyptian cat", "bird.bmp": "chickadee", "grace_hopper
 
 
 # -- model surgery with the flatbuffer object API --------------------------------------
-
-def unpack(buf: bytes):
-    return schema.ModelT.InitFromPackedBuf(buf, 0)
-
-
-def pack(model) -> bytes:
-    b = flatbuffers.Builder(1 << 20)
-    b.Finish(model.Pack(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
-
-
-def code_of(model, op) -> int:
-    c = model.operatorCodes[op.opcodeIndex]
-    return max(c.builtinCode, c.deprecatedBuiltinCode)
-
 
 def opcode(model, code: int, version: int = 1) -> int:
     for i, c in enumerate(model.operatorCodes):
