@@ -31,10 +31,11 @@ class Buffer:
     last: int
     offset: int = field(default=-1)
     whole: bool = True  # a whole tensor, not a slice or rows of one (Table 3 counts these)
+    dtype: str = "float32"  # each buffer counts in its own bytes (int8 activations: 1)
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * 4  # float32
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
     def live_at(self, phase: int) -> bool:
         return self.first <= phase <= self.last
@@ -76,5 +77,5 @@ def allocate(nbytes: int) -> np.ndarray:
 
 
 def view(arena: np.ndarray, buf: Buffer) -> np.ndarray:
-    """The float32 array of `buf` inside the uint8 arena."""
-    return arena[buf.offset:buf.offset + buf.nbytes].view(np.float32).reshape(buf.shape)
+    """The array of `buf` inside the uint8 arena, in its dtype."""
+    return arena[buf.offset:buf.offset + buf.nbytes].view(buf.dtype).reshape(buf.shape)

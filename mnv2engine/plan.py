@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -115,7 +116,7 @@ class Plan:
 
 
 def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: bool, batch: int,
-               threads: int = 1, pipeline: bool = True) -> Plan:
+               threads: int = 1, pipeline: bool = True, dtype: str = "float32") -> Plan:
     """Buffers and lifetimes for a batch; `bounds_per_block` are the slice edges of each block.
 
     `threads` share each image: a row-streamed block gets a line buffer per thread (each
@@ -135,7 +136,7 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
     n = len(arch.blocks)
     (h, w) = arch.blocks[-1].out_size
     if not rows:
-        return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads)
+        return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads, dtype=dtype)
     streamed = [True] * n
     depths = range(n + 1) if pipeline else [0]
     plan = min((layout_plan(arch, bounds_per_block, streamed, w, batch, threads, piped) for piped in depths),
@@ -164,7 +165,7 @@ def input_ring_rows(block: Block, pads: tuple) -> int:
 
 
 def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed: list[bool],
-                head_chunk: int, batch: int, threads: int = 1, piped: int = 0) -> Plan:
+                head_chunk: int, batch: int, threads: int = 1, piped: int = 0, dtype: str = "float32") -> Plan:
     """The plan for given choices: how many blocks run as the row pipeline, which others
     are row-streamed, and how many pixels of the head's conv output exist at once.
 
@@ -174,7 +175,8 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     sums of all channels), and a ring of output rows that the next block reads
     (input_ring_rows), or, for the last block, its whole output."""
     N = batch
-    image = Buffer("input", (N, *arch.size, 3), first=0, last=0)
+    buffer = partial(Buffer, dtype=dtype)  # activations in the engine's dtype (the kernels' int8: 1 byte)
+    image = buffer("input", (N, *arch.size, 3), first=0, last=0)
     x, steps = image, []
     end = PHASES_PER_BLOCK * piped - 1
     per_thread = (threads,) if threads > 1 else ()
@@ -185,40 +187,40 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
         (He, We), (Ho, Wo) = block.in_size, block.out_size
         if block.index < piped:
             if block.stride == 2:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
-                e = Buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
-                d = Buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
+                e = buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
+                d = buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
             else:
-                e = Buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
-                d = Buffer(f"{block.name}/depthwise", (*per_thread, 1, Wo, cs), 0, end, whole=False)
+                e = buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
+                d = buffer(f"{block.name}/depthwise", (*per_thread, 1, Wo, cs), 0, end, whole=False)
             if block.index < piped - 1:
                 after = arch.blocks[block.index + 1]
                 ring = input_ring_rows(after, arch.pads(after.in_size, after.stride))
-                y = Buffer(f"{block.name}/output", (*per_thread, ring, Wo, block.cout), 0, end, whole=False)
+                y = buffer(f"{block.name}/output", (*per_thread, ring, Wo, block.cout), 0, end, whole=False)
             else:
-                y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), 0, end)
+                y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), 0, end)
             steps.append(BlockStep(block, bounds, "piped", x, y, e, d))
             x = y
             continue
         # the expand phase reads x; the project phase reads it again for the residual
         x.last = p0 + (2 if (block.use_residual or not materialized) else 0)
         if materialized:
-            e = Buffer(f"{block.name}/expanded", (N, He, We, cs), p0, p0 + 1)
-            d = Buffer(f"{block.name}/depthwise", (N, Ho, Wo, cs), p0 + 1, p0 + 2)
-            y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0 + 2, p0 + 2)
+            e = buffer(f"{block.name}/expanded", (N, He, We, cs), p0, p0 + 1)
+            d = buffer(f"{block.name}/depthwise", (N, Ho, Wo, cs), p0 + 1, p0 + 2)
+            y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0 + 2, p0 + 2)
         else:
             er, dr = (3, 1) if rows else (He, Ho)
             lines = per_thread if rows else ()
-            e = Buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
-            d = Buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
-            y = Buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
+            e = buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
+            d = buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
+            y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
         steps.append(BlockStep(block, bounds, "streamed" if rows else "materialized" if materialized else "sliced",
                                x, y, e, d))
         x = y
     head_phase = PHASES_PER_BLOCK * len(arch.blocks)
     x.last = head_phase
-    head_scratch = Buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase,
+    head_scratch = buffer("head/conv", (head_chunk, arch.last_channels), head_phase, head_phase,
                           whole=head_chunk == math.prod(arch.blocks[-1].out_size))
-    pooled = Buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
+    pooled = buffer("head/pooled", (N, arch.last_channels), head_phase, head_phase + 1)
     plan = Plan(N, steps, x, head_scratch, pooled, image, 0,
                 (N, arch.last_channels if arch.headless else arch.classes), piped)
     plan.arena_bytes = place(plan.buffers)

@@ -1,0 +1,125 @@
+"""A quantized file's arithmetic, as the integer kernels take it.
+
+Every activation is held as int8. A uint8 file runs shifted by -128 (its values, zero
+points and clamp bounds): conv, depthwise, add and requantization are then the same map
+(docs/int8_arithmetic.md), and one set of kernels serves both files. The multipliers are
+made as TFLite's op kernels make them in Prepare, so that every layer's output equals its
+reference kernels' byte for byte.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .arch import Architecture
+from .errors import EngineError
+from .weights.quantization import Quantization, layer_inputs, quantize_multiplier
+
+RELU6_LAYERS = ("stem", "expand", "depthwise", "head")  # the others are linear
+SHIFT = {"int8": 0, "uint8": -128}  # from the file's integers to the kernels' int8
+INT8 = (-128, 127)
+
+
+@dataclass(frozen=True)
+class Requantized:
+    """Where an int32 accumulator goes: y = clamp(requantize(acc, mult, shift) + zero, lo, hi)."""
+    mult: np.ndarray    # int32 [C]: Q0.31 multipliers (kernels/requant.py)
+    shift: np.ndarray   # int32 [C]: powers of two, positive to the left
+    zero: int           # the output's zero point (int8 domain)
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class QConv:
+    """A conv layer: y = out(bias + sum (x - x_zero) * (w - w_zero))."""
+    weights: np.ndarray   # int8, the engine's layout (HWIO stem, [3, 3, C] depthwise, [K, C] 1x1)
+    w_zero: int
+    bias: np.ndarray      # int32 [C]
+    x_zero: int
+    out: Requantized
+
+
+@dataclass(frozen=True)
+class Activation:
+    """An activation's quantization as the file states it: real = scale * (q - zero)."""
+    dtype: str
+    scale: float
+    zero: int
+
+    @property
+    def int8_zero(self) -> int:
+        return self.zero + SHIFT[self.dtype]
+
+
+@dataclass(frozen=True)
+class QuantizedNetwork:
+    convs: dict[str, QConv]                # by layer name
+    activations: dict[str, Activation]     # by activation name (weights/quantization.py)
+    residual_inputs: dict[str, str]        # block name -> the activation its add reads besides the projection
+
+
+def quantized_network(q: Quantization, arch: Architecture) -> QuantizedNetwork:
+    """The integer network of a quantized WeightSet (already validated on load)."""
+    acts = {name: Activation(a.dtype, float(np.float32(a.scale)), int(a.zero_point)) for name, a in q.activations.items()}
+    inputs = layer_inputs(arch)
+    convs = {}
+    for name, layer in q.layers.items():
+        x, y = acts[inputs[name]], acts[name]
+        kind = name.rpartition("/")[2]
+        shift = SHIFT[layer.kernel.dtype.name]
+        if layer.kernel_zero_point.size != 1 and layer.kernel_zero_point.any():
+            raise EngineError(f"{name}: per-channel weight zero points other than 0 have no integer kernel")
+        convs[name] = QConv(weights=(layer.kernel.astype(np.int16) + shift).astype(np.int8),
+                            w_zero=int(layer.kernel_zero_point[0]) + shift,
+                            bias=layer.bias.astype(np.int32), x_zero=x.int8_zero,
+                            out=_requantized(name, x, layer.kernel_scale, y, layer.bias.size, kind in RELU6_LAYERS))
+    residual = {b.name: inputs[f"{b.name}/expand"] for b in arch.table2_blocks if b.use_residual}
+    return QuantizedNetwork(convs, acts, residual)
+
+
+def _requantized(name: str, x: Activation, w_scale: np.ndarray, y: Activation, channels: int,
+                 relu6: bool) -> Requantized:
+    """TFLite's per-channel multipliers of a conv (int8: the scales multiplied in double;
+    uint8: the input and weight scales multiplied in float32 first, as its
+    GetQuantizedConvolutionMultipler does) and the fused activation's bounds."""
+    scales = np.broadcast_to(w_scale.astype(np.float32), (channels,))
+    if x.dtype == "uint8":
+        reals = [float(np.float32(np.float32(x.scale) * s)) / y.scale for s in scales]
+    else:
+        reals = [x.scale * float(s) / y.scale for s in scales]
+    pairs = [quantize_multiplier(r) for r in reals]
+    lo, hi = activation_bounds(y, relu6)
+    return Requantized(np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32),
+                       y.int8_zero, lo, hi)
+
+
+def activation_bounds(y: Activation, relu6: bool) -> tuple[int, int]:
+    """The clamp of a layer's output in the kernels' int8: the dtype's range, narrowed to
+    ReLU6's [0, 6] as TFLite's CalculateActivationRangeQuantized rounds it (float32)."""
+    lo, hi = INT8
+    if relu6:
+        zero = y.int8_zero
+        six = zero + int(_round_half_away(np.float32(6.0) / np.float32(y.scale)))
+        lo, hi = max(lo, zero), min(hi, six)
+    return lo, hi
+
+
+def _round_half_away(v):
+    """TfLiteRound (std::round): halves away from zero, in v's own precision."""
+    return np.sign(v) * np.floor(np.abs(v) + v.dtype.type(0.5))
+
+
+def quantize_input(x: np.ndarray, a: Activation) -> np.ndarray:
+    """Float input in the file's input quantization, as TFLite's QUANTIZE makes it
+    (round(x / scale) + zero, clamped), then in the kernels' int8."""
+    lo, hi = np.iinfo(np.dtype(a.dtype)).min, np.iinfo(np.dtype(a.dtype)).max
+    q = np.clip(_round_half_away(x.astype(np.float32) / np.float32(a.scale)) + a.zero, lo, hi)
+    return (q + SHIFT[a.dtype]).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, a: Activation) -> np.ndarray:
+    """int8 kernel values of an activation as float32 reals."""
+    return ((q.astype(np.float32) - a.int8_zero) * np.float32(a.scale)).astype(np.float32)
+
