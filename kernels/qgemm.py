@@ -184,16 +184,28 @@ def _tile4(x, packed, i, p, c, n0, n1, n2, n3, k0, k1, k2, k3, mult, shift, wz, 
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = z
     a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = z
     groups = K // GROUP
-    for g in range(groups + (1 if K % GROUP else 0)):
+    for g in range(groups):
+        k = g * GROUP
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
         w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
-        k = g * GROUP
-        if g < groups:
-            x0, x1, x2 = quad(x, (p0, k)), quad(x, (p1, k)), quad(x, (p2, k))
-            x3, x4, x5 = quad(x, (p3, k)), quad(x, (p4, k)), quad(x, (p5, k))
-        else:
-            x0, x1, x2 = _tail_quad(x, p0, k), _tail_quad(x, p1, k), _tail_quad(x, p2, k)
-            x3, x4, x5 = _tail_quad(x, p3, k), _tail_quad(x, p4, k), _tail_quad(x, p5, k)
+        x0 = quad(x, (p0, k))
+        a00, a01, a02, a03 = vdot(a00, w0, x0), vdot(a01, w1, x0), vdot(a02, w2, x0), vdot(a03, w3, x0)
+        x1 = quad(x, (p1, k))
+        a10, a11, a12, a13 = vdot(a10, w0, x1), vdot(a11, w1, x1), vdot(a12, w2, x1), vdot(a13, w3, x1)
+        x2 = quad(x, (p2, k))
+        a20, a21, a22, a23 = vdot(a20, w0, x2), vdot(a21, w1, x2), vdot(a22, w2, x2), vdot(a23, w3, x2)
+        x3 = quad(x, (p3, k))
+        a30, a31, a32, a33 = vdot(a30, w0, x3), vdot(a31, w1, x3), vdot(a32, w2, x3), vdot(a33, w3, x3)
+        x4 = quad(x, (p4, k))
+        a40, a41, a42, a43 = vdot(a40, w0, x4), vdot(a41, w1, x4), vdot(a42, w2, x4), vdot(a43, w3, x4)
+        x5 = quad(x, (p5, k))
+        a50, a51, a52, a53 = vdot(a50, w0, x5), vdot(a51, w1, x5), vdot(a52, w2, x5), vdot(a53, w3, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g, k = groups, groups * GROUP
+        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+        w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
+        x0, x1, x2 = _tail_quad(x, p0, k), _tail_quad(x, p1, k), _tail_quad(x, p2, k)
+        x3, x4, x5 = _tail_quad(x, p3, k), _tail_quad(x, p4, k), _tail_quad(x, p5, k)
         a00, a01, a02, a03 = vdot(a00, w0, x0), vdot(a01, w1, x0), vdot(a02, w2, x0), vdot(a03, w3, x0)
         a10, a11, a12, a13 = vdot(a10, w0, x1), vdot(a11, w1, x1), vdot(a12, w2, x1), vdot(a13, w3, x1)
         a20, a21, a22, a23 = vdot(a20, w0, x2), vdot(a21, w1, x2), vdot(a22, w2, x2), vdot(a23, w3, x2)
@@ -220,17 +232,15 @@ def _tile1(x, packed, i, v, p, c, n, kc, mult, shift, wz, yz, lo, hi, out, acc, 
     a0 = a1 = a2 = a3 = a4 = a5 = isplat(0)
     groups = K // GROUP
     off = v * GROUP
-    for g in range(groups + (1 if K % GROUP else 0)):
+    for g in range(groups):
         w = wload(packed, (i, g, off))
         k = g * GROUP
-        if g < groups:
-            x0, x1, x2 = quad(x, (p0, k)), quad(x, (p1, k)), quad(x, (p2, k))
-            x3, x4, x5 = quad(x, (p3, k)), quad(x, (p4, k)), quad(x, (p5, k))
-        else:
-            x0, x1, x2 = _tail_quad(x, p0, k), _tail_quad(x, p1, k), _tail_quad(x, p2, k)
-            x3, x4, x5 = _tail_quad(x, p3, k), _tail_quad(x, p4, k), _tail_quad(x, p5, k)
-        a0, a1, a2 = vdot(a0, w, x0), vdot(a1, w, x1), vdot(a2, w, x2)
-        a3, a4, a5 = vdot(a3, w, x3), vdot(a4, w, x4), vdot(a5, w, x5)
+        a0, a1, a2 = vdot(a0, w, quad(x, (p0, k))), vdot(a1, w, quad(x, (p1, k))), vdot(a2, w, quad(x, (p2, k)))
+        a3, a4, a5 = vdot(a3, w, quad(x, (p3, k))), vdot(a4, w, quad(x, (p4, k))), vdot(a5, w, quad(x, (p5, k)))
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        w, k = wload(packed, (i, groups, off)), groups * GROUP
+        a0, a1, a2 = vdot(a0, w, _tail_quad(x, p0, k)), vdot(a1, w, _tail_quad(x, p1, k)), vdot(a2, w, _tail_quad(x, p2, k))
+        a3, a4, a5 = vdot(a3, w, _tail_quad(x, p3, k)), vdot(a4, w, _tail_quad(x, p4, k)), vdot(a5, w, _tail_quad(x, p5, k))
     for j, a in ((0, a0), (1, a1), (2, a2), (3, a3), (4, a4), (5, a5)):
         pj = p + j
         if pj < P:
