@@ -161,16 +161,24 @@ def _tail_quad(x, p, k):
 
 
 @njit(cache=True, inline="always")
-def _finish(a, k, row, p, P, c, n, mult, shift, yz, lo, hi, out, acc, accumulate):
+def _finish(a, k, row, p, c, n, mult, shift, yz, lo, hi, out, acc, accumulate):
     """Pixel p's sums a (channels c..c+n-1) with the channel and pixel parts added:
-    requantized into out, or added into acc. Pixels past P (a tile's padding) are dropped."""
-    if p >= P or n <= 0:
+    requantized (by the vectors mult, shift) into out, or added into acc."""
+    if n <= 0:
         return
     a = iadd(iadd(a, k), isplat(row))
     if accumulate:
         istore(acc, (p, c), n, iadd(a, iload(acc, (p, c), n)))
     else:
-        bstore(out, (p, c), n, vrequant(a, iload(mult, (c,), n), iload(shift, (c,), n), yz, lo, hi))
+        bstore(out, (p, c), n, vrequant(a, mult, shift, yz, lo, hi))
+
+
+@njit(cache=True, inline="always")
+def _scales(mult, shift, c, n, accumulate):
+    """The requantization's vectors of channels c..c+n-1 (zeros when accumulating)."""
+    if accumulate or n <= 0:
+        return isplat(0), isplat(0)
+    return iload(mult, (c,), n), iload(shift, (c,), n)
 
 
 @njit(cache=True, _nrt=False)
@@ -212,15 +220,19 @@ def _tile4(x, packed, i, p, c, n0, n1, n2, n3, k0, k1, k2, k3, mult, shift, wz, 
         a30, a31, a32, a33 = vdot(a30, w0, x3), vdot(a31, w1, x3), vdot(a32, w2, x3), vdot(a33, w3, x3)
         a40, a41, a42, a43 = vdot(a40, w0, x4), vdot(a41, w1, x4), vdot(a42, w2, x4), vdot(a43, w3, x4)
         a50, a51, a52, a53 = vdot(a50, w0, x5), vdot(a51, w1, x5), vdot(a52, w2, x5), vdot(a53, w3, x5)
+    m0, s0 = _scales(mult, shift, c, n0, accumulate)
+    m1, s1 = _scales(mult, shift, c + LANES, n1, accumulate)
+    m2, s2 = _scales(mult, shift, c + 2 * LANES, n2, accumulate)
+    m3, s3 = _scales(mult, shift, c + 3 * LANES, n3, accumulate)
     for j, a0, a1, a2, a3 in ((0, a00, a01, a02, a03), (1, a10, a11, a12, a13), (2, a20, a21, a22, a23),
                               (3, a30, a31, a32, a33), (4, a40, a41, a42, a43), (5, a50, a51, a52, a53)):
         pj = p + j
-        if pj < P:
+        if pj < P:  # pixels past P (a tile's padding) are dropped
             row = _row_term(x, pj, wz)
-            _finish(a0, k0, row, pj, P, c, n0, mult, shift, yz, lo, hi, out, acc, accumulate)
-            _finish(a1, k1, row, pj, P, c + LANES, n1, mult, shift, yz, lo, hi, out, acc, accumulate)
-            _finish(a2, k2, row, pj, P, c + 2 * LANES, n2, mult, shift, yz, lo, hi, out, acc, accumulate)
-            _finish(a3, k3, row, pj, P, c + 3 * LANES, n3, mult, shift, yz, lo, hi, out, acc, accumulate)
+            _finish(a0, k0, row, pj, c, n0, m0, s0, yz, lo, hi, out, acc, accumulate)
+            _finish(a1, k1, row, pj, c + LANES, n1, m1, s1, yz, lo, hi, out, acc, accumulate)
+            _finish(a2, k2, row, pj, c + 2 * LANES, n2, m2, s2, yz, lo, hi, out, acc, accumulate)
+            _finish(a3, k3, row, pj, c + 3 * LANES, n3, m3, s3, yz, lo, hi, out, acc, accumulate)
 
 
 @njit(cache=True, _nrt=False)
@@ -241,7 +253,8 @@ def _tile1(x, packed, i, v, p, c, n, kc, mult, shift, wz, yz, lo, hi, out, acc, 
         w, k = wload(packed, (i, groups, off)), groups * GROUP
         a0, a1, a2 = vdot(a0, w, _tail_quad(x, p0, k)), vdot(a1, w, _tail_quad(x, p1, k)), vdot(a2, w, _tail_quad(x, p2, k))
         a3, a4, a5 = vdot(a3, w, _tail_quad(x, p3, k)), vdot(a4, w, _tail_quad(x, p4, k)), vdot(a5, w, _tail_quad(x, p5, k))
+    m, s = _scales(mult, shift, c, n, accumulate)
     for j, a in ((0, a0), (1, a1), (2, a2), (3, a3), (4, a4), (5, a5)):
         pj = p + j
-        if pj < P:
-            _finish(a, kc, _row_term(x, pj, wz), pj, P, c, n, mult, shift, yz, lo, hi, out, acc, accumulate)
+        if pj < P:  # pixels past P (a tile's padding) are dropped
+            _finish(a, kc, _row_term(x, pj, wz), pj, c, n, m, s, yz, lo, hi, out, acc, accumulate)

@@ -221,43 +221,47 @@ def bstore(typingctx, arr, index, n, v):
     return types.none(arr, index, n, i32x16), codegen
 
 
+def _minmax(builder, name, a, b):
+    vec = a.type
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec]),
+                                        f"llvm.{name}.v{vec.count}i{vec.element.width}")
+    return builder.call(fn, [a, b])
+
+
 @intrinsic
 def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
     """In each lane, requant.to_8bit(acc, mult, shift, zero, lo, hi): TFLite's
     MultiplyByQuantizedMultiplier (an int32 left shift, the saturating rounding doubling
     high multiply, the rounding right shift), then the zero point and the clamp; for
-    shifts in -31..31, as QuantizeMultiplier makes them."""
+    shifts in -31..31, as QuantizeMultiplier makes them. In int64 lanes, as one
+    rounding shift each:
+      high multiply  (a b + 2^30) >> 31: gemmlowp's nudge of -2^30 + 1 and truncating
+                     division give the same for a negative product; the one overflow
+                     (both INT32_MIN) is the one result 2^31, saturated to INT32_MAX
+      divide by 2^r  (h + 2^(r-1) - [h < 0]) >> r for r > 0: ties away from zero, as
+                     gemmlowp's remainder-and-threshold form"""
     if not (acc == i32x16 and mult == i32x16 and shift == i32x16):
         return None
 
     def codegen(context, builder, sig, args):
         acc, mult, shift = args[:3]
         zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args[3:], sig.args[3:]))
-        zero32 = _const(0)
-        left = builder.select(builder.icmp_signed(">", shift, zero32), shift, zero32)
-        right = builder.select(builder.icmp_signed("<", shift, zero32), builder.sub(zero32, shift), zero32)
-        scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
         wide = ir.VectorType(_I64, LANES)
+        zero32 = _const(0)
+        left = _minmax(builder, "smax", shift, zero32)
+        right = builder.sext(_minmax(builder, "smax", builder.sub(zero32, shift), zero32), wide)
+        scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
         ab = builder.mul(builder.sext(scaled, wide), builder.sext(mult, wide))
-        nonneg = builder.icmp_signed(">=", ab, _const(0, width=_I64))
-        q = builder.add(ab, builder.select(nonneg, _const(1 << 30, width=_I64), _const(1 - (1 << 30), width=_I64)))
-        # q / 2^31 rounded toward zero, as C divides
-        negative = builder.icmp_signed("<", q, _const(0, width=_I64))
-        q = builder.add(q, builder.select(negative, _const(_INT_MAX, width=_I64), _const(0, width=_I64)))
-        high = builder.trunc(builder.ashr(q, _const(31, width=_I64)), _VEC)
-        both_min = builder.and_(builder.icmp_signed("==", scaled, _const(_INT_MIN)),
-                                builder.icmp_signed("==", mult, _const(_INT_MIN)))
-        high = builder.select(both_min, _const(_INT_MAX), high)
-        # rounding divide by 2^right, ties away from zero
-        mask = builder.sub(builder.shl(_const(1), right), _const(1))
-        threshold = builder.add(builder.ashr(mask, _const(1)),
-                                builder.zext(builder.icmp_signed("<", high, zero32), _VEC))
-        bump = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _VEC)
-        scaled_down = builder.add(builder.ashr(high, right), bump)
+        high = builder.ashr(builder.add(ab, _const(1 << 30, width=_I64)), _const(31, width=_I64))
+        high = _minmax(builder, "smin", high, _const(_INT_MAX, width=_I64))
+        half = builder.lshr(builder.shl(_const(1, width=_I64), right), _const(1, width=_I64))
+        down = builder.sext(builder.icmp_unsigned("!=", half, _const(0, width=_I64)), wide)  # -1 where r > 0
+        sign = builder.ashr(high, _const(63, width=_I64))
+        rounded = builder.add(builder.add(high, half), builder.and_(sign, down))
+        y = builder.trunc(builder.ashr(rounded, right), _VEC)
         # clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero: no int32 overflow
         low = _splat(builder, builder.trunc(builder.sub(lo, zero), _I32))
         top = _splat(builder, builder.trunc(builder.sub(hi, zero), _I32))
-        y = builder.select(builder.icmp_signed(">", scaled_down, low), scaled_down, low)
-        y = builder.select(builder.icmp_signed("<", y, top), y, top)
+        y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
         return builder.add(y, _splat(builder, builder.trunc(zero, _I32)))
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
