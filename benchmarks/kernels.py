@@ -88,11 +88,13 @@ DOT_CHAINS = 24 if TARGET.registers == 32 and REGISTERS_PER_VECTOR == 1 else 6
 @njit(cache=True)
 def _dot_loop(n, q, out):
     """n iterations of DOT_CHAINS independent 16-lane 4-byte dot products (64 multiply-adds
-    each) on registers; combined into out [16] so that none is dead code."""
-    w = isplat(0x01020304)
+    each) on registers; combined into out [16] so that none is dead code. The weight
+    vector changes every iteration (one add), or LLVM hoists the plain-IR product."""
+    w, step = isplat(0x01020304), isplat(q)
     v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v8 = v9 = v10 = v11 = isplat(q)
     v12 = v13 = v14 = v15 = v16 = v17 = v18 = v19 = v20 = v21 = v22 = v23 = isplat(q)
     for _ in range(n):
+        w = iadd(w, step)
         v0, v1, v2, v3, v4, v5 = vdot(v0, w, q), vdot(v1, w, q), vdot(v2, w, q), vdot(v3, w, q), vdot(v4, w, q), vdot(v5, w, q)
         if DOT_CHAINS > 6:
             v6, v7, v8, v9 = vdot(v6, w, q), vdot(v7, w, q), vdot(v8, w, q), vdot(v9, w, q)

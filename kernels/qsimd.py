@@ -104,17 +104,22 @@ def vdot(typingctx, acc, w, q):
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
                                                 "llvm.x86.avx512.vpdpbusd.512")
             return builder.call(fn, [acc, w, _splat(builder, q)])
-        wide = ir.VectorType(_I32, 4 * LANES)
-        u = builder.zext(builder.bitcast(w, _BYTES), wide)
-        s = builder.sext(builder.bitcast(q, ir.VectorType(_I8, 4)), ir.VectorType(_I32, 4))
+        # Without VNNI: bytes widened to int16, then pairs multiplied and added into int32
+        # (the pattern LLVM makes pmaddwd of: exact, 255 x 128 x 2 fits int32), then the
+        # two pairs of each lane added.
+        wide16, wide32 = ir.VectorType(_I16, 4 * LANES), ir.VectorType(_I32, 4 * LANES)
+        u = builder.zext(builder.bitcast(w, _BYTES), wide16)
+        s = builder.sext(builder.bitcast(q, ir.VectorType(_I8, 4)), ir.VectorType(_I16, 4))
         s = builder.shuffle_vector(s, ir.Constant(s.type, ir.Undefined),
                                    ir.Constant(ir.VectorType(_I32, 4 * LANES), [0, 1, 2, 3] * LANES))
-        m = builder.mul(u, s)
-        for j in range(4):
-            part = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined),
-                                          ir.Constant(_VEC, list(range(j, 4 * LANES, 4))))
-            acc = builder.add(acc, part)
-        return acc
+        m = builder.mul(builder.sext(u, wide32), builder.sext(s, wide32))
+        pairs = ir.VectorType(_I32, 2 * LANES)
+        even = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(0, 4 * LANES, 2))))
+        odd = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(1, 4 * LANES, 2))))
+        m2 = builder.add(even, odd)
+        even = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+        odd = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+        return builder.add(acc, builder.add(even, odd))
     return i32x16(i32x16, i32x16, q), codegen
 
 
