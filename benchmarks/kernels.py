@@ -6,7 +6,12 @@ median time of each gives its multiply-add rate. The peak is measured, not assum
 loop of independent 16-lane FMAs on registers only, built with the same SIMD intrinsics
 as the GEMM. A table per layer (with --layers) and per kind of kernel on stdout.
 
-    python benchmarks/kernels.py [--alpha 1.0] [--size 224] [--runs 20] [--layers]
+    python benchmarks/kernels.py [--alpha 1.0] [--size 224] [--runs 20] [--layers] [--int8]
+
+With --int8, the int8 1x1 convs (kernels/qgemm.py) instead: every expansion, projection,
+the head and the classifier, exact against NumPy's int64 sums requantized by
+kernels/requant.py, against a measured peak of the target's 4-byte integer dot product
+(vpdpbusd with AVX-512 VNNI; without VNNI, the plain-IR dot product the kernel uses).
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ import numpy as np
 from numba import njit
 
 from mnv2engine.kernels import conv3x3, depthwise3x3, pack_panels, pointwise
+from mnv2engine.kernels.qgemm import pack_qweights, qpointwise
+from mnv2engine.kernels.qsimd import iadd, isplat, istore, vdot
+from mnv2engine.kernels.requant import to_8bit
 from mnv2engine.kernels.simd import LANES, vfma, vsplat, vstore
 from mnv2engine.kernels.target import current
 from mnv2engine.arch import Architecture
@@ -70,6 +78,83 @@ def fma_peak() -> float:
         _fma_loop(n, np.float32(1.0), out)
         best = max(best, n * CHAINS * LANES / (time.thread_time() - t0))
     return best
+
+
+# Independent dot-product chains of the integer peak loop: 24 on AVX-512 (24 zmm, one
+# weight vector, one broadcast), 6 where a 16-lane vector is two or more registers.
+DOT_CHAINS = 24 if TARGET.registers == 32 and REGISTERS_PER_VECTOR == 1 else 6
+
+
+@njit(cache=True)
+def _dot_loop(n, q, out):
+    """n iterations of DOT_CHAINS independent 16-lane 4-byte dot products (64 multiply-adds
+    each) on registers; combined into out [16] so that none is dead code. The weight
+    vector changes every iteration (one add), or LLVM hoists the plain-IR product."""
+    w, step = isplat(0x01020304), isplat(q)
+    v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v8 = v9 = v10 = v11 = isplat(q)
+    v12 = v13 = v14 = v15 = v16 = v17 = v18 = v19 = v20 = v21 = v22 = v23 = isplat(q)
+    for _ in range(n):
+        w = iadd(w, step)
+        v0, v1, v2, v3, v4, v5 = vdot(v0, w, q), vdot(v1, w, q), vdot(v2, w, q), vdot(v3, w, q), vdot(v4, w, q), vdot(v5, w, q)
+        if DOT_CHAINS > 6:
+            v6, v7, v8, v9 = vdot(v6, w, q), vdot(v7, w, q), vdot(v8, w, q), vdot(v9, w, q)
+            v10, v11, v12, v13 = vdot(v10, w, q), vdot(v11, w, q), vdot(v12, w, q), vdot(v13, w, q)
+            v14, v15, v16, v17 = vdot(v14, w, q), vdot(v15, w, q), vdot(v16, w, q), vdot(v17, w, q)
+            v18, v19, v20, v21 = vdot(v18, w, q), vdot(v19, w, q), vdot(v20, w, q), vdot(v21, w, q)
+            v22, v23 = vdot(v22, w, q), vdot(v23, w, q)
+    for v in (v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22, v23):
+        v0 = iadd(v, v0)
+    istore(out, (0,), LANES, v0)
+
+
+def dot_peak() -> float:
+    """Single-core int8 multiply-adds per second of the dot-product loop, best of a few runs."""
+    out = np.empty(LANES, np.int32)
+    _dot_loop(10, 3, out)
+    n = 1_000_000
+    best = 0.0
+    for _ in range(5):
+        t0 = time.thread_time()
+        _dot_loop(n, 3, out)
+        best = max(best, n * DOT_CHAINS * 4 * LANES / (time.thread_time() - t0))
+    return best
+
+
+@njit(cache=True)
+def _requantized(sums, bias, mult, shift, y_zero, lo, hi):
+    """The reference's epilogue: requant.to_8bit of int64 sums plus bias, wrapped to int32."""
+    out = np.empty(sums.shape, np.int8)
+    for p in range(sums.shape[0]):
+        for c in range(sums.shape[1]):
+            out[p, c] = to_8bit(np.int32(sums[p, c] + bias[c]), mult[c], shift[c], y_zero, lo, hi)
+    return out
+
+
+def int8_layer_calls(arch: Architecture, rng):
+    """(name, kind, multiply-adds, call, reference) for every int8 1x1 conv, batch 1, on
+    random int8 data with the int8 model's conventions (w_zero 0, per-channel multipliers
+    near a real model's, ReLU6-like clamps on the expansions)."""
+    def pw(P, K, C, relu):
+        x = aligned(rng.integers(-128, 128, (P, K)).astype(np.int8))
+        w = rng.integers(-127, 128, (K, C)).astype(np.int8)
+        bias = rng.integers(-5000, 5000, C).astype(np.int32)
+        mult = rng.integers(1 << 30, 1 << 31, C).astype(np.int32)
+        shift = np.full(C, -int(np.log2(np.sqrt(K) * 128 * 80 / 100)), np.int32)
+        x_zero, y_zero, (lo, hi) = -128, -128 if relu else 3, (-128, 100) if relu else (-128, 127)
+        packed, colsum = pack_qweights(w, 0)
+        packed, out = aligned(packed), aligned(np.empty((P, C), np.int8))
+        return (lambda: (qpointwise(x, packed, colsum, bias, mult, shift, x_zero, 0, y_zero, lo, hi, out), out)[1],
+                lambda: _requantized((x.astype(np.int64) - x_zero) @ w.astype(np.int64), bias, mult, shift,
+                                     y_zero, lo, hi))
+
+    for blk in arch.blocks:
+        P_in, P_out = blk.in_size[0] * blk.in_size[1], blk.out_size[0] * blk.out_size[1]
+        if blk.expands:
+            yield f"{blk.name}/expand", "expand 1x1", P_in * blk.cin * blk.hidden, *pw(P_in, blk.cin, blk.hidden, True)
+        yield f"{blk.name}/project", "project 1x1", P_out * blk.hidden * blk.cout, *pw(P_out, blk.hidden, blk.cout, False)
+    P = arch.blocks[-1].out_size[0] * arch.blocks[-1].out_size[1]
+    yield "head", "head 1x1", P * arch.blocks[-1].cout * arch.last_channels, *pw(P, arch.blocks[-1].cout, arch.last_channels, True)
+    yield "classifier", "classifier", arch.last_channels * arch.classes, *pw(1, arch.last_channels, arch.classes, False)
 
 
 def median_seconds(fn, runs: int) -> float:
@@ -140,13 +225,20 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals per kind")
+    ap.add_argument("--int8", action="store_true", help="the int8 1x1 convs against the integer dot-product peak")
     args = ap.parse_args(argv)
 
     arch = Architecture(alpha=args.alpha, size=args.size)
-    peak = fma_peak()
-    layers = list(layer_calls(arch, np.random.default_rng(0)))
-    check("NumPy float64, per layer", [(name, call(), reference()) for name, _, _, call, reference in layers],
-          summary=not args.layers)
+    if args.int8:
+        peak = dot_peak()
+        layers = list(int8_layer_calls(arch, np.random.default_rng(0)))
+        check("NumPy int64 sums + requant.to_8bit, exact", [(name, call(), reference()) for name, _, _, call, reference in layers],
+              rel=0.0, summary=not args.layers)
+    else:
+        peak = fma_peak()
+        layers = list(layer_calls(arch, np.random.default_rng(0)))
+        check("NumPy float64, per layer", [(name, call(), reference()) for name, _, _, call, reference in layers],
+              summary=not args.layers)
     rows, kinds = [], {}
     for name, kind, macs, call, _ in layers:
         sec = median_seconds(call, args.runs)
@@ -157,7 +249,10 @@ def main(argv=None):
 
     print(f"MobileNetV2 {args.alpha}/{args.size}, batch 1, 1 thread, median of {args.runs} runs per layer")
     print(f"target: {TARGET.describe()}")
-    print(f"measured FMA peak: {peak / 1e9:.1f} GMAC/s (fp32, one core; {CHAINS} chains of 16 lanes)")
+    if args.int8:
+        print(f"measured int8 dot-product peak: {peak / 1e9:.1f} GMAC/s (one core; {DOT_CHAINS} chains of 16 lanes x 4 bytes)")
+    else:
+        print(f"measured FMA peak: {peak / 1e9:.1f} GMAC/s (fp32, one core; {CHAINS} chains of 16 lanes)")
     if args.layers:
         print(f"\n{'layer':26} {'MMAC':>8} {'ms':>7} {'GMAC/s':>7} {'% peak':>7}")
         for name, macs, sec in rows:

@@ -81,6 +81,7 @@ class Target:
     vector_bits: int    # width of one SIMD register
     registers: int      # SIMD registers the compiler can allocate
     fma: bool           # fused multiply-add in hardware
+    int_dot: str = "none"  # 8-bit dot product into int32: "avx512vnni", "avxvnni" or "none"
 
     @property
     def tiles(self) -> Tiles:
@@ -91,7 +92,7 @@ class Target:
 
     def describe(self) -> str:
         return (f"{self.isa} ({self.cpu}: {self.registers} x {self.vector_bits}-bit registers, "
-                f"{'FMA' if self.fma else 'no FMA'})")
+                f"{'FMA' if self.fma else 'no FMA'}, integer dot product: {self.int_dot})")
 
 
 _PROBE = """
@@ -105,10 +106,41 @@ define void @probe(<16 x float>* %p) {
 """
 
 
-def _probe(cpu: str, features: str) -> str:
-    """The assembly LLVM makes of one 16-lane multiply-add for this CPU and features."""
+# A multiply of 16-bit pairs added into int32 (pmaddwd + add), in plain IR: LLVM fuses it
+# into one vpdpwssd where the target has VNNI (EVEX with AVX-512 VNNI, {vex} with
+# AVX-VNNI), which also has vpdpbusd. Plain IR can be compiled for any target, where an
+# x86 VNNI intrinsic would stop LLVM on a CPU without it.
+_DOT_PROBE = """
+define void @probe(<16 x i16>* %pa, <16 x i16>* %pb, <8 x i32>* %pc) {
+  %a = load <16 x i16>, <16 x i16>* %pa
+  %b = load <16 x i16>, <16 x i16>* %pb
+  %c = load <8 x i32>, <8 x i32>* %pc
+  %ae = sext <16 x i16> %a to <16 x i32>
+  %be = sext <16 x i16> %b to <16 x i32>
+  %m = mul nsw <16 x i32> %ae, %be
+  %even = shufflevector <16 x i32> %m, <16 x i32> undef, <8 x i32> <i32 0, i32 2, i32 4, i32 6, i32 8, i32 10, i32 12, i32 14>
+  %odd = shufflevector <16 x i32> %m, <16 x i32> undef, <8 x i32> <i32 1, i32 3, i32 5, i32 7, i32 9, i32 11, i32 13, i32 15>
+  %s = add <8 x i32> %even, %odd
+  %t = add <8 x i32> %s, %c
+  store <8 x i32> %t, <8 x i32>* %pc
+  ret void
+}
+"""
+
+
+def _probe(cpu: str, features: str, source: str = _PROBE) -> str:
+    """The assembly LLVM makes of one 16-lane multiply-add (or of `source`) for this CPU
+    and features."""
     machine = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=2)
-    return machine.emit_assembly(ll.parse_assembly(_PROBE))
+    return machine.emit_assembly(ll.parse_assembly(source))
+
+
+def _int_dot(cpu: str, features: str, isa: str) -> str:
+    """Which 8-bit dot product (vpdpbusd) the target has: with AVX-512 registers, AVX-512
+    VNNI; with AVX2 only, AVX-VNNI (its VEX form, 256 bits); else none."""
+    if "vpdpwssd" not in _probe(cpu, features, _DOT_PROBE):
+        return "none"
+    return {"avx512": "avx512vnni", "avx2": "avxvnni"}.get(isa, "none")
 
 
 if config.CPU_NAME and os.environ.get("NUMBA_CPU_FEATURES") is None:
@@ -135,9 +167,9 @@ def current() -> Target:
     features = config.CPU_FEATURES if config.CPU_FEATURES is not None else ll.get_host_cpu_features().flatten()
     asm = _probe(cpu, features)
     if "zmm" in asm:
-        return Target(cpu, "avx512", 512, 32, True)
+        return Target(cpu, "avx512", 512, 32, True, _int_dot(cpu, features, "avx512"))
     if "ymm" in asm:
-        return Target(cpu, "avx2", 256, 16, "vfmadd" in asm)
+        return Target(cpu, "avx2", 256, 16, "vfmadd" in asm, _int_dot(cpu, features, "avx2"))
     if re.search(r"\bv\d+\.4s\b", asm):  # aarch64 NEON
         return Target(cpu, "neon", 128, 32, "fmla" in asm)
     return Target(cpu, "sse", 128, 16, "vfmadd" in asm or "fmadd" in asm)

@@ -1,0 +1,272 @@
+"""Explicit integer SIMD for Numba: 16 lanes of int32 as a Numba type, and what the int8
+GEMM (qgemm.py) needs: the 4-byte dot product into int32 (vpdpbusd where the target has
+VNNI, plain IR elsewhere), TFLite's requantization on 16 lanes, and loads and stores of
+int32 and int8 lanes with a lane count (lanes >= n neither read nor written).
+
+As simd.py's float vectors: one zmm with AVX-512, two ymm with AVX2, four xmm or NEON
+registers elsewhere; LLVM splits what the target cannot hold in one register.
+"""
+import llvmlite.ir as ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from .target import current
+
+LANES = 16
+DOT = current().int_dot  # "avx512vnni", "avxvnni" or "none"
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_VEC = ir.VectorType(_I32, LANES)
+_BYTES = ir.VectorType(_I8, 4 * LANES)  # a vector's 64 bytes: 4 per lane
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+class I32x16(types.Type):
+    def __init__(self):
+        super().__init__(name="i32x16")
+
+
+i32x16 = I32x16()
+
+
+@register_model(I32x16)
+class _I32x16Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _const(value, count=LANES, width=_I32):
+    return ir.Constant(ir.VectorType(width, count), [value] * count)
+
+
+def _splat(builder, value, count=LANES):
+    undef = ir.Constant(ir.VectorType(value.type, count), ir.Undefined)
+    first = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, undef, ir.Constant(ir.VectorType(_I32, count), [0] * count))
+
+
+def _pointer(context, builder, arrty, arr, index_type, index, pointee):
+    """Pointer to arr[index] (no bounds check, no negative wraparound), as pointee*."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    indices = cgutils.unpack_tuple(builder, index, len(index_type))
+    indices = [context.cast(builder, i, t, types.intp) for i, t in zip(indices, index_type)]
+    shape = cgutils.unpack_tuple(builder, ary.shape, arrty.ndim)
+    strides = cgutils.unpack_tuple(builder, ary.strides, arrty.ndim)
+    ptr = cgutils.get_item_pointer2(context, builder, ary.data, shape, strides, arrty.layout, indices)
+    return builder.bitcast(ptr, pointee.as_pointer())
+
+
+def _check(arr, index, dtypes):
+    if not (isinstance(arr, types.Array) and arr.dtype in dtypes):
+        raise TypeError(f"expected an array of {dtypes}")
+    if not (isinstance(index, types.UniTuple) and index.count == arr.ndim
+            and isinstance(index.dtype, types.Integer)):
+        raise TypeError("expected a tuple of one integer index per dimension")
+
+
+def _lane_mask(builder, n, count=LANES):
+    lanes = ir.VectorType(_I64, count)
+    return builder.icmp_signed("<", ir.Constant(lanes, list(range(count))), _splat(builder, n, count))
+
+
+@intrinsic
+def wload(typingctx, arr, index):
+    """The 64 bytes at arr[index] (a packed weight vector: 16 lanes of 4 bytes), whole."""
+    _check(arr, index, (types.uint8, types.int8))
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _VEC), align=1)
+    return i32x16(arr, index), codegen
+
+
+@intrinsic
+def quad(typingctx, arr, index):
+    """The 4 bytes at arr[index] as one int32 (little-endian), unaligned."""
+    _check(arr, index, (types.uint8, types.int8))
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _I32), align=1)
+    return types.int32(arr, index), codegen
+
+
+@intrinsic
+def vdot(typingctx, acc, w, q):
+    """acc + in each lane l: sum over j < 4 of byte 4l + j of w (unsigned) times byte j of
+    q (signed): vpdpbusd with q broadcast (AVX-512 VNNI), its widened sum elsewhere. Exact:
+    4 x 255 x 128 fits int16's range twice over, and the sum wraps as int32 does."""
+    if not (acc == i32x16 and w == i32x16 and isinstance(q, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w = args[0], args[1]
+        q = context.cast(builder, args[2], sig.args[2], types.int32)
+        if DOT == "avx512vnni":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+            return builder.call(fn, [acc, w, _splat(builder, q)])
+        # Without VNNI: bytes widened to int16, then pairs multiplied and added into int32
+        # (the pattern LLVM makes pmaddwd of: exact, 255 x 128 x 2 fits int32), then the
+        # two pairs of each lane added.
+        wide16, wide32 = ir.VectorType(_I16, 4 * LANES), ir.VectorType(_I32, 4 * LANES)
+        u = builder.zext(builder.bitcast(w, _BYTES), wide16)
+        s = builder.sext(builder.bitcast(q, ir.VectorType(_I8, 4)), ir.VectorType(_I16, 4))
+        s = builder.shuffle_vector(s, ir.Constant(s.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(_I32, 4 * LANES), [0, 1, 2, 3] * LANES))
+        m = builder.mul(builder.sext(u, wide32), builder.sext(s, wide32))
+        pairs = ir.VectorType(_I32, 2 * LANES)
+        even = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(0, 4 * LANES, 2))))
+        odd = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(1, 4 * LANES, 2))))
+        m2 = builder.add(even, odd)
+        even = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+        odd = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+        return builder.add(acc, builder.add(even, odd))
+    return i32x16(i32x16, i32x16, q), codegen
+
+
+@intrinsic
+def isplat(typingctx, x):
+    """All 16 lanes = x (as int32, wrapping)."""
+    if not isinstance(x, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return _splat(builder, context.cast(builder, args[0], sig.args[0], types.int32))
+    return i32x16(x), codegen
+
+
+@intrinsic
+def iadd(typingctx, a, b):
+    """a + b in each lane, wrapping."""
+    if not (a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.add(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def imul(typingctx, a, b):
+    """a * b in each lane, wrapping."""
+    if not (a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.mul(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def iload(typingctx, arr, index, n):
+    """The n int32 from arr[index] along the last axis in lanes 0..n-1, zeros after."""
+    _check(arr, index, (types.int32,))
+
+    def codegen(context, builder, sig, args):
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _VEC)
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        full = builder.icmp_signed(">=", n, ir.Constant(_I64, LANES))
+        with builder.if_else(full, likely=True) as (yes, no):
+            with yes:
+                a, a_block = builder.load(ptr, align=4), builder.block
+            with no:
+                fnty = ir.FunctionType(_VEC, [_VEC.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), _VEC])
+                fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i32.p0")
+                b = builder.call(fn, [ptr, ir.Constant(_I32, 4), _lane_mask(builder, n), ir.Constant(_VEC, None)])
+                b_block = builder.block
+        value = builder.phi(_VEC)
+        value.add_incoming(a, a_block)
+        value.add_incoming(b, b_block)
+        return value
+    return i32x16(arr, index, n), codegen
+
+
+def _store(builder, value, ptr, n, elem):
+    """Lanes 0..n-1 of value (a vector of elem) to ptr: whole, the first 8, or lane by lane."""
+    with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_I64, LANES)), likely=True) as (full, partial):
+        with full:
+            builder.store(value, ptr, align=1)
+        with partial:
+            with builder.if_else(builder.icmp_signed("==", n, ir.Constant(_I64, LANES // 2))) as (half, other):
+                with half:
+                    low = builder.shuffle_vector(value, ir.Constant(value.type, ir.Undefined),
+                                                 ir.Constant(ir.VectorType(_I32, LANES // 2), list(range(LANES // 2))))
+                    builder.store(low, builder.bitcast(ptr, low.type.as_pointer()), align=1)
+                with other:
+                    items = builder.bitcast(ptr, elem.as_pointer())
+                    for lane in range(LANES - 1):
+                        with builder.if_then(builder.icmp_signed(">", n, ir.Constant(_I64, lane))):
+                            builder.store(builder.extract_element(value, ir.Constant(_I32, lane)),
+                                          builder.gep(items, [ir.Constant(_I32, lane)]), align=1)
+
+
+@intrinsic
+def istore(typingctx, arr, index, n, v):
+    """Write lanes 0..n-1 of v to the int32 arr[index] along the last axis; nothing past them."""
+    _check(arr, index, (types.int32,))
+
+    def codegen(context, builder, sig, args):
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _VEC)
+        _store(builder, args[3], ptr, context.cast(builder, args[2], sig.args[2], types.int64), _I32)
+        return context.get_dummy_value()
+    return types.none(arr, index, n, i32x16), codegen
+
+
+@intrinsic
+def bstore(typingctx, arr, index, n, v):
+    """Write lanes 0..n-1 of v, truncated to bytes (each lane already in int8's range), to
+    the int8 arr[index] along the last axis; nothing past them."""
+    _check(arr, index, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        bytes16 = ir.VectorType(_I8, LANES)
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], bytes16)
+        _store(builder, builder.trunc(args[3], bytes16), ptr,
+               context.cast(builder, args[2], sig.args[2], types.int64), _I8)
+        return context.get_dummy_value()
+    return types.none(arr, index, n, i32x16), codegen
+
+
+def _minmax(builder, name, a, b):
+    vec = a.type
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec]),
+                                        f"llvm.{name}.v{vec.count}i{vec.element.width}")
+    return builder.call(fn, [a, b])
+
+
+@intrinsic
+def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
+    """In each lane, requant.to_8bit(acc, mult, shift, zero, lo, hi): TFLite's
+    MultiplyByQuantizedMultiplier (an int32 left shift, the saturating rounding doubling
+    high multiply, the rounding right shift), then the zero point and the clamp; for
+    shifts in -31..31, as QuantizeMultiplier makes them. In int64 lanes, as one
+    rounding shift each:
+      high multiply  (a b + 2^30) >> 31: gemmlowp's nudge of -2^30 + 1 and truncating
+                     division give the same for a negative product; the one overflow
+                     (both INT32_MIN) is the one result 2^31, saturated to INT32_MAX
+      divide by 2^r  (h + 2^(r-1) - [h < 0]) >> r for r > 0: ties away from zero, as
+                     gemmlowp's remainder-and-threshold form"""
+    if not (acc == i32x16 and mult == i32x16 and shift == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, mult, shift = args[:3]
+        zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args[3:], sig.args[3:]))
+        wide = ir.VectorType(_I64, LANES)
+        zero32 = _const(0)
+        left = _minmax(builder, "smax", shift, zero32)
+        right = builder.sext(_minmax(builder, "smax", builder.sub(zero32, shift), zero32), wide)
+        scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
+        ab = builder.mul(builder.sext(scaled, wide), builder.sext(mult, wide))
+        high = builder.ashr(builder.add(ab, _const(1 << 30, width=_I64)), _const(31, width=_I64))
+        high = _minmax(builder, "smin", high, _const(_INT_MAX, width=_I64))
+        half = builder.lshr(builder.shl(_const(1, width=_I64), right), _const(1, width=_I64))
+        down = builder.sext(builder.icmp_unsigned("!=", half, _const(0, width=_I64)), wide)  # -1 where r > 0
+        sign = builder.ashr(high, _const(63, width=_I64))
+        rounded = builder.add(builder.add(high, half), builder.and_(sign, down))
+        y = builder.trunc(builder.ashr(rounded, right), _VEC)
+        # clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero: no int32 overflow
+        low = _splat(builder, builder.trunc(builder.sub(lo, zero), _I32))
+        top = _splat(builder, builder.trunc(builder.sub(hi, zero), _I32))
+        y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
+        return builder.add(y, _splat(builder, builder.trunc(zero, _I32)))
+    return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen

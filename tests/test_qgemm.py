@@ -1,0 +1,159 @@
+"""The int8 1x1 conv (kernels/qgemm.py) against a naive NumPy computation of TFLite's
+formula, byte for byte: random shapes with the edge sizes, zero points at both ends of
+their ranges, weights with and without a zero point, clamps hit at both ends; the
+K-ranges of the sliced evaluation; the AVX2 and baseline builds in a subprocess."""
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnv2engine.kernels.qgemm import QuantizedGemmError, pack_qweights, qpointwise, qpointwise_acc
+from mnv2engine.kernels.target import current
+from tflite_int import multiply_by_quantized_multiplier, quantize_multiplier, wrap32
+
+HERE = Path(__file__).parent
+
+
+def raw_sums(x, w, x_zero, w_zero):
+    """sum_k (x - x_zero)(w - w_zero) in int64 (exact, no wrap)."""
+    return (x.astype(np.int64) - x_zero) @ (w.astype(np.int64) - w_zero)
+
+
+def reference(x, w, bias, mult, shift, x_zero, w_zero, y_zero, lo, hi):
+    acc = wrap32(raw_sums(x, w, x_zero, w_zero) + bias)
+    return np.clip(multiply_by_quantized_multiplier(acc, mult, shift) + y_zero, lo, hi).astype(np.int8)
+
+
+def int8s(rng, *shape):
+    """Random int8 with both ends of the range well represented."""
+    a = rng.integers(-128, 128, shape)
+    ends = rng.random(shape)
+    a[ends < 0.05], a[ends > 0.95] = -128, 127
+    return a.astype(np.int8)
+
+
+def multipliers(rng, C, scale):
+    """Per-channel (mult, shift) of TFLite's QuantizeMultiplier for reals around `scale`,
+    some channels above 1 (a left shift)."""
+    reals = scale * np.exp(rng.uniform(-2, 2, C))
+    reals[rng.random(C) < 0.1] *= 1000
+    pairs = [quantize_multiplier(float(r)) for r in reals]
+    return np.array([m for m, _ in pairs], np.int32), np.array([s for _, s in pairs], np.int32)
+
+
+def case(rng, P, K, C, x_zero, w_zero):
+    x, w = int8s(rng, P, K), int8s(rng, K, C)
+    bias = rng.integers(-(1 << 20), 1 << 20, C).astype(np.int32)
+    typical = np.sqrt(K) * 150 * 150  # a sum's spread: outputs span the clamp and beyond
+    mult, shift = multipliers(rng, C, 100.0 / typical)
+    return x, w, bias, mult, shift
+
+
+SHAPES = [(P, K, C) for P in (1, 5, 13) for K in (3, 8, 17, 96) for C in (1, 7, 16, 24)] + [
+    (13, 96, 1001), (1, 1280, 1001), (50, 144, 24), (49, 320, 1280), (37, 24, 144), (20, 16, 96), (6, 960, 160)]
+ZEROS = [(0, 0), (-128, 0), (127, 0), (-128, -128), (127, 127), (-5, 37), (100, -90)]
+
+
+@pytest.mark.parametrize("P,K,C", SHAPES)
+def test_qpointwise_is_tflites_formula(P, K, C):
+    rng = np.random.default_rng(P * 10007 + K * 101 + C)
+    for x_zero, w_zero in ZEROS:
+        x, w, bias, mult, shift = case(rng, P, K, C, x_zero, w_zero)
+        y_zero = int(rng.integers(-128, 128))
+        lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
+        for lo, hi in ((-128, 127), (lo, hi)):
+            packed, colsum = pack_qweights(w, w_zero)
+            out = np.full((P, C), 99, np.int8)
+            qpointwise(x, packed, colsum, bias, mult, shift, x_zero, w_zero, y_zero, lo, hi, out)
+            expected = reference(x, w, bias, mult, shift, x_zero, w_zero, y_zero, lo, hi)
+            np.testing.assert_array_equal(out, expected, err_msg=f"zero points x {x_zero}, w {w_zero}, "
+                                                                 f"y {y_zero}, clamp {lo}..{hi}")
+
+
+def test_the_clamp_is_hit_at_both_ends_and_between():
+    """The cases above saturate: a check that they do, on one shape, so that the clamp and
+    the zero point are tested and not only the interior."""
+    rng = np.random.default_rng(7)
+    x, w, bias, mult, shift = case(rng, 13, 96, 1001, -128, 0)
+    expected = reference(x, w, bias, mult, shift, -128, 0, -3, -100, 90)
+    assert (expected == -100).mean() > 0.05 and (expected == 90).mean() > 0.05
+    assert ((expected > -100) & (expected < 90)).mean() > 0.2
+
+
+def test_wrapping_sums_and_extreme_multipliers():
+    """Sums whose int32 wraps (a bias near INT32_MAX), the largest shifts either way."""
+    rng = np.random.default_rng(3)
+    P, K, C = 7, 40, 33
+    x, w = int8s(rng, P, K), int8s(rng, K, C)
+    bias = np.full(C, (1 << 31) - 1000, np.int32)
+    bias[::2] = -(1 << 31) + 7
+    mult = rng.integers(1 << 30, (1 << 31) - 1, C).astype(np.int32)
+    shift = rng.choice(np.array([-31, -20, -1, 0, 1, 12, 31]), C).astype(np.int32)
+    for x_zero, w_zero in ZEROS:
+        packed, colsum = pack_qweights(w, w_zero)
+        out = np.empty((P, C), np.int8)
+        qpointwise(x, packed, colsum, bias, mult, shift, x_zero, w_zero, 5, -128, 127, out)
+        np.testing.assert_array_equal(out, reference(x, w, bias, mult, shift, x_zero, w_zero, 5, -128, 127))
+
+
+@pytest.mark.parametrize("K,C,cuts", [(96, 24, (0, 32, 48, 96)), (144, 1001, (0, 16, 64, 144)),
+                                      (53, 7, (0, 16, 53)), (3, 16, (0, 3)), (960, 160, (0, 240, 480, 720, 960))])
+def test_k_ranges_add_up_to_the_whole_sum(K, C, cuts):
+    """qpointwise_acc over the K-ranges of the packing's views (k0, k1 multiples of 16 or
+    K) adds the raw sums of each range into one int32 buffer."""
+    rng = np.random.default_rng(K + C)
+    for P in (1, 5, 13):
+        for x_zero, w_zero in ZEROS:
+            x, w = int8s(rng, P, K), int8s(rng, K, C)
+            packed, colsum = pack_qweights(w, w_zero)
+            start = rng.integers(-(1 << 31), 1 << 31, (P, C)).astype(np.int32)
+            acc = start.copy()
+            for k0, k1 in zip(cuts, cuts[1:]):
+                xs = np.ascontiguousarray(x[:, k0:k1])
+                qpointwise_acc(xs, packed[:, k0 // 4:-(-k1 // 4)], colsum[k0 // 16:-(-k1 // 16)],
+                               x_zero, w_zero, acc)
+            np.testing.assert_array_equal(acc, wrap32(raw_sums(x, w, x_zero, w_zero) + start))
+
+
+def test_bad_weights_and_buffers_are_refused_by_name():
+    w = np.zeros((8, 4), np.int8)
+    with pytest.raises(QuantizedGemmError, match="int8"):
+        pack_qweights(w.astype(np.uint8), 0)
+    with pytest.raises(QuantizedGemmError, match="zero point"):
+        pack_qweights(w, 200)
+    packed, colsum = pack_qweights(w, 0)
+    x, v = np.zeros((3, 9), np.int8), np.zeros(4, np.int32)
+    with pytest.raises(QuantizedGemmError, match="packed"):
+        qpointwise(x, packed, colsum, v, v, v, 0, 0, 0, -128, 127, np.empty((3, 4), np.int8))
+    with pytest.raises(QuantizedGemmError, match="channel"):
+        qpointwise(x[:, :8], packed, colsum, v[:3], v, v, 0, 0, 0, -128, 127, np.empty((3, 4), np.int8))
+
+
+X86 = platform.machine() in ("x86_64", "AMD64")
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_CPU_NAME") is not None, reason="already a run for a chosen target")
+@pytest.mark.skipif(not X86, reason="haswell and generic name x86-64 targets here")
+@pytest.mark.parametrize("cpu,isa", [("haswell", "avx2"), ("generic", "sse")])
+def test_the_same_in_other_builds(cpu, isa):
+    """These tests compiled for AVX2 without VNNI and for baseline x86-64: the paths the
+    native (VNNI) run does not take."""
+    if (current().isa, current().int_dot) == (isa, "none"):
+        pytest.skip("the native run is this build")
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(HERE / "test_qgemm.py")],
+                         env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
+    assert run.returncode == 0, f"tests compiled for {cpu} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+
+
+def test_haswell_and_generic_have_no_integer_dot_product():
+    """target.py's fact as the kernels read it: NUMBA_CPU_NAME=haswell (or generic) builds
+    the code without VNNI on any x86-64 machine."""
+    if os.environ.get("NUMBA_CPU_NAME") not in ("haswell", "generic"):
+        pytest.skip("a run for haswell or generic")
+    assert current().int_dot == "none"
