@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numba import njit
 
 from mnv2engine.kernels.qconv import pack_qconv3x3, qconv3x3, qconv3x3_row
 from mnv2engine.kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3, qdepthwise_row
+from mnv2engine.kernels.qlanes import requantize_lanes
 from mnv2engine.kernels.qops import QuantizedOpError, add_params, mean_params, qadd, qaverage, qmean
 from mnv2engine.kernels.qsoftmax import qsoftmax, softmax_params
 
@@ -265,3 +267,24 @@ def test_compiled_for_avx2_and_baseline(cpu):
                           str(HERE / "test_qops.py"), "-k", " or ".join(f"({k})" for k in chosen)],
                          env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
     assert run.returncode == 0, f"tests compiled for {cpu} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+
+
+@njit(cache=True)
+def _requantize_lanes_all(acc, mult, shift, out):
+    for i in range(acc.size):
+        out[i] = requantize_lanes(acc[i], mult[i], shift[i])
+
+
+def test_the_lane_requantization_is_tflites():
+    """kernels/qlanes.py's rewriting of MultiplyByQuantizedMultiplier, at the int32 edges
+    (INT32_MIN squared saturates) and at random."""
+    rng = np.random.default_rng(29)
+    n = 30000
+    acc = rng.integers(-(1 << 31), 1 << 31, n)
+    acc[n // 2:] = rng.integers(-5000, 5000, n - n // 2)
+    mult = rng.integers(1 << 30, 1 << 31, n)
+    shift = rng.integers(-31, 8, n)
+    acc[:4], mult[:4], shift[:4] = -(1 << 31), -(1 << 31), [0, -1, 0, -31]
+    out = np.empty(n, np.int32)
+    _requantize_lanes_all(acc.astype(np.int32), mult.astype(np.int32), shift.astype(np.int32), out)
+    assert np.array_equal(out, ref.multiply_by_quantized_multiplier(acc, mult, shift))
