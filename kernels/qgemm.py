@@ -27,7 +27,6 @@ of 16 and k1 a multiple of 16 or K are `packed[:, k0 // 4 : -(-k1 // 4)]` and
 import numpy as np
 from numba import njit
 
-from ..errors import EngineError
 from .qsimd import LANES, bstore, iadd, iload, imul, isplat, istore, quad, vdot, vrequant, wload
 from .target import current
 
@@ -38,7 +37,7 @@ PANEL = 4 * LANES if WIDE else LANES  # channels per panel
 PIXELS = 6  # pixels per tile
 
 
-class QuantizedGemmError(EngineError, ValueError):
+class QuantizedGemmError(ValueError):
     """Weights, activations or buffers the int8 1x1 conv cannot take."""
 
 

@@ -6,36 +6,12 @@ each output = exp * reciprocal shifted to 8 bits. The output scale is 1/256 with
 -128 (int8) or 0 (uint8): in the int8 domain (uint8 shifted by -128) the two files' softmax
 is one function, so qsoftmax writes int8 for both. docs/int8_arithmetic.md has the formulas.
 """
-import math
-from typing import NamedTuple
-
 import numpy as np
 from numba import njit
-
-from .qops import QuantizedOpError, _scale, quantize_multiplier
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 SCALED_DIFF_INTEGER_BITS = 5  # exp's input is Q5.26
 ACCUMULATION_INTEGER_BITS = 12  # the sum of exps is Q12.19
-
-
-class SoftmaxParams(NamedTuple):
-    input_multiplier: int
-    input_left_shift: int
-    diff_min: int
-
-
-def softmax_params(beta, scale_x) -> SoftmaxParams:
-    """Prepare: beta * s_x * 2^26 (beta and s_x float32, the product in double), capped at
-    2^31 - 1, as a multiplier above one; diff_min = -floor(31 * 2^26 / 2^left_shift)."""
-    sx = _scale(scale_x, "SOFTMAX input")
-    real = min(float(np.float32(beta)) * float(sx) * (1 << (31 - SCALED_DIFF_INTEGER_BITS)), (1 << 31) - 1.0)
-    if not real > 1.0:
-        raise QuantizedOpError(f"SOFTMAX: beta * input scale * 2^26 = {real!r} is not above 1")
-    mult, left_shift = quantize_multiplier(real)
-    radius = math.floor(((1 << SCALED_DIFF_INTEGER_BITS) - 1) * (1 << (31 - SCALED_DIFF_INTEGER_BITS))
-                        / (1 << left_shift))
-    return SoftmaxParams(mult, left_shift, -radius)
 
 
 @njit(cache=True, inline="always")

@@ -8,12 +8,16 @@ reference kernels' byte for byte.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from .arch import Architecture
 from .errors import EngineError
+from .kernels.qops import ADD_LEFT_SHIFT
+from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS
 from .weights.quantization import Quantization, layer_inputs, quantize_multiplier
 
 RELU6_LAYERS = ("stem", "expand", "depthwise", "head")  # the others are linear
@@ -123,3 +127,74 @@ def dequantize(q: np.ndarray, a: Activation) -> np.ndarray:
     """int8 kernel values of an activation as float32 reals."""
     return ((q.astype(np.float32) - a.int8_zero) * np.float32(a.scale)).astype(np.float32)
 
+
+
+# -- the other ops' integers, as their Prepare makes them (docs/int8_arithmetic.md) -----------
+# Each raises ValueError for scales TFLite could not turn into integers; the caller names the tensor.
+
+class AddParams(NamedTuple):
+    """kernels.qops.qadd's integer arguments after the arrays, in its order."""
+    a_zero: int
+    a_mult: int
+    a_shift: int
+    b_zero: int
+    b_mult: int
+    b_shift: int
+    y_zero: int
+    y_mult: int
+    y_shift: int
+
+
+def add_params(scale_a, zero_a, scale_b, zero_b, scale_y, zero_y) -> AddParams:
+    """ADD (8-bit): t = 2 max(s_a, s_b) in float32; the inputs scaled by s / t, the sum by
+    t / (2^20 s_y) (2^20 s_y in float32), each a multiplier below one. Zero points pass
+    through (the caller's domain)."""
+    sa, sb, sy = _scale(scale_a), _scale(scale_b), _scale(scale_y)
+    twice_max = np.float32(2) * max(sa, sb)
+    a = _below_one(float(sa) / float(twice_max))
+    b = _below_one(float(sb) / float(twice_max))
+    y = _below_one(float(twice_max) / float(np.float32(1 << ADD_LEFT_SHIFT) * sy))
+    return AddParams(int(zero_a), *a, int(zero_b), *b, int(zero_y), *y)
+
+
+def mean_params(scale_x, scale_y, count: int) -> tuple[int, int]:
+    """MEAN of `count` values: QuantizeMultiplier(s_x / s_y), then QuantizedMeanOrSum folds
+    1/count in: k = min(floor(log2 count), 32, 31 + shift), (multiplier << k) // count and
+    shift - k."""
+    if count < 1:
+        raise ValueError(f"a mean over {count} values")
+    mult, shift = quantize_multiplier(float(_scale(scale_x)) / float(_scale(scale_y)))
+    k = min(count.bit_length() - 1, 32, 31 + shift)
+    return (mult << k) // count, shift - k
+
+
+class SoftmaxParams(NamedTuple):
+    input_multiplier: int
+    input_left_shift: int
+    diff_min: int
+
+
+def softmax_params(beta, scale_x) -> SoftmaxParams:
+    """SOFTMAX: beta * s_x * 2^26 (beta and s_x float32, the product in double), capped at
+    2^31 - 1, as a multiplier above one; diff_min = -floor(31 * 2^26 / 2^left_shift)."""
+    real = min(float(np.float32(beta)) * float(_scale(scale_x)) * (1 << (31 - SCALED_DIFF_INTEGER_BITS)),
+               (1 << 31) - 1.0)
+    if not real > 1.0:
+        raise ValueError(f"beta * input scale * 2^26 = {real!r} is not above 1")
+    mult, left_shift = quantize_multiplier(real)
+    radius = math.floor(((1 << SCALED_DIFF_INTEGER_BITS) - 1) * (1 << (31 - SCALED_DIFF_INTEGER_BITS))
+                        / (1 << left_shift))
+    return SoftmaxParams(mult, left_shift, -radius)
+
+
+def _below_one(real: float) -> tuple[int, int]:
+    if not 0.0 < real < 1.0:
+        raise ValueError(f"multiplier {real!r} not in (0, 1), as TFLite requires")
+    return quantize_multiplier(real)
+
+
+def _scale(value) -> np.float32:
+    s = np.float32(value)
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"scale {value!r} must be positive and finite")
+    return s
