@@ -16,6 +16,7 @@ from .memory import allocate, view
 from .model import block_weights, fold_all, packed
 from .plan import build_plan, resolve_t, slice_bounds
 from .program import compile_plan, gather
+from .quantized import IntegerNetwork, dequantize, integer_input
 from .recent import Recent
 from .spread import spread
 from .kernels.finite import all_finite
@@ -58,10 +59,16 @@ class Engine:
         image takes the one the last such call left, when no other call has it: _arena).
     max_memory: the bytes of activations one forward call may hold, whatever the batch;
         a larger batch runs in sub-batches (budget.py). The returned logits are extra.
+    quantized: run a quantized file (TFLite int8 or uint8) in integer arithmetic, exactly
+        as its format defines it (the default for such a file), or, False, in float32 on
+        its dequantized weights. In integer, the evaluation is materialized (t=1,
+        rows=False), one image at a time, on the calling thread.
     """
 
-    def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY):
+    def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
+                 quantized: bool | None = None):
         self.weights = weightset
+        self.quantized = _quantized(weightset, quantized, t, rows)
         self.arch, self.convs = fold_all(weightset)
         self.t = resolve_t(self.arch, t)
         lanes = LANES if rows else 1  # rows: slices on whole vectors (slice_bounds)
@@ -87,13 +94,18 @@ class Engine:
         self._sharing_lock = threading.Lock()
         self._spare = None  # the arena of the last pass that shared an image (_arena)
         self._max_memory = checked(max_memory)
-        self._at(self.arch.size).budget.schedule(1, self.threads)  # refuse a budget too small for one image now
+        self._integer = IntegerNetwork(weightset.quantization, self.arch) if self.quantized else None
+        if self.quantized:
+            self._integer_plan(self.arch.size)  # refuse a budget too small for one image now
+        else:
+            self._at(self.arch.size).budget.schedule(1, self.threads)
 
     @classmethod
-    def load(cls, path, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY) -> "Engine":
+    def load(cls, path, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
+             quantized: bool | None = None) -> "Engine":
         """Load an mnv2.h5 file (or any weight file the converters read)."""
         from .weights import read_any
-        return cls(read_any(path), t=t, rows=rows, threads=threads, max_memory=max_memory)
+        return cls(read_any(path), t=t, rows=rows, threads=threads, max_memory=max_memory, quantized=quantized)
 
     @classmethod
     def random(cls, alpha=1.0, size=224, classes=1000, seed=0, padding="same", t=None,
@@ -110,7 +122,8 @@ class Engine:
     def __repr__(self):
         a = self.arch
         return (f"Engine(alpha={a.alpha}, size={a.size}, classes={a.classes}, padding={a.padding!r}, "
-                f"t={self.t if len(set(self.t)) > 1 else self.t[0]}, rows={self.rows})")
+                f"t={self.t if len(set(self.t)) > 1 else self.t[0]}, rows={self.rows}"
+                f"{', quantized=True' if self.quantized else ''})")
 
     # -- running -------------------------------------------------------------------
     def plan(self, batch: int = 1, threads: int = 1, size=None):
@@ -156,8 +169,14 @@ class Engine:
 
         Sub-batches of at most schedule.sub_batch images, within max_memory: all threads
         on each sub-batch in turn (a batch smaller than the threads), or each thread on
-        its share of the batch, one sub-batch after another."""
+        its share of the batch, one sub-batch after another.
+
+        A quantized engine also takes the file's integers: uint8 (a uint8 file's values, or
+        an int8 file's plus 128) or int8; float input is quantized with the file's input
+        scale and zero point. It returns the integer logits as reals, scale * (q - zero)."""
         x = self._check_input(x)
+        if self.quantized:
+            return dequantize(self._forward_integer(x), self._integer.output)
         with self._planning:
             budget = self._at(x.shape[1:3]).budget
         s = budget.schedule(len(x), self.threads, copied=not self.reads_in_place(x))
@@ -176,9 +195,40 @@ class Engine:
         which layer disagrees with a reference, not just that the logits do. The whole
         batch at once, outside max_memory: it returns every activation anyway."""
         x = self._check_input(x)
+        if self.quantized:  # the activations by the file's names, in its own integers
+            out = {}
+            self._forward_integer(x, lambda name, a: out.setdefault(name, []).append(self._file_integers(name, a)))
+            return {name: np.stack(arrays) for name, arrays in out.items()}
         out = {"logits": self._output(len(x))}
         self._run(x, out["logits"], 1, observe=lambda name, a: out.__setitem__(name, a.copy()))
         return out
+
+    def _forward_integer(self, x: np.ndarray, observe=None) -> np.ndarray:
+        """The integer network on a checked batch: its int8 outputs [N, width]."""
+        plan, pads = self._integer_plan(x.shape[1:3])
+        images = integer_input(x, self._integer.activations["input"])
+        out = np.empty((len(x), self._integer.output_width), np.int8)
+        arena = self._arena(plan.arena_bytes, 1, shared=False)
+        self._integer.forward(images, plan, *pads, arena, out, observe)
+        return out
+
+    def _integer_plan(self, size):
+        """The int8 plan of one image at `size` (materialized), and the paddings."""
+        def make():
+            at = self._at(size)
+            plan = build_plan(at.arch, [np.array([0, b.hidden]) for b in at.arch.blocks], False, 1, dtype="int8")
+            if plan.arena_bytes > self._max_memory:
+                raise EngineError(f"one image at {size[0]}x{size[1]} needs {plan.arena_bytes:,} bytes of activations, "
+                                  f"over max_memory={self._max_memory:,}")
+            return plan, (at.stem_pads, at.dw_pads)
+        with self._planning:
+            return self._plans.get(("int8", *size), make)
+
+    def _file_integers(self, name: str, a: np.ndarray) -> np.ndarray:
+        """A copy of int8 kernel values as the file's own integers (uint8: + 128)."""
+        if self._integer.activations[name].dtype == "uint8":
+            return (a.astype(np.int16) + 128).astype(np.uint8)
+        return a.copy()
 
     @staticmethod
     def reads_in_place(x: np.ndarray) -> bool:
@@ -203,8 +253,11 @@ class Engine:
         if x.ndim != 4 or x.shape[3] != 3 or x.shape[0] < 1 or min(x.shape[1:3]) < MIN_SIZE:
             raise InputError(f"forward expects a float32 NHWC batch of shape (N, H, W, 3) with H, W >= "
                              f"{MIN_SIZE}, got shape {x.shape}")
+        if self.quantized and x.dtype in (np.uint8, np.int8):
+            return x
         if x.dtype.kind != "f" or x.dtype.itemsize != 4:
-            raise InputError(f"forward expects float32 input, got {x.dtype}")
+            also = ", uint8 or int8" if self.quantized else ""
+            raise InputError(f"forward expects float32{also} input, got {x.dtype}")
         if not self._finite(x):
             raise InputError("input contains NaN or infinite values")
         return x
@@ -308,7 +361,11 @@ class Engine:
         """Per image of a preprocessed batch, the top (index, label, probability)."""
         self.check_top(top)
         results = []
-        for p in softmax(self.forward(batch)):
+        if self.quantized and self._integer.softmax is not None:  # the file's own softmax
+            probabilities = self._integer.probabilities(self._forward_integer(self._check_input(batch)))
+        else:
+            probabilities = softmax(self.forward(batch))
+        for p in probabilities:
             idx = np.argsort(-p, kind="stable")[:top]
             results.append([(int(i), self.labels[i], float(p[i])) for i in idx])
         return results
@@ -342,3 +399,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _quantized(weightset, quantized, t, rows) -> bool:
+    """Whether the engine runs in integer: the file's own arithmetic by default."""
+    if quantized is None:
+        quantized = weightset.quantization is not None and (t in (None, 1)) and not rows
+    if not isinstance(quantized, (bool, np.bool_)):
+        raise EngineError(f"quantized must be True, False or None, got {quantized!r}")
+    if quantized and weightset.quantization is None:
+        raise EngineError("quantized=True needs a quantized model (a TFLite int8 or uint8 file); this one is float")
+    if quantized and (t not in (None, 1) or rows):
+        raise EngineError("in integer, the engine runs the materialized evaluation only (t=1, rows=False): "
+                          "pass quantized=False to run this model in float32 with t or rows")
+    return bool(quantized)

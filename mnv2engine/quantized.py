@@ -15,9 +15,14 @@ from typing import NamedTuple
 import numpy as np
 
 from .arch import Architecture
-from .errors import EngineError
-from .kernels.qops import ADD_LEFT_SHIFT
-from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS
+from .errors import EngineError, WeightFileError
+from .kernels.qconv import pack_qconv3x3, qconv3x3
+from .kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
+from .kernels.qgemm import pack_qweights, qpointwise
+from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean
+from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS, qsoftmax
+from .memory import view
+from .plan import Plan
 from .weights.quantization import Quantization, layer_inputs, quantize_multiplier
 
 RELU6_LAYERS = ("stem", "expand", "depthwise", "head")  # the others are linear
@@ -57,30 +62,146 @@ class Activation:
         return self.zero + SHIFT[self.dtype]
 
 
-@dataclass(frozen=True)
-class QuantizedNetwork:
-    convs: dict[str, QConv]                # by layer name
-    activations: dict[str, Activation]     # by activation name (weights/quantization.py)
-    residual_inputs: dict[str, str]        # block name -> the activation its add reads besides the projection
+class IntegerNetwork:
+    """A quantized file's network as the integer kernels run it: weights packed for them,
+    the integers of every op, made once; `run` computes one image in an int8 plan's arena
+    (the materialized evaluation)."""
+
+    def __init__(self, q: Quantization, arch: Architecture):
+        self.arch = arch
+        self.activations = {name: Activation(a.dtype, float(np.float32(a.scale)), int(a.zero_point))
+                            for name, a in q.activations.items()}
+        acts, inputs = self.activations, layer_inputs(arch)
+        self.convs = {name: _conv(name, layer, acts[inputs[name]], acts[name]) for name, layer in q.layers.items()}
+        self.packed = {name: _pack(name, conv) for name, conv in self.convs.items()}
+        self.adds = {}
+        for b in arch.table2_blocks:
+            if b.use_residual:
+                a_name, b_name, y_name = inputs[f"{b.name}/expand"], f"{b.name}/project", f"{b.name}/residual"
+                self.adds[b.name] = _named(y_name, add_params, acts[a_name].scale, acts[a_name].int8_zero,
+                                           acts[b_name].scale, acts[b_name].int8_zero,
+                                           acts[y_name].scale, acts[y_name].int8_zero)
+        # TFLite writes the global pool as MEAN in int8 models, AVERAGE_POOL_2D (no
+        # requantization: the output keeps the input's scale) in legacy uint8 ones
+        self.pool_mean = acts["pool"].dtype == "int8"
+        self._means = {}  # pixels -> MEAN's multiplier and shift, which fold 1 / pixels in
+        self.softmax = None
+        if "softmax" in acts and not arch.headless:
+            self.softmax = _named("softmax", softmax_params, 1.0, acts["classifier"].scale)
+
+    @property
+    def output_width(self) -> int:
+        return self.arch.last_channels if self.arch.headless else self.arch.classes
+
+    @property
+    def output(self) -> Activation:
+        """The quantization of forward's output: the logits, or the pooled features."""
+        return self.activations["pool" if self.arch.headless else "classifier"]
+
+    def forward(self, images: np.ndarray, plan: Plan, stem_pads, dw_pads, arena: np.ndarray, out: np.ndarray,
+                observe=None) -> None:
+        """images int8 [N, H, W, 3] (the kernels' domain) -> out int8 [N, width], one image
+        at a time through `plan`'s buffers (one image's, materialized). observe(name, a):
+        each activation as it is made, by the file's name for it."""
+        for n in range(len(images)):
+            self._run(plan, stem_pads, dw_pads, arena, images[n], out[n], observe or _ignore)
+
+    def _run(self, plan, stem_pads, dw_pads, arena, image, out, observe):
+        x = image
+        for step in plan.steps:
+            b = step.block
+            e, d, y = view(arena, step.e)[0], view(arena, step.d)[0], view(arena, step.y)[0]
+            if b.index == 0:
+                self._conv3x3("stem", x, 2, stem_pads, e, qconv3x3)
+                observe("stem", e)
+            else:
+                self._pointwise(f"{b.name}/expand", x, e)
+                observe(f"{b.name}/expand", e)
+            self._conv3x3(f"{b.name}/depthwise", e, b.stride, dw_pads[b.index], d, qdepthwise3x3)
+            observe(f"{b.name}/depthwise", d)
+            self._pointwise(f"{b.name}/project", d, y)
+            observe(f"{b.name}/project", y)
+            if b.use_residual:
+                self._add(b.name, x, y)
+                observe(f"{b.name}/residual", y)
+            x = y
+        head = view(arena, plan.head_scratch)
+        self._pointwise("head", x, head)
+        observe("head", head)
+        pooled = view(arena, plan.pooled)[0]
+        self._pool(head, pooled)
+        observe("pool", pooled)
+        if self.arch.headless:
+            out[:] = pooled
+        else:
+            self._pointwise("classifier", pooled.reshape(1, -1), out.reshape(1, -1))
+            observe("classifier", out)
+
+    def _pool(self, head, pooled):
+        if not self.pool_mean:
+            qaverage(head, *INT8, pooled, True)
+            return
+        x, y = self.activations["head"], self.activations["pool"]
+        pixels = head.shape[0]
+        if pixels not in self._means:
+            self._means[pixels] = _named("pool", mean_params, x.scale, y.scale, pixels)
+        qmean(head, x.int8_zero, *self._means[pixels], y.int8_zero, *INT8, pooled)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """The file's integer softmax of int8 logits [N, classes], as reals (scale 1/256)."""
+        out = np.empty_like(logits)
+        qsoftmax(logits, *self.softmax, out)
+        return dequantize(out, self.activations["softmax"])
+
+    def _pointwise(self, name, x, out):
+        conv, (packed, colsum) = self.convs[name], self.packed[name]
+        qpointwise(x.reshape(-1, x.shape[-1]), packed, colsum, conv.bias, conv.out.mult, conv.out.shift,
+                   conv.x_zero, conv.w_zero, conv.out.zero, conv.out.lo, conv.out.hi, out.reshape(-1, out.shape[-1]))
+
+    def _add(self, block, x, y):
+        """y = ADD(x, y), in place: the residual of a block."""
+        a = self.adds[block]
+        flat = y.reshape(-1, y.shape[-1])
+        qadd(x.reshape(flat.shape), a.a_zero, a.a_mult, a.a_shift, flat, a.b_zero, a.b_mult, a.b_shift,
+             a.y_zero, a.y_mult, a.y_shift, *INT8, flat)
+
+    def _conv3x3(self, name, x, stride, pads, out, kernel):
+        conv = self.convs[name]
+        kernel(x, self.packed[name], conv.bias, conv.out.mult, conv.out.shift, conv.x_zero, conv.out.zero,
+               conv.out.lo, conv.out.hi, stride, pads[0], pads[2], out)
 
 
-def quantized_network(q: Quantization, arch: Architecture) -> QuantizedNetwork:
-    """The integer network of a quantized WeightSet (already validated on load)."""
-    acts = {name: Activation(a.dtype, float(np.float32(a.scale)), int(a.zero_point)) for name, a in q.activations.items()}
-    inputs = layer_inputs(arch)
-    convs = {}
-    for name, layer in q.layers.items():
-        x, y = acts[inputs[name]], acts[name]
-        kind = name.rpartition("/")[2]
-        shift = SHIFT[layer.kernel.dtype.name]
-        if layer.kernel_zero_point.size != 1 and layer.kernel_zero_point.any():
-            raise EngineError(f"{name}: per-channel weight zero points other than 0 have no integer kernel")
-        convs[name] = QConv(weights=(layer.kernel.astype(np.int16) + shift).astype(np.int8),
-                            w_zero=int(layer.kernel_zero_point[0]) + shift,
-                            bias=layer.bias.astype(np.int32), x_zero=x.int8_zero,
-                            out=_requantized(name, x, layer.kernel_scale, y, layer.bias.size, kind in RELU6_LAYERS))
-    residual = {b.name: inputs[f"{b.name}/expand"] for b in arch.table2_blocks if b.use_residual}
-    return QuantizedNetwork(convs, acts, residual)
+def _ignore(name, a):
+    pass
+
+
+def _conv(name: str, layer, x: Activation, y: Activation) -> QConv:
+    kind = name.rpartition("/")[2]
+    shift = SHIFT[layer.kernel.dtype.name]
+    if layer.kernel_zero_point.size != 1 and layer.kernel_zero_point.any():
+        raise EngineError(f"{name}: per-channel weight zero points other than 0 have no integer kernel")
+    return QConv(weights=(layer.kernel.astype(np.int16) + shift).astype(np.int8),
+                 w_zero=int(layer.kernel_zero_point[0]) + shift, bias=layer.bias.astype(np.int32),
+                 x_zero=x.int8_zero,
+                 out=_requantized(name, x, layer.kernel_scale, y, layer.bias.size, kind in RELU6_LAYERS))
+
+
+def _pack(name: str, conv: QConv):
+    """The weights as the layer's kernel takes them."""
+    kind = name.rpartition("/")[2]
+    if kind == "stem":
+        return pack_qconv3x3(conv.weights, conv.w_zero)
+    if kind == "depthwise":
+        return pack_qdepthwise(conv.weights, conv.w_zero)
+    return pack_qweights(conv.weights, conv.w_zero)
+
+
+def _named(tensor: str, make, *args):
+    """make(*args), its refusal naming the tensor as the file does."""
+    try:
+        return make(*args)
+    except ValueError as e:
+        raise WeightFileError(f"quantization/activations/{tensor}: TFLite could not make its integers: {e}") from None
 
 
 def _requantized(name: str, x: Activation, w_scale: np.ndarray, y: Activation, channels: int,
@@ -113,6 +234,16 @@ def activation_bounds(y: Activation, relu6: bool) -> tuple[int, int]:
 def _round_half_away(v):
     """TfLiteRound (std::round): halves away from zero, in v's own precision."""
     return np.sign(v) * np.floor(np.abs(v) + v.dtype.type(0.5))
+
+
+def integer_input(x: np.ndarray, a: Activation) -> np.ndarray:
+    """A batch as the kernels' int8, C-contiguous: float quantized with the input's scale
+    and zero point; uint8 values shifted by -128; int8 as they are."""
+    if x.dtype == np.int8:
+        return np.ascontiguousarray(x)
+    if x.dtype == np.uint8:
+        return (x.astype(np.int16) - 128).astype(np.int8)
+    return quantize_input(x, a)
 
 
 def quantize_input(x: np.ndarray, a: Activation) -> np.ndarray:

@@ -24,6 +24,7 @@ from mnv2engine.weights.tflite import read_tflite
 
 from conftest import require
 
+import tflite_edit
 from tflite_edit import code_of, pack, schema, unpack
 OP = schema.BuiltinOperator
 
@@ -31,21 +32,8 @@ MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tfl
 ARCH = Architecture(alpha=1.0, size=224, classes=1001)
 
 
-# -- the test's own map from the flatbuffer to the engine's names --------------------------
-
 def engine_names(model) -> dict:
-    """{engine name: (op, its kind)} of every layer and activation, by position: MobileNetV2
-    is a chain, so the conv/dense ops in graph order are the layers in Table 2's order, the
-    ADDs the residual blocks in order."""
-    ops = model.subgraphs[0].operators
-    convs = [op for op in ops if code_of(model, op) in (OP.CONV_2D, OP.DEPTHWISE_CONV_2D, OP.FULLY_CONNECTED)]
-    adds = [op for op in ops if code_of(model, op) == OP.ADD]
-    pools = [op for op in ops if code_of(model, op) in (OP.MEAN, OP.AVERAGE_POOL_2D)]
-    softmax = [op for op in ops if code_of(model, op) == OP.SOFTMAX]
-    layers = list(ARCH.tensor_shapes())
-    residual = [f"{b.name}/residual" for b in ARCH.table2_blocks if b.use_residual]
-    assert len(convs) == len(layers) and len(adds) == len(residual) and len(pools) == len(softmax) == 1
-    return {**dict(zip(layers, convs)), **dict(zip(residual, adds)), "pool": pools[0], "softmax": softmax[0]}
+    return tflite_edit.engine_names(model, ARCH)
 
 
 def engine_layout(q: np.ndarray) -> np.ndarray:

@@ -1,0 +1,140 @@
+"""A quantized file run in integer arithmetic, against LiteRT running the same file.
+
+Every activation equals the one LiteRT's reference kernels make (BUILTIN_REF, which the
+format's arithmetic is defined by), byte for byte, on photos and random inputs of both
+shared models; the top classes equal LiteRT's default interpreter's (XNNPACK). The
+references come from LiteRT only, never from the engine.
+"""
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnv2engine import Engine, EngineError, InputError
+from mnv2engine.arch import Architecture
+
+from conftest import require
+from tflite_edit import engine_names, unpack
+
+MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
+ARCH = Architecture(alpha=1.0, size=224, classes=1001)
+PHOTOS = ("cat.bmp", "parrot.jpg", "grace_hopper.bmp", "hot_dog.jpg", "owl.jpg", "sunflower.bmp")
+
+
+def litert(path, reference: bool):
+    interpreter = require("ai_edge_litert.interpreter")
+    kinds = interpreter.OpResolverType
+    it = interpreter.Interpreter(model_path=str(path), experimental_preserve_all_tensors=reference,
+                                 experimental_op_resolver_type=kinds.BUILTIN_REF if reference else kinds.AUTO)
+    it.allocate_tensors()
+    return it
+
+
+def invoke(it, x: np.ndarray) -> np.ndarray:
+    """One uint8 image [1, 224, 224, 3] through the interpreter; its output."""
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    return it.get_tensor(it.get_output_details()[0]["index"])
+
+
+def photo(shared_data, name) -> np.ndarray:
+    """The photo as the model's uint8 input: a plain bilinear resize (shared/data/README.md)."""
+    image = Image.open(shared_data / "images" / name).convert("RGB").resize((224, 224), Image.BILINEAR)
+    return np.asarray(image)[None]
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request, shared_data):
+    path = shared_data / "models" / request.param
+    return path, Engine.load(path)
+
+
+def test_a_quantized_file_runs_in_integer_by_default(model):
+    path, engine = model
+    assert engine.quantized and "quantized=True" in repr(engine)
+    assert not Engine.load(path, quantized=False).quantized
+
+
+@pytest.mark.parametrize("source", ["cat.bmp", "parrot.jpg", "random 0", "random 1"])
+def test_every_activation_is_litert_reference_kernels_byte_for_byte(model, shared_data, source):
+    path, engine = model
+    if source.startswith("random"):
+        x = np.random.default_rng(int(source[-1])).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    else:
+        x = photo(shared_data, source)
+    it = litert(path, reference=True)
+    invoke(it, x)
+    ops = engine_names(unpack(path.read_bytes()), ARCH)
+    got = engine.intermediates(x)
+    assert set(got) == set(ops) - {"softmax"}, "an activation of the file is missing"
+    for name, want_op in ops.items():
+        if name == "softmax":
+            continue
+        want = it.get_tensor(want_op.outputs[0])
+        mine = got[name]
+        assert mine.dtype == want.dtype, name
+        assert np.array_equal(mine.reshape(want.shape), want), \
+            f"{name}: {np.count_nonzero(mine.reshape(want.shape) != want)} of {want.size} values differ"
+
+
+def test_the_logits_are_the_files_integers_as_reals(model, shared_data):
+    """forward returns scale * (q - zero) of the integer logits, from float, uint8 and int8
+    input alike (float: quantized with the file's input scale and zero point)."""
+    path, engine = model
+    x = photo(shared_data, "bird.bmp")
+    it = litert(path, reference=True)
+    invoke(it, x)
+    logits_op = engine_names(unpack(path.read_bytes()), ARCH)["classifier"]
+    detail = next(d for d in it.get_tensor_details() if d["index"] == logits_op.outputs[0])
+    scale, zero = detail["quantization"]
+    want = (it.get_tensor(logits_op.outputs[0]).astype(np.float32).reshape(1, -1) - zero) * np.float32(scale)
+    assert np.array_equal(engine.forward(x), want)
+    assert np.array_equal(engine.forward((x.astype(np.int16) - 128).astype(np.int8)), want)
+    inp = next(d for d in it.get_input_details())
+    s, z = inp["quantization"]
+    real = ((x.astype(np.float32) - z) * np.float32(s)).astype(np.float32)  # quantizes back to x exactly
+    assert np.array_equal(engine.forward(real), want)
+
+
+def test_top5_of_every_photo_is_litert_defaults(model, shared_data):
+    """The top-1 and the top-5 of LiteRT's default interpreter (XNNPACK), and the
+    probabilities (the file's integer softmax) of its reference kernels within 1 LSB
+    (1/256). XNNPACK's own kernels round a few values differently from the reference."""
+    path, engine = model
+    default, reference = litert(path, reference=False), litert(path, reference=True)
+    scale, zero = default.get_output_details()[0]["quantization"]
+    for name in PHOTOS:
+        x = photo(shared_data, name)
+        fast = (invoke(default, x)[0].astype(np.float32) - zero) * scale
+        exact = (invoke(reference, x)[0].astype(np.float32) - zero) * scale
+        got = engine.classify(x, top=5)[0]
+        assert got[0][0] == np.argmax(fast), name
+        fifth = np.sort(fast)[-5]  # probabilities are multiples of 1/256: the fifth place may be a tie
+        assert all(fast[i] >= fifth - 1 / 256 for i, _, _ in got), (name, got, fifth)
+        for i, _, p in got:
+            assert abs(p - exact[i]) <= 1 / 256 + 1e-6, (name, i, p, exact[i])
+
+
+def test_integer_and_float_agree_on_the_photos(model, shared_data):
+    path, engine = model
+    floats = Engine.load(path, quantized=False)
+    for name in PHOTOS[:3]:
+        image = shared_data / "images" / name
+        assert engine.predict(image, top=1)[0][0] == floats.predict(image, top=1)[0][0], name
+
+
+def test_what_integer_cannot_run_is_refused_by_name(model, tmp_path):
+    path, _ = model
+    with pytest.raises(EngineError, match="materialized evaluation only"):
+        Engine.load(path, quantized=True, t=4)
+    with pytest.raises(EngineError, match="materialized evaluation only"):
+        Engine.load(path, quantized=True, rows=True)
+    assert not Engine.load(path, rows=True).quantized  # rows asked for: float32
+    with pytest.raises(EngineError, match="this one is float"):
+        Engine.random(alpha=0.35, size=64, classes=10).__class__(
+            Engine.random(alpha=0.35, size=64, classes=10).weights, quantized=True)
+    with pytest.raises(EngineError, match="quantized must be"):
+        Engine.load(path, quantized="yes")
+    with pytest.raises(InputError, match="float32, uint8 or int8"):
+        Engine.load(path).forward(np.zeros((1, 224, 224, 3), np.int16))
+    with pytest.raises(InputError, match="float32 input"):
+        Engine.load(path, quantized=False).forward(np.zeros((1, 224, 224, 3), np.uint8))
