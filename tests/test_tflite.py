@@ -18,7 +18,7 @@ from mnv2engine.weights.tflite import read_tflite
 
 from conftest import close, probabilities, require, softmax
 
-from tflite_edit import code_of, pack, schema, unpack
+from tflite_edit import code_of, engine_names, pack, schema, unpack
 OP, TT = schema.BuiltinOperator, schema.TensorType
 
 MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
@@ -232,11 +232,12 @@ def photos(shared_data):
 
 @pytest.fixture(scope="module", params=MODELS)
 def model(request, shared_data, photos, tmp_path_factory):
-    """One real model: converted to mnv2.h5 and loaded, with the interpreter's logits on every photo."""
+    """One real model: converted to mnv2.h5 and loaded in float32 on its dequantized weights
+    (the integer engine: test_quantized_engine.py), with the interpreter's logits on every photo."""
     src = shared_data / "models" / request.param
     dst = tmp_path_factory.mktemp("tflite") / "mnv2.h5"
     ws = convert(src, dst, labels=shared_data / "imagenet_labels.txt")
-    engine = Engine.load(dst)
+    engine = Engine.load(dst, quantized=False)
     pixels = [p for _, p in photos]
     return {"name": request.param, "ws": ws, "engine": engine, "pixels": pixels,
             "reference": litert_logits(src.read_bytes(), pixels),
@@ -450,4 +451,28 @@ def test_a_non_square_quantized_model_with_a_pool_window(shared_data, photos, tm
     assert tuple(ws.size) == NON_SQUARE
     pixels = [np.asarray(Image.fromarray(p).resize(NON_SQUARE[::-1], Image.BILINEAR)) for _, p in photos[:3]]
     x = np.stack([p * ws.scale + ws.offset for p in pixels]).astype(np.float32)
-    close(Engine(ws).forward(x), litert_logits(pack(float32_logits_model(quantized)), x), rel=1e-4)
+    close(Engine(ws, quantized=False).forward(x), litert_logits(pack(float32_logits_model(quantized)), x), rel=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_non_square_quantized_model_runs_in_integer_as_litert_does(name, shared_data, photos, tmp_path):
+    """In integer at 97x160 (the uint8 model's pool window the 4x5 last feature map): every
+    activation is what LiteRT's reference kernels make, byte for byte."""
+    model = at_size(unpack((shared_data / "models" / name).read_bytes()), NON_SQUARE)
+    content = pack(model)
+    src = tmp_path / "non_square.tflite"
+    src.write_bytes(content)
+    engine = Engine(read_tflite(src))
+    assert engine.quantized
+    x = np.asarray(Image.fromarray(photos[0][1]).resize(NON_SQUARE[::-1], Image.BILINEAR))[None]
+    interpreter = require("ai_edge_litert.interpreter")
+    it = interpreter.Interpreter(model_content=content, experimental_preserve_all_tensors=True,
+                                 experimental_op_resolver_type=interpreter.OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    got = engine.intermediates(x)
+    for layer, op in engine_names(model, engine.arch).items():
+        if layer != "softmax":
+            want = it.get_tensor(op.outputs[0])
+            assert np.array_equal(got[layer].reshape(want.shape), want), layer
