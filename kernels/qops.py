@@ -58,3 +58,25 @@ def qaverage(x, lo, hi, out, uint8_rounding):
             num = total + half if total > 0 else total - half
             y = num // P if num >= 0 else -((-num) // P)  # C's division toward zero
         out[c] = min(max(y, lo), hi)
+
+
+@njit(cache=True, nogil=True)
+def qquantize(x, scale, zero, lo, hi, shift, out):
+    """TFLite's QUANTIZE of float32 x into out int8 (any shapes of one size): round(x /
+    scale) (float32, halves away from zero) + zero, clamped to [lo, hi] in the file's
+    integers, then + shift into the kernels' int8 (uint8 files: -128)."""
+    fx, fo = x.reshape(-1), out.reshape(-1)
+    s = np.float32(scale)
+    for i in range(fo.size):
+        v = fx[i] / s
+        r = np.floor(abs(v) + np.float32(0.5))
+        q = np.int64(r if v >= 0 else -r) + zero
+        fo[i] = min(max(q, lo), hi) + shift
+
+
+@njit(cache=True, nogil=True)
+def qshift(x, out):
+    """uint8 values as the kernels' int8: x - 128."""
+    fx, fo = x.reshape(-1), out.reshape(-1)
+    for i in range(fo.size):
+        fo[i] = np.int16(fx[i]) - 128

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import preprocess
 from .arch import MIN_SIZE, Architecture
-from .budget import MAX_MEMORY, Budget, checked
+from .budget import MAX_MEMORY, Budget, Schedule, checked
 from .errors import EngineError, InputError
 from .memory import allocate, view
 from .model import block_weights, fold_all, packed
@@ -204,12 +204,15 @@ class Engine:
         return out
 
     def _forward_integer(self, x: np.ndarray, observe=None) -> np.ndarray:
-        """The integer network on a checked batch: its int8 outputs [N, width]."""
+        """The integer network on a checked batch, an image at a time (each converted to
+        the kernels' int8 as it comes): its int8 outputs [N, width]."""
         plan, pads = self._integer_plan(x.shape[1:3])
-        images = integer_input(x, self._integer.activations["input"])
         out = np.empty((len(x), self._integer.output_width), np.int8)
         arena = self._arena(plan.arena_bytes, 1, shared=False)
-        self._integer.forward(images, plan, *pads, arena, out, observe)
+        copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
+        for n in range(len(x)):
+            image = integer_input(x[n], self._integer.activations["input"], copy)
+            self._integer.run(image, plan, *pads, arena, out[n], observe)
         return out
 
     def _integer_plan(self, size):
@@ -388,6 +391,10 @@ class Engine:
             x = self._check_input(x)
             batch, size = len(x), x.shape[1:3]
         size = self.input_size(size)
+        if self.quantized:  # one image at a time, each converted to int8 as it comes (unless it is)
+            copied = x is None or x.dtype != np.int8 or not x.flags.c_contiguous
+            return MemoryReport(self._integer_plan(size)[0], Schedule(batch, 1, 1, 1), self.max_memory,
+                                input_copied=copied)
         with self._planning:
             budget = self._at(size).budget
         copied = x is not None and not self.reads_in_place(x)

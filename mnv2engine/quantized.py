@@ -19,7 +19,7 @@ from .errors import EngineError, WeightFileError
 from .kernels.qconv import pack_qconv3x3, qconv3x3
 from .kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
 from .kernels.qgemm import pack_qweights, qpointwise
-from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean
+from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean, qquantize, qshift
 from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS, qsoftmax
 from .memory import view
 from .plan import Plan
@@ -98,15 +98,12 @@ class IntegerNetwork:
         """The quantization of forward's output: the logits, or the pooled features."""
         return self.activations["pool" if self.arch.headless else "classifier"]
 
-    def forward(self, images: np.ndarray, plan: Plan, stem_pads, dw_pads, arena: np.ndarray, out: np.ndarray,
-                observe=None) -> None:
-        """images int8 [N, H, W, 3] (the kernels' domain) -> out int8 [N, width], one image
-        at a time through `plan`'s buffers (one image's, materialized). observe(name, a):
-        each activation as it is made, by the file's name for it."""
-        for n in range(len(images)):
-            self._run(plan, stem_pads, dw_pads, arena, images[n], out[n], observe or _ignore)
-
-    def _run(self, plan, stem_pads, dw_pads, arena, image, out, observe):
+    def run(self, image: np.ndarray, plan: Plan, stem_pads, dw_pads, arena: np.ndarray, out: np.ndarray,
+            observe=None) -> None:
+        """image int8 [H, W, 3] (the kernels' domain) -> out int8 [width], through the
+        buffers of `plan` (one image's, materialized) in `arena`. observe(name, a): each
+        activation as it is made, by the file's name for it."""
+        observe = observe or _ignore
         x = image
         for step in plan.steps:
             b = step.block
@@ -236,22 +233,22 @@ def _round_half_away(v):
     return np.sign(v) * np.floor(np.abs(v) + v.dtype.type(0.5))
 
 
-def integer_input(x: np.ndarray, a: Activation) -> np.ndarray:
-    """A batch as the kernels' int8, C-contiguous: float quantized with the input's scale
-    and zero point; uint8 values shifted by -128; int8 as they are."""
+def integer_input(x: np.ndarray, a: Activation, out: np.ndarray) -> np.ndarray:
+    """One image as the kernels' int8, C-contiguous: x itself where it is int8 and
+    contiguous; else, in `out`, float quantized with the input's scale and zero point (as
+    TFLite's QUANTIZE), uint8 values shifted by -128, int8 copied."""
+    if x.dtype == np.int8 and x.flags.c_contiguous:
+        return x
+    if not (x.flags.c_contiguous and x.dtype.isnative):  # strided or big-endian: the kernels read neither
+        x = np.ascontiguousarray(x, x.dtype.newbyteorder("="))
     if x.dtype == np.int8:
-        return np.ascontiguousarray(x)
-    if x.dtype == np.uint8:
-        return (x.astype(np.int16) - 128).astype(np.int8)
-    return quantize_input(x, a)
-
-
-def quantize_input(x: np.ndarray, a: Activation) -> np.ndarray:
-    """Float input in the file's input quantization, as TFLite's QUANTIZE makes it
-    (round(x / scale) + zero, clamped), then in the kernels' int8."""
-    lo, hi = np.iinfo(np.dtype(a.dtype)).min, np.iinfo(np.dtype(a.dtype)).max
-    q = np.clip(_round_half_away(x.astype(np.float32) / np.float32(a.scale)) + a.zero, lo, hi)
-    return (q + SHIFT[a.dtype]).astype(np.int8)
+        out[:] = x
+    elif x.dtype == np.uint8:
+        qshift(x, out)
+    else:
+        lo, hi = np.iinfo(np.dtype(a.dtype)).min, np.iinfo(np.dtype(a.dtype)).max
+        qquantize(x, a.scale, a.zero, lo, hi, SHIFT[a.dtype], out)
+    return out
 
 
 def dequantize(q: np.ndarray, a: Activation) -> np.ndarray:

@@ -138,3 +138,16 @@ def test_what_integer_cannot_run_is_refused_by_name(model, tmp_path):
         Engine.load(path).forward(np.zeros((1, 224, 224, 3), np.int16))
     with pytest.raises(InputError, match="float32 input"):
         Engine.load(path, quantized=False).forward(np.zeros((1, 224, 224, 3), np.uint8))
+
+
+def test_the_memory_is_the_int8_planners(model):
+    """Activations at one byte, one image at a time: tracemalloc's peak over a forward
+    agrees with memory_report, which counts each buffer in its own bytes."""
+    from conftest import forward_peak
+    path, engine = model
+    x = np.random.default_rng(5).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8)
+    report = engine.memory_report(x=x)
+    floats = Engine.load(path, quantized=False).memory_report(1)
+    assert report.arena_bytes * 3.5 < floats.arena_bytes  # the same plan at 1 byte, not 4
+    measured = forward_peak(engine, x)
+    assert abs(measured - report.peak_bytes) <= 0.05 * report.peak_bytes + 16 * 1024, (measured, report.peak_bytes)
