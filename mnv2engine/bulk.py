@@ -58,7 +58,7 @@ def shared_weights(path):
     return ray.put(mnv2_bytes(read_any(path)))
 
 
-def load_engine(weights, t=None, rows: bool = False, threads: int = 1) -> Engine:
+def load_engine(weights, t=None, rows: bool = False, threads: int = 1, quantized: bool | None = None) -> Engine:
     """An Engine from a weight file's path, from mnv2.h5 bytes, or from the object
     store's reference to them (`shared_weights`)."""
     import ray
@@ -66,9 +66,9 @@ def load_engine(weights, t=None, rows: bool = False, threads: int = 1) -> Engine
         weights = ray.get(weights)
     if isinstance(weights, (bytes, bytearray, memoryview)):
         from .weights.h5format import read_mnv2
-        return Engine(read_mnv2(io.BytesIO(bytes(weights))), t=t, rows=rows, threads=threads)
+        return Engine(read_mnv2(io.BytesIO(bytes(weights))), t=t, rows=rows, threads=threads, quantized=quantized)
     if isinstance(weights, (str, Path)):
-        return Engine.load(weights, t=t, rows=rows, threads=threads)
+        return Engine.load(weights, t=t, rows=rows, threads=threads, quantized=quantized)
     raise EngineError(f"weights must be a path, mnv2.h5 bytes or shared_weights(path), got {type(weights).__name__}")
 
 
@@ -78,8 +78,8 @@ class Classifier:
     as a pyarrow table of SCHEMA. An image that cannot be read is a row with its error."""
 
     def __init__(self, weights, top: int = 5, size=None, crop: bool = True, t=None, rows: bool = False,
-                 threads: int = 1):
-        self.engine = load_engine(weights, t, rows, threads)
+                 threads: int = 1, quantized: bool | None = None):
+        self.engine = load_engine(weights, t, rows, threads, quantized)
         self.engine.check_top(top)
         self.top, self.size, self.crop = top, self.engine.input_size(size), crop
 
@@ -103,7 +103,8 @@ class Classifier:
 
 
 def classify(source, weights, *, top: int = 5, size=None, crop: bool = True, t=None, rows: bool = False,
-             threads: int = 1, actors_per_node: int | None = None, batch_size: int = BATCH):
+             threads: int = 1, quantized: bool | None = None, actors_per_node: int | None = None,
+             batch_size: int = BATCH):
     """The lazy Dataset of predictions (SCHEMA) of `source`: image paths and folders (a
     folder's images in name order), or a ray.data.Dataset with a `path` column (and
     `bytes`). Ray must be running (ray.init).
@@ -119,7 +120,7 @@ def classify(source, weights, *, top: int = 5, size=None, crop: bool = True, t=N
     import ray
     if not ray.is_initialized():
         raise EngineError("Ray is not running: call ray.init() (ray.init(address='auto') joins a cluster)")
-    Classifier(weights, top, size, crop, t, rows, threads)  # refuses bad weights and settings, naming them
+    Classifier(weights, top, size, crop, t, rows, threads, quantized)  # refuses bad weights and settings, naming them
     given = isinstance(source, ray.data.Dataset)
     actors, _ = placement(threads, actors_per_node, spare_cpus=1 if given else 0)
     if given:
@@ -136,7 +137,7 @@ def classify(source, weights, *, top: int = 5, size=None, crop: bool = True, t=N
         raise EngineError(f"batch_size must be a positive integer, got {batch_size!r}")
     return dataset.map_batches(
         Classifier, fn_constructor_kwargs=dict(weights=weights, top=top, size=size, crop=crop, t=t, rows=rows,
-                                               threads=threads),
+                                               threads=threads, quantized=quantized),
         batch_size=batch_size, batch_format="numpy", num_cpus=threads,
         compute=ray.data.ActorPoolStrategy(size=actors))
 

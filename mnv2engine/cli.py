@@ -27,6 +27,12 @@ def _add_engine_args(p):
     p.add_argument("--t", type=_t_arg, default=1, help="expansion slices per block (1 = materialized)")
     p.add_argument("--rows", action="store_true", help="lowest memory: the first blocks piped (row by row across blocks), the others streamed")
     p.add_argument("--threads", type=int, default=1, help="threads that share each image (or split a batch of at least as many images)")
+    p.add_argument("--float", action="store_true", help="run a quantized model (TFLite int8/uint8) in float32 on its dequantized weights, not in integer")
+
+
+def _quantized(args):
+    """--float: False; else the engine's default (a quantized model runs in integer)."""
+    return False if args.float else None
 
 
 def cmd_demo(args) -> int:
@@ -39,7 +45,7 @@ def _demo(args) -> int:
     from .engine import Engine
     t0 = time.perf_counter()
     if args.weights:
-        engine = Engine.load(args.weights, t=args.t, rows=args.rows, threads=args.threads)
+        engine = Engine.load(args.weights, t=args.t, rows=args.rows, threads=args.threads, quantized=_quantized(args))
         what = args.weights
     else:
         engine = Engine.random(alpha=args.alpha, size=args.size, t=args.t, rows=args.rows, threads=args.threads)
@@ -119,7 +125,8 @@ def _predict(args) -> int:
 
     from .engine import Engine
 
-    engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows, threads=args.threads)
+    engine = Engine.load(resolve_weights(args.weights), t=args.t, rows=args.rows, threads=args.threads,
+                         quantized=_quantized(args))
     engine.check_top(args.top)  # fail before reading any image
     size = engine.input_size(args.size)
     images = expand_images(args.images)
@@ -171,7 +178,7 @@ def _predict_on_ray(args) -> int:
               f"{_count(args.threads, 'thread')} each", file=sys.stderr)
         predictions = bulk.classify(images, bulk.shared_weights(resolve_weights(args.weights)), top=args.top,
                                     size=args.size, crop=not args.no_crop, t=args.t, rows=args.rows,
-                                    threads=args.threads, actors_per_node=args.actors)
+                                    threads=args.threads, quantized=_quantized(args), actors_per_node=args.actors)
         count, failed = bulk.write_predictions(predictions, out)
     for path, error in failed.items():
         print(f"mnv2: skipped {path}: {error}", file=sys.stderr)

@@ -151,3 +151,12 @@ def test_the_memory_is_the_int8_planners(model):
     assert report.arena_bytes * 3.5 < floats.arena_bytes  # the same plan at 1 byte, not 4
     measured = forward_peak(engine, x)
     assert abs(measured - report.peak_bytes) <= 0.05 * report.peak_bytes + 16 * 1024, (measured, report.peak_bytes)
+
+
+def test_the_cli_runs_integer_by_default_and_float_with_its_flag(model, capsys):
+    from mnv2engine.cli import main
+    path, _ = model
+    for flags in ([], ["--float"]):
+        assert main(["demo", "--weights", str(path), "--runs", "1", *flags]) == 0
+        out = capsys.readouterr().out
+        assert ("quantized=True" in out) == (not flags), out
