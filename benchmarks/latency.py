@@ -11,7 +11,13 @@ round-robin over runs (the order rotated each run) so a noisy moment hits all of
 alike; medians are reported. A table on stdout, with the SIMD target the engine was
 compiled for, and a bar chart, latency.png (where matplotlib is installed).
 
-    python benchmarks/latency.py [--runs 60] [--big-runs 9] [--quick] [--blocked] [--out benchmarks/out]
+Then the quantized files of the shared data folder (../shared/data or $MNV2_TEST_DATA;
+left out, with a note, where absent): LiteRT with its default delegate (XNNPACK) at 1
+and 2 threads and with its built-in kernels alone, against the engine in integer and in
+float32 (quantized=False), batch 1, round-robin as above; the engine's integer logits
+checked against LiteRT's reference kernels (equal) first.
+
+    python benchmarks/latency.py [--runs 60] [--big-runs 9] [--quick] [--blocked] [--quantized-only] [--out benchmarks/out]
 """
 from __future__ import annotations
 
@@ -187,10 +193,17 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smoke test: 3 runs at batch 1, 1 at batch 32")
     ap.add_argument("--blocked", action="store_true",
                     help="time each runtime's runs back to back instead of round-robin")
+    ap.add_argument("--quantized-only", action="store_true", help="only the quantized files against LiteRT")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out")
     args = ap.parse_args(argv)
     if args.quick:
         args.runs, args.big_runs = 3, 1
+    if not args.quantized_only:
+        float_section(args)
+    quantized_section(args)
+
+
+def float_section(args):
     start = time.perf_counter()
 
     import numba
@@ -296,6 +309,67 @@ def main(argv=None):
     plot(results, args, cpu_name(), cores_text(), peers, current().isa)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of the process: {peak_mib:.0f} MiB; total time {time.perf_counter() - start:.1f} s")
+
+
+MODELS = ("tf2_mobilenet_v2_1.0_224_ptq.tflite", "mobilenet_v2_1.0_224_quant.tflite")
+
+
+def quantized_section(args):
+    """The quantized files: LiteRT against the engine in integer and in float32, batch 1."""
+    from mnv2engine import Engine
+    from mnv2engine.kernels.target import current
+    data = Path(os.environ.get("MNV2_TEST_DATA", ROOT.parent / "shared" / "data"))
+    if not (data / "models").is_dir():
+        print(f"\nquantized files: {data / 'models'} not found (set MNV2_TEST_DATA); left out")
+        return
+    try:
+        from ai_edge_litert import interpreter as litert
+    except ImportError:
+        print("\nquantized files: LiteRT is not installed (pip install ai-edge-litert); left out")
+        return
+    print(f"\nquantized files, batch 1; engine compiled for: {current().describe()}; "
+          f"AVX-512 VNNI on this CPU: {'yes' if 'avx512_vnni' in cpu_flags() else 'no'}")
+    rng = np.random.default_rng(0)
+    for model in MODELS:
+        path = data / "models" / model
+        x = rng.integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+
+        def interpreter(kind, threads, preserve=False):
+            it = litert.Interpreter(model_path=str(path), num_threads=threads, experimental_op_resolver_type=kind,
+                                    experimental_preserve_all_tensors=preserve)
+            it.allocate_tensors()
+            index = it.get_input_details()[0]["index"]
+            return it, lambda: (it.set_tensor(index, x), it.invoke())
+        kinds = litert.OpResolverType
+        engine = Engine.load(path)
+        reference, run_reference = interpreter(kinds.BUILTIN_REF, 1, preserve=True)
+        run_reference()
+        out = reference.get_output_details()[0]
+        logits_index = out["index"]
+        want = reference.get_tensor(logits_index)[0]
+        got = engine.classify(x, top=engine.arch.classes)[0]
+        mine = np.zeros(engine.arch.classes)
+        for i, _, p in got:
+            mine[i] = p
+        scale, zero = out["quantization"]
+        off = np.abs(mine - (want.astype(np.float64) - zero) * scale).max()
+        print(f"  {model}: engine (integer) probabilities vs LiteRT's reference kernels: max |diff| {off:.4f} "
+              f"({'OK' if off <= 1 / 256 + 1e-9 else 'FAIL'}, within 1/256)")
+        if off > 1 / 256 + 1e-9:
+            raise SystemExit("the integer engine disagrees with LiteRT's reference kernels: not timed")
+        fns = {}
+        for threads in THREADS:
+            fns[f"LiteRT XNNPACK, {threads} thr"] = interpreter(kinds.AUTO, threads)[1]
+        fns["LiteRT built-in, 1 thr"] = interpreter(kinds.BUILTIN_WITHOUT_DEFAULT_DELEGATES, 1)[1]
+        fns["engine integer, 1 thr"] = lambda: engine.forward(x)
+        for threads in THREADS:
+            floats = Engine.load(path, quantized=False, threads=threads)
+            fns[f"engine float32, {threads} thr"] = lambda e=floats, xf=x.astype(np.float32) / 127.5 - 1: e.forward(xf)
+        times = time_round_robin(fns, args.runs, 3, 1, not args.blocked)
+        best = min(np.median(times[f"LiteRT XNNPACK, {t} thr"]) for t in THREADS)
+        print(f"  {'runtime':<26} {'median ms':>10} {'x best LiteRT':>14}")
+        for name, secs in times.items():
+            print(f"  {name:<26} {1e3 * np.median(secs):>10.2f} {np.median(secs) / best:>13.2f}x")
 
 
 def report(results, spread, macs, args, peers):
