@@ -80,3 +80,13 @@ def qshift(x, out):
     fx, fo = x.reshape(-1), out.reshape(-1)
     for i in range(fo.size):
         fo[i] = np.int16(fx[i]) - 128
+
+
+@njit(cache=True, nogil=True)
+def qrequantize(acc, bias, mult, shift, y_zero, lo, hi, out):
+    """The end of a conv whose int32 sums were added up in parts (a sliced projection):
+    out int8 [P, C] = to_8bit(acc + bias) per channel; acc int32 [P, C]."""
+    P, C = out.shape
+    for p in range(P):
+        for c in range(C):
+            out[p, c] = to_8bit_lanes(np.int32(acc[p, c] + bias[c]), mult[c], shift[c], y_zero, lo, hi)

@@ -61,8 +61,8 @@ class Engine:
         a larger batch runs in sub-batches (budget.py). The returned logits are extra.
     quantized: run a quantized file (TFLite int8 or uint8) in integer arithmetic, exactly
         as its format defines it (the default for such a file), or, False, in float32 on
-        its dequantized weights. In integer, the evaluation is materialized (t=1,
-        rows=False), one image at a time, on the calling thread.
+        its dequantized weights. In integer, the evaluation is materialized or sliced (t;
+        not rows), one image at a time, on the calling thread.
     """
 
     def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
@@ -94,7 +94,10 @@ class Engine:
         self._sharing_lock = threading.Lock()
         self._spare = None  # the arena of the last pass that shared an image (_arena)
         self._max_memory = checked(max_memory)
-        self._integer = IntegerNetwork(weightset.quantization, self.arch) if self.quantized else None
+        self._integer = None
+        if self.quantized:
+            self._integer_bounds = [slice_bounds(b.hidden, tb) for b, tb in zip(self.arch.blocks, self.t)]
+            self._integer = IntegerNetwork(weightset.quantization, self.arch, self._integer_bounds)
         if self.quantized:
             self._integer_plan(self.arch.size)  # refuse a budget too small for one image now
         else:
@@ -216,10 +219,10 @@ class Engine:
         return out
 
     def _integer_plan(self, size):
-        """The int8 plan of one image at `size` (materialized), and the paddings."""
+        """The int8 plan of one image at `size`, and the paddings."""
         def make():
             at = self._at(size)
-            plan = build_plan(at.arch, [np.array([0, b.hidden]) for b in at.arch.blocks], False, 1, dtype="int8")
+            plan = build_plan(at.arch, self._integer_bounds, False, 1, dtype="int8")
             if plan.arena_bytes > self._max_memory:
                 raise EngineError(f"one image at {size[0]}x{size[1]} needs {plan.arena_bytes:,} bytes of activations, "
                                   f"over max_memory={self._max_memory:,}")
@@ -411,12 +414,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def _quantized(weightset, quantized, t, rows) -> bool:
     """Whether the engine runs in integer: the file's own arithmetic by default."""
     if quantized is None:
-        quantized = weightset.quantization is not None and (t in (None, 1)) and not rows
+        quantized = weightset.quantization is not None and not rows
     if not isinstance(quantized, (bool, np.bool_)):
         raise EngineError(f"quantized must be True, False or None, got {quantized!r}")
     if quantized and weightset.quantization is None:
         raise EngineError("quantized=True needs a quantized model (a TFLite int8 or uint8 file); this one is float")
-    if quantized and (t not in (None, 1) or rows):
-        raise EngineError("in integer, the engine runs the materialized evaluation only (t=1, rows=False): "
-                          "pass quantized=False to run this model in float32 with t or rows")
+    if quantized and rows:
+        raise EngineError("in integer, the engine runs the materialized and sliced evaluations (t), not yet rows: "
+                          "pass quantized=False to run this model in float32 with rows=True")
     return bool(quantized)

@@ -69,6 +69,7 @@ class BlockStep:
     y: Buffer   # the output; a ring of rows in the pipeline but for its last block
     e: Buffer   # expansion scratch: whole E, one slice of it, or a 3-row line buffer
     d: Buffer   # depthwise scratch: whole D, one slice, or one row
+    sums: Buffer | None = None  # in integer, a sliced block's int32 projection sums (4 bytes each)
 
     @property
     def piped(self) -> bool:
@@ -96,7 +97,7 @@ class Plan:
         """The arena's buffers (the input is the caller's)."""
         out = []
         for s in self.steps:
-            out += [s.e, s.d, s.y]
+            out += [s.e, s.d, s.y] + ([s.sums] if s.sums is not None else [])
         return out + [self.head_scratch, self.pooled]
 
     @property
@@ -213,8 +214,11 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
             e = buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
             d = buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
             y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
+        # integer slices add their projections up in int32, one image at a time
+        sums = (Buffer(f"{block.name}/sums", (Ho, Wo, block.cout), p0, p0 + 2, whole=False, dtype="int32")
+                if dtype == "int8" and not materialized and not rows else None)
         steps.append(BlockStep(block, bounds, "streamed" if rows else "materialized" if materialized else "sliced",
-                               x, y, e, d))
+                               x, y, e, d, sums))
         x = y
     head_phase = PHASES_PER_BLOCK * len(arch.blocks)
     x.last = head_phase

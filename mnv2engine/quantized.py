@@ -18,8 +18,8 @@ from .arch import Architecture
 from .errors import EngineError, WeightFileError
 from .kernels.qconv import pack_qconv3x3, qconv3x3
 from .kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
-from .kernels.qgemm import pack_qweights, qpointwise
-from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean, qquantize, qshift
+from .kernels.qgemm import pack_qweights, qpointwise, qpointwise_acc
+from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean, qquantize, qrequantize, qshift
 from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS, qsoftmax
 from .memory import view
 from .plan import Plan
@@ -64,16 +64,28 @@ class Activation:
 
 class IntegerNetwork:
     """A quantized file's network as the integer kernels run it: weights packed for them,
-    the integers of every op, made once; `run` computes one image in an int8 plan's arena
-    (the materialized evaluation)."""
+    the integers of every op, made once; `run` computes one image in an int8 plan's arena.
 
-    def __init__(self, q: Quantization, arch: Architecture):
+    bounds: per block, the edges of its channel slices (plan.slice_bounds); a block of
+    several is sliced: each slice's expansion, depthwise and share of the projection
+    packed on their own, the projections added up in int32 and requantized once."""
+
+    def __init__(self, q: Quantization, arch: Architecture, bounds=None):
         self.arch = arch
         self.activations = {name: Activation(a.dtype, float(np.float32(a.scale)), int(a.zero_point))
                             for name, a in q.activations.items()}
         acts, inputs = self.activations, layer_inputs(arch)
         self.convs = {name: _conv(name, layer, acts[inputs[name]], acts[name]) for name, layer in q.layers.items()}
         self.packed = {name: _pack(name, conv) for name, conv in self.convs.items()}
+        self.slices = {}  # block name -> per slice, its (QConv, packed) of expand, depthwise, project
+        for b, edges in zip(arch.blocks, bounds or [np.array([0, b.hidden]) for b in arch.blocks]):
+            if len(edges) > 2:
+                expand = "stem" if b.index == 0 else f"{b.name}/expand"
+                self.slices[b.name] = [{kind: (part, _pack(name, part)) for kind, name, part in (
+                    ("expand", expand, _output_slice(self.convs[expand], c0, c1)),
+                    ("depthwise", f"{b.name}/depthwise", _output_slice(self.convs[f"{b.name}/depthwise"], c0, c1)),
+                    ("project", f"{b.name}/project", _input_slice(self.convs[f"{b.name}/project"], c0, c1)))}
+                    for c0, c1 in zip(edges[:-1], edges[1:])]
         self.adds = {}
         for b in arch.table2_blocks:
             if b.use_residual:
@@ -107,6 +119,11 @@ class IntegerNetwork:
         x = image
         for step in plan.steps:
             b = step.block
+            if b.name in self.slices:
+                y = view(arena, step.y)[0]
+                self._sliced(b, step, x, stem_pads if b.index == 0 else None, dw_pads[b.index], arena, y, observe)
+                x = y
+                continue
             e, d, y = view(arena, step.e)[0], view(arena, step.d)[0], view(arena, step.y)[0]
             if b.index == 0:
                 self._conv3x3("stem", x, 2, stem_pads, e, qconv3x3)
@@ -134,6 +151,34 @@ class IntegerNetwork:
             self._pointwise("classifier", pooled.reshape(1, -1), out.reshape(1, -1))
             observe("classifier", out)
 
+    def _sliced(self, b, step, x, stem_pads, dw_pads, arena, y, observe):
+        """A sliced block: per slice, E and D of its channels (whole, in the plan's slice
+        buffers), its share of the projection added into int32 sums; then the sums
+        requantized once, and the residual added."""
+        sums = view(arena, step.sums).reshape(-1, b.cout)
+        sums[:] = 0
+        He, We = step.e.shape[:2]
+        Ho, Wo = b.out_size
+        for part in self.slices[b.name]:
+            expand, packed = part["expand"]
+            cs = expand.bias.size
+            e = view(arena, step.e).reshape(-1)[:He * We * cs].reshape(He, We, cs)
+            d = view(arena, step.d).reshape(-1)[:Ho * Wo * cs].reshape(Ho, Wo, cs)
+            if stem_pads is not None:
+                self._conv3x3_with(expand, packed, x, 2, stem_pads, e, qconv3x3)
+            else:
+                self._pointwise_with(expand, packed, x, e)
+            self._conv3x3_with(*part["depthwise"], e, b.stride, dw_pads, d, qdepthwise3x3)
+            project, (weights, colsum) = part["project"]
+            qpointwise_acc(d.reshape(-1, cs), weights, colsum, project.x_zero, project.w_zero, sums)
+        project = self.convs[f"{b.name}/project"]
+        out = project.out
+        qrequantize(sums, project.bias, out.mult, out.shift, out.zero, out.lo, out.hi, y.reshape(-1, b.cout))
+        observe(f"{b.name}/project", y)
+        if b.use_residual:
+            self._add(b.name, x, y)
+            observe(f"{b.name}/residual", y)
+
     def _pool(self, head, pooled):
         if not self.pool_mean:
             qaverage(head, *INT8, pooled, True)
@@ -151,7 +196,11 @@ class IntegerNetwork:
         return dequantize(out, self.activations["softmax"])
 
     def _pointwise(self, name, x, out):
-        conv, (packed, colsum) = self.convs[name], self.packed[name]
+        self._pointwise_with(self.convs[name], self.packed[name], x, out)
+
+    @staticmethod
+    def _pointwise_with(conv, packing, x, out):
+        packed, colsum = packing
         qpointwise(x.reshape(-1, x.shape[-1]), packed, colsum, conv.bias, conv.out.mult, conv.out.shift,
                    conv.x_zero, conv.w_zero, conv.out.zero, conv.out.lo, conv.out.hi, out.reshape(-1, out.shape[-1]))
 
@@ -163,8 +212,11 @@ class IntegerNetwork:
              a.y_zero, a.y_mult, a.y_shift, *INT8, flat)
 
     def _conv3x3(self, name, x, stride, pads, out, kernel):
-        conv = self.convs[name]
-        kernel(x, self.packed[name], conv.bias, conv.out.mult, conv.out.shift, conv.x_zero, conv.out.zero,
+        self._conv3x3_with(self.convs[name], self.packed[name], x, stride, pads, out, kernel)
+
+    @staticmethod
+    def _conv3x3_with(conv, packed, x, stride, pads, out, kernel):
+        kernel(x, packed, conv.bias, conv.out.mult, conv.out.shift, conv.x_zero, conv.out.zero,
                conv.out.lo, conv.out.hi, stride, pads[0], pads[2], out)
 
 
@@ -181,6 +233,18 @@ def _conv(name: str, layer, x: Activation, y: Activation) -> QConv:
                  w_zero=int(layer.kernel_zero_point[0]) + shift, bias=layer.bias.astype(np.int32),
                  x_zero=x.int8_zero,
                  out=_requantized(name, x, layer.kernel_scale, y, layer.bias.size, kind in RELU6_LAYERS))
+
+
+def _output_slice(conv: QConv, c0: int, c1: int) -> QConv:
+    """The layer's output channels c0..c1."""
+    out = conv.out
+    return QConv(np.ascontiguousarray(conv.weights[..., c0:c1]), conv.w_zero, conv.bias[c0:c1], conv.x_zero,
+                 Requantized(out.mult[c0:c1], out.shift[c0:c1], out.zero, out.lo, out.hi))
+
+
+def _input_slice(conv: QConv, c0: int, c1: int) -> QConv:
+    """A 1x1 layer's input channels c0..c1 (its output is whole: the slices add up)."""
+    return QConv(np.ascontiguousarray(conv.weights[c0:c1]), conv.w_zero, conv.bias, conv.x_zero, conv.out)
 
 
 def _pack(name: str, conv: QConv):
