@@ -270,3 +270,107 @@ def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
         y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
         return builder.add(y, _splat(builder, builder.trunc(zero, _I32)))
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
+
+
+# For the depthwise, the stem and ADD (qdepthwise.py, qconv.py, qops.py): widening loads
+# of 8- and 16-bit lanes, lane broadcasts, 16-bit pair products, a narrowing clamp.
+
+def _load_lanes(builder, ptr, n, elem):
+    """Lanes 0..n-1 of a <16 x elem> at ptr, zeros after: a plain load when all 16 are
+    live, else a masked load (cheap with AVX-512; LLVM splits it elsewhere)."""
+    vec = ir.VectorType(elem, LANES)
+    with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_I64, LANES)), likely=True) as (yes, no):
+        with yes:
+            a, a_block = builder.load(ptr, align=1), builder.block
+        with no:
+            fnty = ir.FunctionType(vec, [vec.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), vec])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.v16i{elem.width}.p0")
+            b = builder.call(fn, [ptr, ir.Constant(_I32, 1), _lane_mask(builder, n), ir.Constant(vec, None)])
+            b_block = builder.block
+    value = builder.phi(vec)
+    value.add_incoming(a, a_block)
+    value.add_incoming(b, b_block)
+    return value
+
+
+@intrinsic
+def xload(typingctx, arr, index, n):
+    """The n int8 or int16 values at arr[index] along the last axis, sign-extended into
+    int32 lanes 0..n-1; zeros after (lanes >= n are not read)."""
+    _check(arr, index, (types.int8, types.int16))
+
+    def codegen(context, builder, sig, args):
+        elem = ir.IntType(sig.args[0].dtype.bitwidth)
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], ir.VectorType(elem, LANES))
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.sext(_load_lanes(builder, ptr, n, elem), _VEC)
+    return i32x16(arr, index, n), codegen
+
+
+@intrinsic
+def xload16(typingctx, arr, index):
+    """The 16 int8 at arr[index], sign-extended into int32 lanes, all read (the caller
+    knows they are inside the array)."""
+    _check(arr, index, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        bytes16 = ir.VectorType(_I8, LANES)
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], bytes16)
+        return builder.sext(builder.load(ptr, align=1), _VEC)
+    return i32x16(arr, index), codegen
+
+
+@intrinsic
+def isub(typingctx, a, b):
+    """a - b in each lane, wrapping."""
+    if not (a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def ilane(typingctx, v, lane):
+    """All 16 lanes = lane `lane` (a constant) of v."""
+    if not (v == i32x16 and isinstance(lane, types.IntegerLiteral)):
+        return None
+    k = lane.literal_value
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], ir.Constant(_VEC, ir.Undefined), ir.Constant(_VEC, [k] * LANES))
+    return i32x16(i32x16, lane), codegen
+
+
+@intrinsic
+def ipack16(typingctx, v):
+    """Each lane's low 16 bits into the int16 pairs of an int32 vector: lane l of the
+    result holds lanes 2l (low half) and 2l + 1 (high half) of v; lanes 8..15 are 0."""
+    if v != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        halves = builder.trunc(args[0], ir.VectorType(_I16, LANES))
+        wide = builder.shuffle_vector(halves, ir.Constant(halves.type, None),
+                                      ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(2 * LANES))))
+        return builder.bitcast(wide, _VEC)
+    return i32x16(i32x16), codegen
+
+
+@intrinsic
+def pdot(typingctx, acc, a, b):
+    """acc + in each lane: lo16(a) lo16(b) + hi16(a) hi16(b), the 16-bit halves signed
+    (pmaddwd and an add in plain IR, which LLVM makes one vpdpwssd where there is VNNI).
+    Exact while each pair's sum fits int32 (any two products of 9-bit values)."""
+    if not (acc == i32x16 and a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        halves, wide = ir.VectorType(_I16, 2 * LANES), ir.VectorType(_I32, 2 * LANES)
+        m = builder.mul(builder.sext(builder.bitcast(args[1], halves), wide),
+                        builder.sext(builder.bitcast(args[2], halves), wide))
+        even = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+        odd = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+        return builder.add(args[0], builder.add(even, odd))
+    return i32x16(i32x16, i32x16, i32x16), codegen
