@@ -17,7 +17,7 @@ one widening load, one multiply, one add.
 import numpy as np
 from numba import njit
 
-from .qsimd import LANES, iadd, iload, imul, isplat, isub, bstore, vrequant, xload
+from .qsimd import LANES, iadd, iload, imul, isplat, isub, bstore, vrequant32 as vrequant, xload
 
 ZERO_TAP = 3  # the index of the zero row and column of packed weights
 BLOCK = LANES  # channels per vector
@@ -79,7 +79,7 @@ def _tap(e, r, x, c, n, xz, wk, a):
     return iadd(a, imul(isub(xload(e, (r, x, c), n), xz), wk))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_top, pad_left, out):
     """Output row `oy` of an int8 3x3 depthwise conv (packed weights: no w_zero argument).
 
