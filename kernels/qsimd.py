@@ -344,21 +344,6 @@ def ilane(typingctx, v, lane):
 
 
 @intrinsic
-def ipack16(typingctx, v):
-    """Each lane's low 16 bits into the int16 pairs of an int32 vector: lane l of the
-    result holds lanes 2l (low half) and 2l + 1 (high half) of v; lanes 8..15 are 0."""
-    if v != i32x16:
-        return None
-
-    def codegen(context, builder, sig, args):
-        halves = builder.trunc(args[0], ir.VectorType(_I16, LANES))
-        wide = builder.shuffle_vector(halves, ir.Constant(halves.type, None),
-                                      ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(2 * LANES))))
-        return builder.bitcast(wide, _VEC)
-    return i32x16(i32x16), codegen
-
-
-@intrinsic
 def pdot(typingctx, acc, a, b):
     """acc + in each lane: lo16(a) lo16(b) + hi16(a) hi16(b), the 16-bit halves signed
     (vpdpwssd with AVX-512 VNNI; elsewhere pmaddwd and an add in plain IR, which LLVM
