@@ -1,66 +1,112 @@
 """The int8 stem: TFLite's full 3x3 conv over an RGB image, exactly, one output row at a time.
 
 acc[c] = bias[c] + sum over the window's in-image taps and the 3 input channels of
-(x - x_zero) * (w - w_zero) in int32, requantized per channel. As in qdepthwise.py the
-weights come centered and padded (pack_qconv3x3): a tap on the padding reads the nearest
-real pixel and takes a zero weight, so the loop over output channels has no branch.
+(x - x_zero) * (w - w_zero) in int32, requantized per channel.
+
+A kernel row of a window is 9 consecutive bytes of an image row (3 pixels x RGB), taps
+t = 3 kx + ci. They go in pairs (t = 2p, 2p + 1; the 10th is a zero tap): one 16-bit
+multiply of pairs (pdot: vpdpwssd with VNNI, pmaddwd elsewhere) adds two taps into 16
+channels. The weights are packed as those pairs (pack_qconv3x3); the inputs are one
+16-byte load per kernel row, widened to 16-bit and centered, each pair broadcast to all
+lanes. A window that reaches the padding or the row's last 16 bytes builds its pairs
+one value at a time, zeros on the padding.
 """
 import numpy as np
 from numba import njit
 
-from .qdepthwise import BLOCK, ZERO_TAP, _nearest, _weight_index
-from .qlanes import to_8bit_lanes
+from .qdepthwise import _nearest
+from .qsimd import LANES, bstore, ilane, iload, isplat, pdot, vrequant32, xpairs16
 
 CIN = 3  # input channels: the stem reads RGB
+PAIRS = 5  # pairs of taps per kernel row: 9 taps and a zero one
 
 
 @njit(cache=True, nogil=True)
 def pack_qconv3x3(w, w_zero):
-    """w int8 [3, 3, 3, C] (HWIO) and its zero point -> int16 [4, 4, 3, C]: w - w_zero, and
-    zeros at kernel row or column 3 (ZERO_TAP)."""
+    """w int8 [3, 3, 3, C] (HWIO) and its zero point -> int32 [3, PAIRS, C]: for kernel row
+    ky and pair p, w - w_zero of taps 2p (low 16 bits) and 2p + 1 (high 16 bits), tap
+    t = 3 kx + ci; tap 9 is zero."""
     if w.shape[0] != 3 or w.shape[1] != 3 or w.shape[2] != CIN:
         raise ValueError("the stem's weights must be [3, 3, 3, C] (HWIO)")
     C = w.shape[3]
-    wc = np.zeros((4, 4, CIN, C), np.int16)
+    wp = np.zeros((3, PAIRS, C), np.int32)
     for ky in range(3):
-        for kx in range(3):
-            for ci in range(CIN):
-                for c in range(C):
-                    wc[ky, kx, ci, c] = np.int16(w[ky, kx, ci, c]) - np.int16(w_zero)
-    return wc
+        for t in range(3 * CIN):
+            for c in range(C):
+                v = np.int32(w[ky, t // CIN, t % CIN, c]) - np.int32(w_zero)
+                if t % 2 == 0:
+                    wp[ky, t // 2, c] |= v & 0xFFFF
+                else:
+                    wp[ky, t // 2, c] |= v << 16
+    return wp
 
 
 @njit(cache=True, inline="always")
-def _kernel_row(x, r, x0, x1, x2, wc, k, j0, j1, j2, xz, c):
-    """One kernel row's nine products for output channel c (the inputs are scalars the
-    loop over c does not change)."""
-    s = (np.int32(x[r, x0, 0]) - xz) * np.int32(wc[k, j0, 0, c])
-    s += (np.int32(x[r, x0, 1]) - xz) * np.int32(wc[k, j0, 1, c])
-    s += (np.int32(x[r, x0, 2]) - xz) * np.int32(wc[k, j0, 2, c])
-    s += (np.int32(x[r, x1, 0]) - xz) * np.int32(wc[k, j1, 0, c])
-    s += (np.int32(x[r, x1, 1]) - xz) * np.int32(wc[k, j1, 1, c])
-    s += (np.int32(x[r, x1, 2]) - xz) * np.int32(wc[k, j1, 2, c])
-    s += (np.int32(x[r, x2, 0]) - xz) * np.int32(wc[k, j2, 0, c])
-    s += (np.int32(x[r, x2, 1]) - xz) * np.int32(wc[k, j2, 1, c])
-    s += (np.int32(x[r, x2, 2]) - xz) * np.int32(wc[k, j2, 2, c])
-    return np.int32(s)  # nine 17-bit products: no wrap
+def _row_pairs(x, r, ix, xz):
+    """The 5 pairs of a kernel row whose window lies inside the image, each broadcast."""
+    v = xpairs16(x, (r, ix, 0), xz)
+    return ilane(v, 0), ilane(v, 1), ilane(v, 2), ilane(v, 3), ilane(v, 4)
 
 
 @njit(cache=True, inline="always")
-def _channel(x, r0, r1, r2, x0, x1, x2, wc, k0, k1, k2, j0, j1, j2, bias, mult, shift, xz, y_zero, lo, hi, c):
-    acc = np.int32(bias[c])
-    acc = np.int32(acc + _kernel_row(x, r0, x0, x1, x2, wc, k0, j0, j1, j2, xz, c))
-    acc = np.int32(acc + _kernel_row(x, r1, x0, x1, x2, wc, k1, j0, j1, j2, xz, c))
-    acc = np.int32(acc + _kernel_row(x, r2, x0, x1, x2, wc, k2, j0, j1, j2, xz, c))
-    return to_8bit_lanes(acc, mult[c], shift[c], y_zero, lo, hi)
+def _tap(x, r, ix, t, H, W, xz):
+    """Tap t of the kernel row on image row r, as x - x_zero; 0 on the padding or t = 9."""
+    col = ix + t // CIN
+    if t >= 3 * CIN or r < 0 or r >= H or col < 0 or col >= W:
+        return np.int32(0)
+    return np.int32(x[r, col, t % CIN]) - xz
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, inline="always")
+def _pair(x, r, ix, p, H, W, xz):
+    """Pair p of the kernel row on image row r, one value at a time, broadcast."""
+    lo = _tap(x, r, ix, 2 * p, H, W, xz)
+    hi = _tap(x, r, ix, 2 * p + 1, H, W, xz)
+    return isplat((lo & 0xFFFF) | (hi << 16))
+
+
+@njit(cache=True, inline="always")
+def _row_pairs_edge(x, r, ix, H, W, xz):
+    return (_pair(x, r, ix, 0, H, W, xz), _pair(x, r, ix, 1, H, W, xz), _pair(x, r, ix, 2, H, W, xz),
+            _pair(x, r, ix, 3, H, W, xz), _pair(x, r, ix, 4, H, W, xz))
+
+
+@njit(cache=True, inline="always")
+def _kernel_row(wp, ky, c, n, q0, q1, q2, q3, q4, acc):
+    acc = pdot(acc, q0, iload(wp, (ky, 0, c), n))
+    acc = pdot(acc, q1, iload(wp, (ky, 1, c), n))
+    acc = pdot(acc, q2, iload(wp, (ky, 2, c), n))
+    acc = pdot(acc, q3, iload(wp, (ky, 3, c), n))
+    return pdot(acc, q4, iload(wp, (ky, 4, c), n))
+
+
+@njit(cache=True, inline="always")
+def _block(wp, bias, mult, shift, y_zero, lo, hi, out, ox, c, n, p0, p1, p2):
+    """Channels c..c+n-1 of one output pixel from its three kernel rows' pairs."""
+    acc = iload(bias, (c,), n)
+    acc = _kernel_row(wp, 0, c, n, p0[0], p0[1], p0[2], p0[3], p0[4], acc)
+    acc = _kernel_row(wp, 1, c, n, p1[0], p1[1], p1[2], p1[3], p1[4], acc)
+    acc = _kernel_row(wp, 2, c, n, p2[0], p2[1], p2[2], p2[3], p2[4], acc)
+    bstore(out, (ox, c), n, vrequant32(acc, iload(mult, (c,), n), iload(shift, (c,), n), y_zero, lo, hi))
+
+
+@njit(cache=True, inline="always")
+def _pixel(wp, bias, mult, shift, y_zero, lo, hi, out, ox, C, p0, p1, p2):
+    """All channels of one output pixel: whole vectors (a constant lane count: no
+    branch in their loads), then the rest."""
+    whole = C - C % LANES
+    for c in range(0, whole, LANES):
+        _block(wp, bias, mult, shift, y_zero, lo, hi, out, ox, c, LANES, p0, p1, p2)
+    if whole < C:
+        _block(wp, bias, mult, shift, y_zero, lo, hi, out, ox, whole, C - whole, p0, p1, p2)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def qconv3x3_row(x, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_top, pad_left, out):
     """Output row `oy` of the stem (packed weights: no w_zero argument).
 
     x int8 [H, W, 3]; wc = pack_qconv3x3(w, w_zero); bias, mult, shift int32 [C];
-    out int8 [Wo, C]. Channels in vectorized blocks of BLOCK, then the rest.
+    out int8 [Wo, C].
     """
     H, W, cin = x.shape
     if cin != CIN:
@@ -68,20 +114,16 @@ def qconv3x3_row(x, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, p
     Wo, C = out.shape
     xz = np.int32(x_zero)
     iy = oy * stride - pad_top
-    r0, r1, r2 = _nearest(iy, H), _nearest(iy + 1, H), _nearest(iy + 2, H)
-    k0, k1, k2 = _weight_index(iy, 0, H), _weight_index(iy, 1, H), _weight_index(iy, 2, H)
-    blocked = C - C % BLOCK
+    rows_inside = iy >= 0 and iy + 2 < H
     for ox in range(Wo):
         ix = ox * stride - pad_left
-        x0, x1, x2 = _nearest(ix, W), _nearest(ix + 1, W), _nearest(ix + 2, W)
-        j0, j1, j2 = _weight_index(ix, 0, W), _weight_index(ix, 1, W), _weight_index(ix, 2, W)
-        for c0 in range(0, blocked, BLOCK):
-            for c in range(c0, c0 + BLOCK):
-                out[ox, c] = _channel(x, r0, r1, r2, x0, x1, x2, wc, k0, k1, k2, j0, j1, j2,
-                                      bias, mult, shift, xz, y_zero, lo, hi, c)
-        for c in range(blocked, C):
-            out[ox, c] = _channel(x, r0, r1, r2, x0, x1, x2, wc, k0, k1, k2, j0, j1, j2,
-                                  bias, mult, shift, xz, y_zero, lo, hi, c)
+        # inside: the window, and the 16 bytes each kernel row's load reads
+        if rows_inside and ix >= 0 and CIN * ix + 16 <= CIN * W:
+            _pixel(wc, bias, mult, shift, y_zero, lo, hi, out, ox, C, _row_pairs(x, iy, ix, xz),
+                   _row_pairs(x, iy + 1, ix, xz), _row_pairs(x, iy + 2, ix, xz))
+        else:
+            _pixel(wc, bias, mult, shift, y_zero, lo, hi, out, ox, C, _row_pairs_edge(x, iy, ix, H, W, xz),
+                   _row_pairs_edge(x, iy + 1, ix, H, W, xz), _row_pairs_edge(x, iy + 2, ix, H, W, xz))
 
 
 @njit(cache=True, nogil=True)

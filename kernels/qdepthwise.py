@@ -5,17 +5,22 @@ int32, then requantized per channel (requant.to_8bit). A tap on the padding adds
 
 The weights come centered and padded by pack_qdepthwise: wc[ky, kx] = w[ky, kx] - w_zero as
 int16, and wc[3, :] = wc[:, 3] = 0. A tap on the padding reads the nearest real row or
-column and takes the zero weight of row or column 3, so every pixel runs the same nine
-multiply-adds with no branch per tap, and the loop over channels vectorizes.
-(x - x_zero and w - w_zero each fit 9 bits, their product 17: int32 lanes.)
+column and takes a zero weight, so the edges run the same multiply-adds with no branch
+per tap. (x - x_zero and w - w_zero each fit 9 bits, their product 17: int32 lanes.)
+
+Explicit vectors (qsimd.py), as the float depthwise.py: 16 channels at a time, the nine
+weights in registers, four output pixels at a time in the interior, each accumulator in
+a register across the nine taps. In the interior the input's zero point is folded into
+the bias, bias - x_zero * sum(w) (int32 wraps, so the regrouping is exact), and a tap is
+one widening load, one multiply, one add.
 """
 import numpy as np
 from numba import njit
 
-from .qlanes import to_8bit_lanes
+from .qsimd import LANES, iadd, iload, imul, isplat, isub, bstore, vrequant32 as vrequant, xload
 
 ZERO_TAP = 3  # the index of the zero row and column of packed weights
-BLOCK = 16  # channels per vectorized block (int32 lanes: one AVX-512 vector)
+BLOCK = LANES  # channels per vector
 
 
 @njit(cache=True, nogil=True)
@@ -43,23 +48,38 @@ def _weight_index(i, k, n):
 
 
 @njit(cache=True, inline="always")
-def _pixel(e, r0, r1, r2, x0, x1, x2, wc, k0, k1, k2, j0, j1, j2, bias, mult, shift, xz, y_zero, lo, hi, c):
-    """Channel c of one output pixel: nine int32 products (of 9-bit values: 17 bits), the
-    bias, the requantization. Sums wrap in int32, as TFLite's do."""
-    acc = np.int32(bias[c])
-    acc = np.int32(acc + (np.int32(e[r0, x0, c]) - xz) * np.int32(wc[k0, j0, c]))
-    acc = np.int32(acc + (np.int32(e[r0, x1, c]) - xz) * np.int32(wc[k0, j1, c]))
-    acc = np.int32(acc + (np.int32(e[r0, x2, c]) - xz) * np.int32(wc[k0, j2, c]))
-    acc = np.int32(acc + (np.int32(e[r1, x0, c]) - xz) * np.int32(wc[k1, j0, c]))
-    acc = np.int32(acc + (np.int32(e[r1, x1, c]) - xz) * np.int32(wc[k1, j1, c]))
-    acc = np.int32(acc + (np.int32(e[r1, x2, c]) - xz) * np.int32(wc[k1, j2, c]))
-    acc = np.int32(acc + (np.int32(e[r2, x0, c]) - xz) * np.int32(wc[k2, j0, c]))
-    acc = np.int32(acc + (np.int32(e[r2, x1, c]) - xz) * np.int32(wc[k2, j1, c]))
-    acc = np.int32(acc + (np.int32(e[r2, x2, c]) - xz) * np.int32(wc[k2, j2, c]))
-    return to_8bit_lanes(acc, mult[c], shift[c], y_zero, lo, hi)
+def _taps4(e, r, ix, stride, c, wk, a0, a1, a2, a3):
+    """One tap of four neighbouring output pixels: a_i += e[r, ix + i * stride, c:c + 16] * wk."""
+    return (iadd(a0, imul(xload(e, (r, ix, c), LANES), wk)),
+            iadd(a1, imul(xload(e, (r, ix + stride, c), LANES), wk)),
+            iadd(a2, imul(xload(e, (r, ix + 2 * stride, c), LANES), wk)),
+            iadd(a3, imul(xload(e, (r, ix + 3 * stride, c), LANES), wk)))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, inline="always")  # inlined so that `stride` is a constant: shared loads
+def _interior4(e, r0, r1, r2, ix, stride, c, bias, w00, w01, w02, w10, w11, w12, w20, w21, w22):
+    """Four neighbouring output pixels whose windows lie inside the row (16 channels;
+    bias has the input's zero point folded in)."""
+    a0 = a1 = a2 = a3 = bias
+    a0, a1, a2, a3 = _taps4(e, r0, ix, stride, c, w00, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r0, ix + 1, stride, c, w01, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r0, ix + 2, stride, c, w02, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r1, ix, stride, c, w10, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r1, ix + 1, stride, c, w11, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r1, ix + 2, stride, c, w12, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r2, ix, stride, c, w20, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r2, ix + 1, stride, c, w21, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r2, ix + 2, stride, c, w22, a0, a1, a2, a3)
+    return a0, a1, a2, a3
+
+
+@njit(cache=True, inline="always")
+def _tap(e, r, x, c, n, xz, wk, a):
+    """a + (e[r, x, c:c + n] - x_zero) * wk."""
+    return iadd(a, imul(isub(xload(e, (r, x, c), n), xz), wk))
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_top, pad_left, out):
     """Output row `oy` of an int8 3x3 depthwise conv (packed weights: no w_zero argument).
 
@@ -67,28 +87,50 @@ def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stri
     buffer); H is the input height; wc = pack_qdepthwise(w, w_zero); bias, mult, shift int32
     [C]; out int8 [Wo, C]. The bottom and right padding only show in how many output rows
     and columns the caller asks for.
-
-    Channels go in blocks of BLOCK, a constant trip count that LLVM vectorizes whole (a
-    loop over all C leaves C mod 32 channels to a scalar remainder), then the rest.
     """
     R, W, C = e.shape
     Wo = out.shape[0]
-    xz = np.int32(x_zero)
     iy = oy * stride - pad_top
     r0, r1, r2 = _nearest(iy, H) % R, _nearest(iy + 1, H) % R, _nearest(iy + 2, H) % R
     k0, k1, k2 = _weight_index(iy, 0, H), _weight_index(iy, 1, H), _weight_index(iy, 2, H)
-    blocked = C - C % BLOCK
-    for ox in range(Wo):
-        ix = ox * stride - pad_left
-        x0, x1, x2 = _nearest(ix, W), _nearest(ix + 1, W), _nearest(ix + 2, W)
-        j0, j1, j2 = _weight_index(ix, 0, W), _weight_index(ix, 1, W), _weight_index(ix, 2, W)
-        for c0 in range(0, blocked, BLOCK):
-            for c in range(c0, c0 + BLOCK):
-                out[ox, c] = _pixel(e, r0, r1, r2, x0, x1, x2, wc, k0, k1, k2, j0, j1, j2,
-                                    bias, mult, shift, xz, y_zero, lo, hi, c)
-        for c in range(blocked, C):
-            out[ox, c] = _pixel(e, r0, r1, r2, x0, x1, x2, wc, k0, k1, k2, j0, j1, j2,
-                                bias, mult, shift, xz, y_zero, lo, hi, c)
+    xz, zero = isplat(x_zero), isplat(0)
+    for c in range(0, C, LANES):
+        n = min(LANES, C - c)
+        w00, w01, w02 = xload(wc, (k0, 0, c), n), xload(wc, (k0, 1, c), n), xload(wc, (k0, 2, c), n)
+        w10, w11, w12 = xload(wc, (k1, 0, c), n), xload(wc, (k1, 1, c), n), xload(wc, (k1, 2, c), n)
+        w20, w21, w22 = xload(wc, (k2, 0, c), n), xload(wc, (k2, 1, c), n), xload(wc, (k2, 2, c), n)
+        b, m, s = iload(bias, (c,), n), iload(mult, (c,), n), iload(shift, (c,), n)
+        total = iadd(iadd(iadd(w00, w01), iadd(w02, w10)), iadd(iadd(w11, w12), iadd(w20, iadd(w21, w22))))
+        folded = isub(b, imul(xz, total))  # bias - x_zero * sum(w): for windows inside the row
+        ox = 0
+        while ox < Wo:
+            ix = ox * stride - pad_left
+            if n == LANES and ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
+                if stride == 1:
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 1, c, folded,
+                                                w00, w01, w02, w10, w11, w12, w20, w21, w22)
+                else:
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 2, c, folded,
+                                                w00, w01, w02, w10, w11, w12, w20, w21, w22)
+                bstore(out, (ox, c), LANES, vrequant(a0, m, s, y_zero, lo, hi))
+                bstore(out, (ox + 1, c), LANES, vrequant(a1, m, s, y_zero, lo, hi))
+                bstore(out, (ox + 2, c), LANES, vrequant(a2, m, s, y_zero, lo, hi))
+                bstore(out, (ox + 3, c), LANES, vrequant(a3, m, s, y_zero, lo, hi))
+                ox += 4
+            else:  # one pixel; its left or right column of taps may be on the padding
+                x0, x1, x2 = _nearest(ix, W), _nearest(ix + 1, W), _nearest(ix + 2, W)
+                left, right = ix >= 0, ix + 2 < W
+                a = _tap(e, r0, x0, c, n, xz, w00 if left else zero, b)
+                a = _tap(e, r0, x1, c, n, xz, w01, a)
+                a = _tap(e, r0, x2, c, n, xz, w02 if right else zero, a)
+                a = _tap(e, r1, x0, c, n, xz, w10 if left else zero, a)
+                a = _tap(e, r1, x1, c, n, xz, w11, a)
+                a = _tap(e, r1, x2, c, n, xz, w12 if right else zero, a)
+                a = _tap(e, r2, x0, c, n, xz, w20 if left else zero, a)
+                a = _tap(e, r2, x1, c, n, xz, w21, a)
+                a = _tap(e, r2, x2, c, n, xz, w22 if right else zero, a)
+                bstore(out, (ox, c), n, vrequant(a, m, s, y_zero, lo, hi))
+                ox += 1
 
 
 @njit(cache=True, nogil=True)

@@ -270,3 +270,150 @@ def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
         y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
         return builder.add(y, _splat(builder, builder.trunc(zero, _I32)))
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
+
+
+# For the depthwise, the stem and ADD (qdepthwise.py, qconv.py, qops.py): widening loads
+# of 8- and 16-bit lanes, lane broadcasts, 16-bit pair products, a narrowing clamp.
+
+def _load_lanes(builder, ptr, n, elem):
+    """Lanes 0..n-1 of a <16 x elem> at ptr, zeros after: a plain load when all 16 are
+    live, else a masked load (cheap with AVX-512; LLVM splits it elsewhere)."""
+    vec = ir.VectorType(elem, LANES)
+    with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_I64, LANES)), likely=True) as (yes, no):
+        with yes:
+            a, a_block = builder.load(ptr, align=1), builder.block
+        with no:
+            fnty = ir.FunctionType(vec, [vec.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), vec])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, f"llvm.masked.load.v16i{elem.width}.p0")
+            b = builder.call(fn, [ptr, ir.Constant(_I32, 1), _lane_mask(builder, n), ir.Constant(vec, None)])
+            b_block = builder.block
+    value = builder.phi(vec)
+    value.add_incoming(a, a_block)
+    value.add_incoming(b, b_block)
+    return value
+
+
+@intrinsic
+def xload(typingctx, arr, index, n):
+    """The n int8 or int16 values at arr[index] along the last axis, sign-extended into
+    int32 lanes 0..n-1; zeros after (lanes >= n are not read)."""
+    _check(arr, index, (types.int8, types.int16))
+
+    def codegen(context, builder, sig, args):
+        elem = ir.IntType(sig.args[0].dtype.bitwidth)
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], ir.VectorType(elem, LANES))
+        n = context.cast(builder, args[2], sig.args[2], types.int64)
+        return builder.sext(_load_lanes(builder, ptr, n, elem), _VEC)
+    return i32x16(arr, index, n), codegen
+
+
+@intrinsic
+def xload16(typingctx, arr, index):
+    """The 16 int8 at arr[index], sign-extended into int32 lanes, all read (the caller
+    knows they are inside the array)."""
+    _check(arr, index, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        bytes16 = ir.VectorType(_I8, LANES)
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], bytes16)
+        return builder.sext(builder.load(ptr, align=1), _VEC)
+    return i32x16(arr, index), codegen
+
+
+@intrinsic
+def isub(typingctx, a, b):
+    """a - b in each lane, wrapping."""
+    if not (a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.sub(args[0], args[1])
+    return i32x16(i32x16, i32x16), codegen
+
+
+@intrinsic
+def ilane(typingctx, v, lane):
+    """All 16 lanes = lane `lane` (a constant) of v."""
+    if not (v == i32x16 and isinstance(lane, types.IntegerLiteral)):
+        return None
+    k = lane.literal_value
+
+    def codegen(context, builder, sig, args):
+        return builder.shuffle_vector(args[0], ir.Constant(_VEC, ir.Undefined), ir.Constant(_VEC, [k] * LANES))
+    return i32x16(i32x16, lane), codegen
+
+
+@intrinsic
+def pdot(typingctx, acc, a, b):
+    """acc + in each lane: lo16(a) lo16(b) + hi16(a) hi16(b), the 16-bit halves signed
+    (vpdpwssd with AVX-512 VNNI; elsewhere pmaddwd and an add in plain IR, which LLVM
+    makes one vpdpwssd where there is AVX-VNNI).
+    Exact while each pair's sum fits int32 (any two products of 9-bit values)."""
+    if not (acc == i32x16 and a == i32x16 and b == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if DOT == "avx512vnni":  # the intrinsic: LLVM's own match widens broadcasts and back
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                "llvm.x86.avx512.vpdpwssd.512")
+            return builder.call(fn, list(args))
+        halves, wide = ir.VectorType(_I16, 2 * LANES), ir.VectorType(_I32, 2 * LANES)
+        m = builder.mul(builder.sext(builder.bitcast(args[1], halves), wide),
+                        builder.sext(builder.bitcast(args[2], halves), wide))
+        even = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+        odd = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+        return builder.add(args[0], builder.add(even, odd))
+    return i32x16(i32x16, i32x16, i32x16), codegen
+
+
+@intrinsic
+def vrequant32(typingctx, acc, mult, shift, zero, lo, hi):
+    """vrequant's integers in fewer instructions: int32 lanes but for the products. The
+    high multiply is two 32x32->64 multiplies (pmuldq) of the even and the odd lanes, the
+    bits 31..62 of each product + 2^30 put back in place; the one overflow (INT32_MIN
+    squared) is the one high of INT32_MIN (a true one is at least 1 - 2^31), saturated to
+    INT32_MAX. RoundingDivideByPOT as TFLite writes it: (h >> r) + ((h & mask) > threshold)."""
+    if not (acc == i32x16 and mult == i32x16 and shift == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, mult, shift = args[:3]
+        zero, lo, hi = (context.cast(builder, v, t, types.int32) for v, t in zip(args[3:], sig.args[3:]))
+        wide = ir.VectorType(_I64, LANES // 2)
+        c32, c0 = _const(32, LANES // 2, _I64), _const(0)
+        left = _minmax(builder, "smax", shift, c0)
+        right = _minmax(builder, "smax", builder.sub(c0, shift), c0)
+        a = builder.bitcast(builder.shl(acc, left), wide)  # wraps, as TFLite's int32 shift
+        b = builder.bitcast(mult, wide)
+        low = lambda v: builder.ashr(builder.shl(v, c32), c32)  # noqa: E731  (even lanes, sign-extended)
+        nudge = _const(1 << 30, LANES // 2, _I64)
+        even = builder.add(builder.mul(low(a), low(b)), nudge)
+        odd = builder.add(builder.mul(builder.ashr(a, c32), builder.ashr(b, c32)), nudge)
+        even = builder.bitcast(builder.lshr(even, _const(31, LANES // 2, _I64)), _VEC)  # bits 31..62 in the low half
+        odd = builder.bitcast(builder.shl(odd, _const(1, LANES // 2, _I64)), _VEC)  # ... in the high half
+        high = builder.shuffle_vector(even, odd, ir.Constant(_VEC, [l + LANES * (l % 2) for l in range(LANES)]))
+        high = builder.select(builder.icmp_signed("==", high, _const(_INT_MIN)), _const(_INT_MAX), high)
+        mask = builder.sub(builder.shl(_const(1), right), _const(1))
+        threshold = builder.sub(builder.ashr(mask, _const(1)), builder.ashr(high, _const(31)))  # + 1 where h < 0
+        up = builder.zext(builder.icmp_signed(">", builder.and_(high, mask), threshold), _VEC)
+        y = builder.add(builder.ashr(high, right), up)
+        y = _minmax(builder, "smin", _minmax(builder, "smax", y, _splat(builder, builder.sub(lo, zero))),
+                    _splat(builder, builder.sub(hi, zero)))
+        return builder.add(y, _splat(builder, zero))
+    return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
+
+
+@intrinsic
+def xpairs16(typingctx, arr, index, x_zero):
+    """The 16 int8 at arr[index] minus x_zero as int16, in pairs: lane l holds values 2l
+    (low half) and 2l + 1 (high half), for l < 8; lanes 8..15 are 0. All 16 bytes read."""
+    _check(arr, index, (types.int8,))
+
+    def codegen(context, builder, sig, args):
+        bytes16, halves = ir.VectorType(_I8, LANES), ir.VectorType(_I16, LANES)
+        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], bytes16)
+        z = builder.trunc(context.cast(builder, args[2], sig.args[2], types.int32), _I16)
+        v = builder.sub(builder.sext(builder.load(ptr, align=1), halves), _splat(builder, z))
+        wide = builder.shuffle_vector(v, ir.Constant(halves, None), ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(2 * LANES))))
+        return builder.bitcast(wide, _VEC)
+    return i32x16(arr, index, x_zero), codegen

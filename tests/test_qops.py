@@ -15,6 +15,7 @@ from mnv2engine.kernels.qconv import pack_qconv3x3, qconv3x3, qconv3x3_row
 from mnv2engine.kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3, qdepthwise_row
 from mnv2engine.kernels.qlanes import requantize_lanes
 from mnv2engine.kernels.qops import qadd, qaverage, qmean
+from mnv2engine.kernels.qsimd import LANES, bstore, iload, vrequant32
 from mnv2engine.kernels.qsoftmax import qsoftmax
 from mnv2engine.quantized import add_params, mean_params, softmax_params
 
@@ -263,7 +264,7 @@ def test_compiled_for_avx2_and_baseline(cpu):
     env = dict(os.environ, NUMBA_CPU_NAME=cpu)
     env.pop("NUMBA_CPU_FEATURES", None)
     chosen = ["test_depthwise_is_tflites and (144-1-int8 or 24-2-uint8 or 1-2-int8)", "test_depthwise_rows",
-              "test_stem_is_tflites and 2-int8", "test_add_is_tflites", "test_mean", "test_softmax_is_tflites"]
+              "test_stem_is_tflites and 2-int8", "test_add_is_tflites", "test_the_int32_vector", "test_mean", "test_softmax_is_tflites"]
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           str(HERE / "test_qops.py"), "-k", " or ".join(f"({k})" for k in chosen)],
                          env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
@@ -289,3 +290,30 @@ def test_the_lane_requantization_is_tflites():
     out = np.empty(n, np.int32)
     _requantize_lanes_all(acc.astype(np.int32), mult.astype(np.int32), shift.astype(np.int32), out)
     assert np.array_equal(out, ref.multiply_by_quantized_multiplier(acc, mult, shift))
+
+
+@njit(cache=True)
+def _vrequant32_all(acc, mult, shift, zero, lo, hi, out):
+    for i in range(0, acc.size, LANES):
+        n = min(LANES, acc.size - i)
+        bstore(out, (i,), n, vrequant32(iload(acc, (i,), n), iload(mult, (i,), n), iload(shift, (i,), n),
+                                        zero, lo, hi))
+
+
+def test_the_int32_vector_requantization_is_tflites():
+    """qsimd.vrequant32 (the depthwise's, the stem's and ADD's) at the int32 edges (INT32_MIN
+    squared saturates, shifts 0 and 31 either way) and at random, with the zero point and clamp."""
+    rng = np.random.default_rng(31)
+    n = 30001  # not a multiple of 16: a partial vector too
+    acc = rng.integers(-(1 << 31), 1 << 31, n)
+    acc[n // 2:] = rng.integers(-300000, 300000, n - n // 2)
+    mult = rng.integers(1 << 30, 1 << 31, n)
+    mult[::7] = rng.integers(-(1 << 31), 1 << 31, len(mult[::7]))
+    shift = rng.integers(-31, 8, n)
+    shift[::5] = rng.choice([-31, -1, 0, 1, 31], len(shift[::5]))
+    acc[:6], mult[:6], shift[:6] = -(1 << 31), -(1 << 31), [0, -1, 0, -31, 1, -12]
+    for zero, lo, hi in [(0, -128, 127), (-128, -128, 127), (127, -20, 100), (5, 0, 0)]:
+        out = np.empty(n, np.int8)
+        _vrequant32_all(acc.astype(np.int32), mult.astype(np.int32), shift.astype(np.int32), zero, lo, hi, out)
+        want = np.clip(ref.multiply_by_quantized_multiplier(acc, mult, shift) + zero, lo, hi)
+        assert np.array_equal(out, want), (zero, lo, hi)
