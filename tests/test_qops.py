@@ -3,6 +3,7 @@ qsoftmax.py) against tests/tflite_int.py, the NumPy reference of TFLite's intege
 byte for byte, in the int8 file's convention (per-channel weights, w_zero 0) and the uint8
 file's run in the int8 domain (every activation, zero point and bound shifted by -128)."""
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -254,6 +255,7 @@ def test_params_refuse_impossible_scales():
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NUMBA_CPU_NAME") is not None, reason="already a run for a chosen target")
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="haswell and generic name x86-64 targets here")
 @pytest.mark.parametrize("cpu", ["haswell", "generic"])
 def test_compiled_for_avx2_and_baseline(cpu):
     """A few of these tests again, compiled for AVX2 and for baseline x86-64, whose vector
