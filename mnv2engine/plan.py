@@ -140,16 +140,17 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
         return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads, dtype=dtype)
     streamed = [True] * n
     depths = range(n + 1) if pipeline else [0]
-    plan = min((layout_plan(arch, bounds_per_block, streamed, w, batch, threads, piped) for piped in depths),
+    head = h * w if dtype == "int8" else w  # the integer head runs on all pixels (MEAN's one sum)
+    plan = min((layout_plan(arch, bounds_per_block, streamed, head, batch, threads, piped, dtype) for piped in depths),
                key=lambda p: (p.arena_bytes, p.piped))
     piped, budget = plan.piped, plan.arena_bytes
-    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads, piped)  # head on all pixels
+    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads, piped, dtype)  # head on all pixels
     if trial.arena_bytes <= budget:
         plan = trial
     for i in reversed(range(piped, n)):
         trial_streamed = streamed[:i] + [False] + streamed[i + 1:]
         trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch, threads,
-                            piped)
+                            piped, dtype)
         if trial.arena_bytes <= budget:
             streamed, plan = trial_streamed, trial
     return plan
@@ -174,7 +175,14 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     per block and thread a 3-row E ring of all `hidden` channels and one D row of the
     widest slice (at stride 2: one E row of the widest slice and two rows of depthwise
     sums of all channels), and a ring of output rows that the next block reads
-    (input_ring_rows), or, for the last block, its whole output."""
+    (input_ring_rows), or, for the last block, its whole output.
+
+    In integer (dtype "int8", kernels/qpipeline.py, qblock.py), a row-streamed or piped
+    block keeps a 3-row int8 E ring of all `hidden` channels at either stride (two rows
+    of int32 depthwise sums would take 4/3 of its bytes), one int8 D row of the widest
+    slice and, with t > 1, one output row of int32 projection sums that the slices add
+    into before it is requantized."""
+    integer = dtype == "int8"
     N = batch
     buffer = partial(Buffer, dtype=dtype)  # activations in the engine's dtype (the kernels' int8: 1 byte)
     image = buffer("input", (N, *arch.size, 3), first=0, last=0)
@@ -186,8 +194,11 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
         materialized = len(bounds) == 2 and not rows
         cs = int(np.max(np.diff(bounds)))
         (He, We), (Ho, Wo) = block.in_size, block.out_size
+        row_sums = (Buffer(f"{block.name}/sums", (*per_thread, Wo, block.cout), 0 if block.index < piped else p0,
+                           end if block.index < piped else p0 + 2, whole=False, dtype="int32")
+                    if integer and rows and len(bounds) > 2 else None)
         if block.index < piped:
-            if block.stride == 2:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
+            if block.stride == 2 and not integer:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
                 e = buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
                 d = buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
             else:
@@ -199,7 +210,7 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
                 y = buffer(f"{block.name}/output", (*per_thread, ring, Wo, block.cout), 0, end, whole=False)
             else:
                 y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), 0, end)
-            steps.append(BlockStep(block, bounds, "piped", x, y, e, d))
+            steps.append(BlockStep(block, bounds, "piped", x, y, e, d, row_sums))
             x = y
             continue
         # the expand phase reads x; the project phase reads it again for the residual
@@ -211,12 +222,13 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
         else:
             er, dr = (3, 1) if rows else (He, Ho)
             lines = per_thread if rows else ()
-            e = buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
+            ring = block.hidden if integer and rows else cs  # integer slices add one output row at a time
+            e = buffer(f"{block.name}/expanded", (*lines, er, We, ring), p0, p0 + 2, whole=False)
             d = buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
             y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
         # integer slices add their projections up in int32, one image at a time
         sums = (Buffer(f"{block.name}/sums", (Ho, Wo, block.cout), p0, p0 + 2, whole=False, dtype="int32")
-                if dtype == "int8" and not materialized and not rows else None)
+                if integer and not materialized and not rows else row_sums)
         steps.append(BlockStep(block, bounds, "streamed" if rows else "materialized" if materialized else "sliced",
                                x, y, e, d, sums))
         x = y
