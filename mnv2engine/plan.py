@@ -94,10 +94,14 @@ class Plan:
 
     @property
     def buffers(self) -> list[Buffer]:
-        """The arena's buffers (the input is the caller's)."""
-        out = []
+        """The arena's buffers (the input is the caller's), each once: the integer
+        pipeline's blocks share one depthwise row and one row of sums."""
+        out, seen = [], set()
         for s in self.steps:
-            out += [s.e, s.d, s.y] + ([s.sums] if s.sums is not None else [])
+            for b in (s.e, s.d, s.y, s.sums):
+                if b is not None and id(b) not in seen:
+                    seen.add(id(b))
+                    out.append(b)
         return out + [self.head_scratch, self.pooled]
 
     @property
@@ -181,7 +185,8 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     block keeps a 3-row int8 E ring of all `hidden` channels at either stride (two rows
     of int32 depthwise sums would take 4/3 of its bytes), one int8 D row of the widest
     slice and, with t > 1, one output row of int32 projection sums that the slices add
-    into before it is requantized."""
+    into before it is requantized. The D row and the sums are made and read within one
+    output row's step, one block at a time, so the piped blocks share one of each."""
     integer = dtype == "int8"
     N = batch
     buffer = partial(Buffer, dtype=dtype)  # activations in the engine's dtype (the kernels' int8: 1 byte)
@@ -189,18 +194,31 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     x, steps = image, []
     end = PHASES_PER_BLOCK * piped - 1
     per_thread = (threads,) if threads > 1 else ()
+    row_d = row_sums_piped = None
+    if integer and piped:
+        chain = list(zip(arch.blocks, bounds_per_block))[:piped]
+        row_d = buffer("pipeline/depthwise", (max(b.out_size[1] * int(np.max(np.diff(c))) for b, c in chain),),
+                       0, end, whole=False)
+        sums_size = max((b.out_size[1] * b.cout for b, c in chain if len(c) > 2), default=0)
+        if sums_size:
+            row_sums_piped = Buffer("pipeline/sums", (sums_size,), 0, end, whole=False, dtype="int32")
     for block, bounds, rows in zip(arch.blocks, bounds_per_block, streamed):
         p0 = PHASES_PER_BLOCK * block.index
         materialized = len(bounds) == 2 and not rows
         cs = int(np.max(np.diff(bounds)))
         (He, We), (Ho, Wo) = block.in_size, block.out_size
-        row_sums = (Buffer(f"{block.name}/sums", (*per_thread, Wo, block.cout), 0 if block.index < piped else p0,
-                           end if block.index < piped else p0 + 2, whole=False, dtype="int32")
-                    if integer and rows and len(bounds) > 2 else None)
+        row_sums = None
+        if integer and rows and len(bounds) > 2:
+            row_sums = (row_sums_piped if block.index < piped else
+                        Buffer(f"{block.name}/sums", (*per_thread, Wo, block.cout), p0, p0 + 2, whole=False,
+                               dtype="int32"))
         if block.index < piped:
             if block.stride == 2 and not integer:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
                 e = buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
                 d = buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
+            elif integer:
+                e = buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
+                d = row_d
             else:
                 e = buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
                 d = buffer(f"{block.name}/depthwise", (*per_thread, 1, Wo, cs), 0, end, whole=False)
