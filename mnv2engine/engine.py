@@ -63,7 +63,7 @@ class Engine:
         as its format defines it (the default for such a file), or, False, in float32 on
         its dequantized weights. In integer, the evaluation is materialized, sliced (t) or
         rows (the integer row pipeline and row-streamed blocks, kernels/qpipeline.py and
-        qblock.py; 1.0/224: 0.15 MiB), one image at a time, on the calling thread.
+        qblock.py; 1.0/224: 0.14 MiB), one image at a time, on the calling thread.
     """
 
     def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
