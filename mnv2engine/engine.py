@@ -61,8 +61,9 @@ class Engine:
         a larger batch runs in sub-batches (budget.py). The returned logits are extra.
     quantized: run a quantized file (TFLite int8 or uint8) in integer arithmetic, exactly
         as its format defines it (the default for such a file), or, False, in float32 on
-        its dequantized weights. In integer, the evaluation is materialized or sliced (t;
-        not rows), one image at a time, on the calling thread.
+        its dequantized weights. In integer, the evaluation is materialized, sliced (t) or
+        rows (the integer row pipeline and row-streamed blocks, kernels/qpipeline.py and
+        qblock.py; 1.0/224: 0.14 MiB), one image at a time, on the calling thread.
     """
 
     def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
@@ -209,24 +210,26 @@ class Engine:
     def _forward_integer(self, x: np.ndarray, observe=None) -> np.ndarray:
         """The integer network on a checked batch, an image at a time (each converted to
         the kernels' int8 as it comes): its int8 outputs [N, width]."""
-        plan, pads = self._integer_plan(x.shape[1:3])
+        plan, pads, records = self._integer_plan(x.shape[1:3])
         out = np.empty((len(x), self._integer.output_width), np.int8)
         arena = self._arena(plan.arena_bytes, 1, shared=False)
         copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
         for n in range(len(x)):
             image = integer_input(x[n], self._integer.activations["input"], copy)
-            self._integer.run(image, plan, *pads, arena, out[n], observe)
+            self._integer.run(image, plan, *pads, arena, out[n], observe, records)
         return out
 
     def _integer_plan(self, size):
-        """The int8 plan of one image at `size`, and the paddings."""
+        """The int8 plan of one image at `size`, the paddings, and the row kernels' records
+        of its blocks (for a plan with rows)."""
         def make():
             at = self._at(size)
-            plan = build_plan(at.arch, self._integer_bounds, False, 1, dtype="int8")
+            plan = build_plan(at.arch, self._integer_bounds, self.rows, 1, dtype="int8")
             if plan.arena_bytes > self._max_memory:
                 raise EngineError(f"one image at {size[0]}x{size[1]} needs {plan.arena_bytes:,} bytes of activations, "
                                   f"over max_memory={self._max_memory:,}")
-            return plan, (at.stem_pads, at.dw_pads)
+            records = self._integer.records(plan, at.stem_pads, at.dw_pads) if self.rows else None
+            return plan, (at.stem_pads, at.dw_pads), records
         with self._planning:
             return self._plans.get(("int8", *size), make)
 
@@ -414,12 +417,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def _quantized(weightset, quantized, t, rows) -> bool:
     """Whether the engine runs in integer: the file's own arithmetic by default."""
     if quantized is None:
-        quantized = weightset.quantization is not None and not rows
+        quantized = weightset.quantization is not None
     if not isinstance(quantized, (bool, np.bool_)):
         raise EngineError(f"quantized must be True, False or None, got {quantized!r}")
     if quantized and weightset.quantization is None:
         raise EngineError("quantized=True needs a quantized model (a TFLite int8 or uint8 file); this one is float")
-    if quantized and rows:
-        raise EngineError("in integer, the engine runs the materialized and sliced evaluations (t), not yet rows: "
-                          "pass quantized=False to run this model in float32 with rows=True")
     return bool(quantized)

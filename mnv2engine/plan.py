@@ -94,10 +94,14 @@ class Plan:
 
     @property
     def buffers(self) -> list[Buffer]:
-        """The arena's buffers (the input is the caller's)."""
-        out = []
+        """The arena's buffers (the input is the caller's), each once: the integer
+        pipeline's blocks share one depthwise row and one row of sums."""
+        out, seen = [], set()
         for s in self.steps:
-            out += [s.e, s.d, s.y] + ([s.sums] if s.sums is not None else [])
+            for b in (s.e, s.d, s.y, s.sums):
+                if b is not None and id(b) not in seen:
+                    seen.add(id(b))
+                    out.append(b)
         return out + [self.head_scratch, self.pooled]
 
     @property
@@ -140,16 +144,17 @@ def build_plan(arch: Architecture, bounds_per_block: list[np.ndarray], rows: boo
         return layout_plan(arch, bounds_per_block, [False] * n, h * w, batch, threads, dtype=dtype)
     streamed = [True] * n
     depths = range(n + 1) if pipeline else [0]
-    plan = min((layout_plan(arch, bounds_per_block, streamed, w, batch, threads, piped) for piped in depths),
+    head = h * w if dtype == "int8" else w  # the integer head runs on all pixels (MEAN's one sum)
+    plan = min((layout_plan(arch, bounds_per_block, streamed, head, batch, threads, piped, dtype) for piped in depths),
                key=lambda p: (p.arena_bytes, p.piped))
     piped, budget = plan.piped, plan.arena_bytes
-    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads, piped)  # head on all pixels
+    trial = layout_plan(arch, bounds_per_block, streamed, h * w, batch, threads, piped, dtype)  # head on all pixels
     if trial.arena_bytes <= budget:
         plan = trial
     for i in reversed(range(piped, n)):
         trial_streamed = streamed[:i] + [False] + streamed[i + 1:]
         trial = layout_plan(arch, bounds_per_block, trial_streamed, plan.head_scratch.shape[0], batch, threads,
-                            piped)
+                            piped, dtype)
         if trial.arena_bytes <= budget:
             streamed, plan = trial_streamed, trial
     return plan
@@ -174,22 +179,46 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
     per block and thread a 3-row E ring of all `hidden` channels and one D row of the
     widest slice (at stride 2: one E row of the widest slice and two rows of depthwise
     sums of all channels), and a ring of output rows that the next block reads
-    (input_ring_rows), or, for the last block, its whole output."""
+    (input_ring_rows), or, for the last block, its whole output.
+
+    In integer (dtype "int8", kernels/qpipeline.py, qblock.py), a row-streamed or piped
+    block keeps a 3-row int8 E ring of all `hidden` channels at either stride (two rows
+    of int32 depthwise sums would take 4/3 of its bytes), one int8 D row of the widest
+    slice and, with t > 1, one output row of int32 projection sums that the slices add
+    into before it is requantized. The D row and the sums are made and read within one
+    output row's step, one block at a time, so the piped blocks share one of each."""
+    integer = dtype == "int8"
     N = batch
     buffer = partial(Buffer, dtype=dtype)  # activations in the engine's dtype (the kernels' int8: 1 byte)
     image = buffer("input", (N, *arch.size, 3), first=0, last=0)
     x, steps = image, []
     end = PHASES_PER_BLOCK * piped - 1
     per_thread = (threads,) if threads > 1 else ()
+    row_d = row_sums_piped = None
+    if integer and piped:
+        chain = list(zip(arch.blocks, bounds_per_block))[:piped]
+        row_d = buffer("pipeline/depthwise", (max(b.out_size[1] * int(np.max(np.diff(c))) for b, c in chain),),
+                       0, end, whole=False)
+        sums_size = max((b.out_size[1] * b.cout for b, c in chain if len(c) > 2), default=0)
+        if sums_size:
+            row_sums_piped = Buffer("pipeline/sums", (sums_size,), 0, end, whole=False, dtype="int32")
     for block, bounds, rows in zip(arch.blocks, bounds_per_block, streamed):
         p0 = PHASES_PER_BLOCK * block.index
         materialized = len(bounds) == 2 and not rows
         cs = int(np.max(np.diff(bounds)))
         (He, We), (Ho, Wo) = block.in_size, block.out_size
+        row_sums = None
+        if integer and rows and len(bounds) > 2:
+            row_sums = (row_sums_piped if block.index < piped else
+                        Buffer(f"{block.name}/sums", (*per_thread, Wo, block.cout), p0, p0 + 2, whole=False,
+                               dtype="int32"))
         if block.index < piped:
-            if block.stride == 2:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
+            if block.stride == 2 and not integer:  # E rows folded into two rows of depthwise sums (depthwise.fold_row)
                 e = buffer(f"{block.name}/expanded", (*per_thread, 1, We, cs), 0, end, whole=False)
                 d = buffer(f"{block.name}/depthwise", (*per_thread, 2, Wo, block.hidden), 0, end, whole=False)
+            elif integer:
+                e = buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
+                d = row_d
             else:
                 e = buffer(f"{block.name}/expanded", (*per_thread, 3, We, block.hidden), 0, end, whole=False)
                 d = buffer(f"{block.name}/depthwise", (*per_thread, 1, Wo, cs), 0, end, whole=False)
@@ -199,7 +228,7 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
                 y = buffer(f"{block.name}/output", (*per_thread, ring, Wo, block.cout), 0, end, whole=False)
             else:
                 y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), 0, end)
-            steps.append(BlockStep(block, bounds, "piped", x, y, e, d))
+            steps.append(BlockStep(block, bounds, "piped", x, y, e, d, row_sums))
             x = y
             continue
         # the expand phase reads x; the project phase reads it again for the residual
@@ -211,12 +240,13 @@ def layout_plan(arch: Architecture, bounds_per_block: list[np.ndarray], streamed
         else:
             er, dr = (3, 1) if rows else (He, Ho)
             lines = per_thread if rows else ()
-            e = buffer(f"{block.name}/expanded", (*lines, er, We, cs), p0, p0 + 2, whole=False)
+            ring = block.hidden if integer and rows else cs  # integer slices add one output row at a time
+            e = buffer(f"{block.name}/expanded", (*lines, er, We, ring), p0, p0 + 2, whole=False)
             d = buffer(f"{block.name}/depthwise", (*lines, dr, Wo, cs), p0, p0 + 2, whole=False)
             y = buffer(f"{block.name}/output", (N, Ho, Wo, block.cout), p0, p0 + 2)
         # integer slices add their projections up in int32, one image at a time
         sums = (Buffer(f"{block.name}/sums", (Ho, Wo, block.cout), p0, p0 + 2, whole=False, dtype="int32")
-                if dtype == "int8" and not materialized and not rows else None)
+                if integer and not materialized and not rows else row_sums)
         steps.append(BlockStep(block, bounds, "streamed" if rows else "materialized" if materialized else "sliced",
                                x, y, e, d, sums))
         x = y

@@ -16,9 +16,12 @@ import numpy as np
 
 from .arch import Architecture
 from .errors import EngineError, WeightFileError
+from .kernels import qblock
+from .kernels.qblock import qstreamed
 from .kernels.qconv import pack_qconv3x3, qconv3x3
 from .kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
 from .kernels.qgemm import pack_qweights, qpointwise, qpointwise_acc
+from .kernels.qpipeline import qpipeline
 from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean, qquantize, qrequantize, qshift
 from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS, qsoftmax
 from .memory import view
@@ -68,17 +71,23 @@ class IntegerNetwork:
 
     bounds: per block, the edges of its channel slices (plan.slice_bounds); a block of
     several is sliced: each slice's expansion, depthwise and share of the projection
-    packed on their own, the projections added up in int32 and requantized once."""
+    packed on their own, the projections added up in int32 and requantized once.
+
+    A plan with rows (plan.build_plan(..., rows=True, dtype="int8")) runs its first
+    blocks as the integer row pipeline (kernels/qpipeline.py) and its row-streamed blocks
+    one output row at a time (kernels/qblock.py), on the same packed layers."""
 
     def __init__(self, q: Quantization, arch: Architecture, bounds=None):
         self.arch = arch
+        self.bounds = bounds or [np.array([0, b.hidden]) for b in arch.blocks]
+        self._row_layers = None  # the row kernels' tables of layers, made on first use (row_layers)
         self.activations = {name: Activation(a.dtype, float(np.float32(a.scale)), int(a.zero_point))
                             for name, a in q.activations.items()}
         acts, inputs = self.activations, layer_inputs(arch)
         self.convs = {name: _conv(name, layer, acts[inputs[name]], acts[name]) for name, layer in q.layers.items()}
         self.packed = {name: _pack(name, conv) for name, conv in self.convs.items()}
         self.slices = {}  # block name -> per slice, its (QConv, packed) of expand, depthwise, project
-        for b, edges in zip(arch.blocks, bounds or [np.array([0, b.hidden]) for b in arch.blocks]):
+        for b, edges in zip(arch.blocks, self.bounds):
             if len(edges) > 2:
                 expand = "stem" if b.index == 0 else f"{b.name}/expand"
                 self.slices[b.name] = [{kind: (part, _pack(name, part)) for kind, name, part in (
@@ -111,14 +120,33 @@ class IntegerNetwork:
         return self.activations["pool" if self.arch.headless else "classifier"]
 
     def run(self, image: np.ndarray, plan: Plan, stem_pads, dw_pads, arena: np.ndarray, out: np.ndarray,
-            observe=None) -> None:
+            observe=None, records=None) -> None:
         """image int8 [H, W, 3] (the kernels' domain) -> out int8 [width], through the
-        buffers of `plan` (one image's, materialized) in `arena`. observe(name, a): each
-        activation as it is made, by the file's name for it."""
+        buffers of `plan` (one image's) in `arena`. observe(name, a): each activation that
+        exists whole, as it is made, by the file's name for it. records: the row kernels'
+        records of a plan with rows (self.records), made here if not given."""
         observe = observe or _ignore
         x = image
-        for step in plan.steps:
+        rowed = plan.piped > 0 or any(step.streamed for step in plan.steps)
+        if rowed:
+            records = self.records(plan, stem_pads, dw_pads) if records is None else records
+            edges, stems, expands, dws, projects, adds = self.row_layers()
+            a8 = arena.view(np.int8)
+            a32 = arena[:arena.size // 4 * 4].view(np.int32)
+        if plan.piped:
+            state = np.zeros((2, plan.piped), np.int64)
+            qpipeline(a8, a32, records, plan.piped, edges, stems, expands, dws, projects, adds, image, state)
+            x = view(arena, plan.steps[plan.piped - 1].y)[0]
+            observe(_output_name(plan.steps[plan.piped - 1].block), x)
+        for step in plan.steps[plan.piped:]:
             b = step.block
+            if step.streamed:
+                y = view(arena, step.y)[0]
+                qstreamed(a8, a32, records[b.index], edges, stems, expands, dws, projects, adds[b.index], image,
+                          x, y)
+                observe(_output_name(b), y)
+                x = y
+                continue
             if b.name in self.slices:
                 y = view(arena, step.y)[0]
                 self._sliced(b, step, x, stem_pads if b.index == 0 else None, dw_pads[b.index], arena, y, observe)
@@ -150,6 +178,62 @@ class IntegerNetwork:
         else:
             self._pointwise("classifier", pooled.reshape(1, -1), out.reshape(1, -1))
             observe("classifier", out)
+
+    def row_layers(self):
+        """The row kernels' tables (kernels/qblock.py): the slices' edges of every block in
+        one int64 array, typed lists of the layers' integers per slice (block 0's
+        expansion in `stems`), and ADD's integers per block [blocks, 9]."""
+        if self._row_layers is None:
+            from numba.typed import List
+            edges, stems, expands, dws, projects = [], List(), List(), List(), List()
+            adds = np.zeros((len(self.arch.blocks), len(AddParams._fields)), np.int64)
+            for b, bounds in zip(self.arch.blocks, self.bounds):
+                edges += [int(c) for c in bounds]
+                for part in self._parts(b):
+                    project = _pointwise_layer(*part["project"])
+                    if b.index == 0:
+                        stems.append(_window_layer(*part["expand"]))
+                        expands.append(project)  # a placeholder, never read: keeps one index per slice
+                    else:
+                        expands.append(_pointwise_layer(*part["expand"]))
+                    dws.append(_window_layer(*part["depthwise"]))
+                    projects.append(project)
+                if b.use_residual:
+                    adds[b.index] = self.adds[b.name]
+            self._row_layers = (np.array(edges, np.int64), stems, expands, dws, projects, adds)
+        return self._row_layers
+
+    def _parts(self, b):
+        """Block b's slices: per slice, its (QConv, packed) of expand, depthwise, project."""
+        if b.name in self.slices:
+            return self.slices[b.name]
+        expand = "stem" if b.index == 0 else f"{b.name}/expand"
+        return [{kind: (self.convs[name], self.packed[name]) for kind, name in (
+            ("expand", expand), ("depthwise", f"{b.name}/depthwise"), ("project", f"{b.name}/project"))}]
+
+    def records(self, plan: Plan, stem_pads, dw_pads) -> np.ndarray:
+        """The row kernels' record of every block of `plan` (kernels/qblock.py's fields):
+        its geometry, its slices, and its buffers' places in the arena."""
+        q = qblock
+        recs = np.zeros((len(plan.steps), q.FIELDS), np.int64)
+        edges_at, slice_at = 0, 0
+        for step in plan.steps:
+            b, r = step.block, recs[step.block.index]
+            stem = b.index == 0
+            (r[q.H], r[q.W]), r[q.CIN] = (plan.input.shape[1:3], 3) if stem else (b.in_size, b.cin)
+            (r[q.HE], r[q.WE]), (r[q.HO], r[q.WO]) = b.in_size, b.out_size
+            r[q.STEM], r[q.HIDDEN], r[q.COUT], r[q.T], r[q.RESIDUAL] = (stem, b.hidden, b.cout, len(step.bounds) - 1,
+                                                                       b.use_residual)
+            r[q.EXP_STRIDE], r[q.EXP_TOP], r[q.EXP_LEFT] = 2, stem_pads[0], stem_pads[2]
+            r[q.DW_STRIDE], r[q.DW_TOP], r[q.DW_LEFT] = b.stride, dw_pads[b.index][0], dw_pads[b.index][2]
+            r[q.SLICE0], r[q.EDGES] = slice_at, edges_at
+            slice_at, edges_at = slice_at + len(step.bounds) - 1, edges_at + len(step.bounds)
+            # block 0's input is the caller's image: its X is a harmless one-row ring, never read
+            r[q.X], r[q.X_ROWS] = (0, 1) if stem else (step.x.offset, 0 if step.x.whole else step.x.shape[0])
+            r[q.Y], r[q.Y_ROWS] = step.y.offset, 0 if step.y.whole else step.y.shape[0]
+            r[q.E], r[q.D] = step.e.offset, step.d.offset
+            r[q.SUMS] = step.sums.offset // 4 if step.sums is not None else -1
+        return recs
 
     def _sliced(self, b, step, x, stem_pads, dw_pads, arena, y, observe):
         """A sliced block: per slice, E and D of its channels (whole, in the plan's slice
@@ -222,6 +306,31 @@ class IntegerNetwork:
 
 def _ignore(name, a):
     pass
+
+
+def _output_name(b) -> str:
+    """The file's name for a block's output (after the residual's ADD, if it has one)."""
+    return f"{b.name}/residual" if b.use_residual else f"{b.name}/project"
+
+
+def _array(a: np.ndarray) -> np.ndarray:
+    """C-contiguous and writeable: the one array type of the row kernels' tables."""
+    return np.require(a, requirements=["C", "W"])
+
+
+def _pointwise_layer(conv: QConv, packing) -> tuple:
+    """A 1x1 layer as the row kernels take it (kernels/qblock.py)."""
+    packed, colsum = packing
+    o = conv.out
+    return (_array(packed), _array(colsum), _array(conv.bias), _array(o.mult), _array(o.shift),
+            int(conv.x_zero), int(conv.w_zero), int(o.zero), int(o.lo), int(o.hi))
+
+
+def _window_layer(conv: QConv, packed) -> tuple:
+    """A 3x3 layer (the stem, a depthwise) with centered weights, as the row kernels take it."""
+    o = conv.out
+    return (_array(packed), _array(conv.bias), _array(o.mult), _array(o.shift), int(conv.x_zero), int(o.zero),
+            int(o.lo), int(o.hi))
 
 
 def _conv(name: str, layer, x: Activation, y: Activation) -> QConv:
