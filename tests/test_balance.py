@@ -50,13 +50,29 @@ def _one_phase(n, cut, delays):
 def _expected(n, cut, sync):
     """Where the cut goes, by the rule in its documentation: each thread's time per row,
     the cut at which both would have ended together, half of that move, capped at n // 8."""
+    cap = max(n // 8, 1)
+    return cut + max(-cap, min(cap, _move(n, cut, sync)))
+
+
+def _move(n, cut, sync):
+    """The rule's move before the cap."""
     t0 = sync[LINE * 1 + ENDED] - sync[LINE * 1 + BEGAN]
     t1 = sync[LINE * 2 + ENDED] - sync[LINE * 2 + BEGAN]
     rate0, rate1 = t0 / cut, t1 / (n - cut)  # ns per row
     together = (t1 + rate1 * cut - t0 + rate0 * cut) / (rate0 + rate1)  # t0 + r0 (c' - c) = t1 + r1 (c - c')
-    move = (together - cut) / 2
-    cap = max(n // 8, 1)
-    return cut + max(-cap, min(cap, move))
+    return (together - cut) / 2
+
+
+def _past_the_cap(n, cut, delays):
+    """Thread 0's new cut after a phase whose recorded times call for a move past the cap.
+    The late thread is late by far more than its share takes; on a loaded machine the
+    other can be late too, and such a phase is run again."""
+    c = cut or n // 2  # 0: not learned yet, so the phase is cut half way
+    for _ in range(20):
+        new0, _, sync = _phase(n, cut, delays)
+        if abs(_move(n, c, sync)) > n // 8 + 1:
+            break
+    return new0
 
 
 # The delays differ by 10-30 ms, far above scheduling jitter: the late thread is known.
@@ -75,10 +91,8 @@ def test_the_cut_moves_toward_the_thread_that_finished_first(n, cut, delays):
 
 def test_the_cut_moves_no_further_than_an_eighth_of_the_rows():
     n, cut = 800, 400
-    new0, _, _ = _phase(n, cut, (0.03, 0.0))  # thread 0 late by far more than its whole phase
-    assert new0 == cut - n // 8
-    new0, _, _ = _phase(n, cut, (0.0, 0.03))
-    assert new0 == cut + n // 8
+    assert _past_the_cap(n, cut, (0.03, 0.0)) == cut - n // 8  # thread 0 late by far more than its phase
+    assert _past_the_cap(n, cut, (0.0, 0.03)) == cut + n // 8
 
 
 @pytest.mark.parametrize("n,cut,delays", [(16, 1, (0.0, 0.03)), (16, 15, (0.03, 0.0)), (2, 1, (0.03, 0.0))])
@@ -92,5 +106,4 @@ def test_the_cut_stays_inside_the_rows(n, cut, delays):
 
 def test_an_unlearned_cut_starts_half_way():
     n = 100
-    new0, _, _ = _phase(n, 0, (0.0, 0.03))  # 0: not learned yet, so the phase was cut at n // 2
-    assert new0 == n // 2 + n // 8
+    assert _past_the_cap(n, 0, (0.0, 0.03)) == n // 2 + n // 8  # 0: not learned yet, cut at n // 2
