@@ -108,12 +108,10 @@ def plot(rows, args):
     kb = [r[2] / 1000 for r in rows]
     bars = ax.bar(labels, kb, color="tab:blue")
     ax.bar_label(bars, fmt="%.0f kB", fontsize=9, padding=2)
-    styles = ("--", ":", "-.", "-")
-    for (label, nbytes), style in zip(REFERENCES, styles):
-        if nbytes / 1000 < 1.15 * max(kb + [400]):
-            ax.axhline(nbytes / 1000, color="gray", linestyle=style, linewidth=1)
-            ax.text(len(labels) - 0.5, nbytes / 1000, f" {label}: {nbytes / 1000:.0f} kB", va="bottom", ha="right",
-                    fontsize=8, color="dimgray")
+    styles = (("--", "tab:gray"), (":", "tab:gray"), ("-.", "tab:red"), ("-", "tab:red"))
+    for (label, nbytes), (style, color) in zip(REFERENCES, styles):
+        ax.axhline(nbytes / 1000, color=color, linestyle=style, linewidth=1.2, label=f"{label}: {nbytes / 1000:.0f} kB")
+    ax.legend(fontsize=8, loc="upper right")
     ax.set_ylabel("peak activation memory (kB, tracemalloc, one forward)")
     ax.set_title("MobileNetV2 1.0/224 in int8, batch 1, each mode's working set (input image excluded)")
     ax.grid(axis="y", alpha=0.3)
