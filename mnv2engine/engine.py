@@ -63,7 +63,8 @@ class Engine:
         as its format defines it (the default for such a file), or, False, in float32 on
         its dequantized weights. In integer, the evaluation is materialized, sliced (t) or
         rows (the integer row pipeline and row-streamed blocks, kernels/qpipeline.py and
-        qblock.py; 1.0/224: 0.14 MiB), one image at a time, on the calling thread.
+        qblock.py; 1.0/224: 0.14 MiB), one image at a time; with threads, a batch is split
+        between them (an image is not shared).
     """
 
     def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
@@ -209,15 +210,28 @@ class Engine:
 
     def _forward_integer(self, x: np.ndarray, observe=None) -> np.ndarray:
         """The integer network on a checked batch, an image at a time (each converted to
-        the kernels' int8 as it comes): its int8 outputs [N, width]."""
-        plan, pads, records = self._integer_plan(x.shape[1:3])
+        the kernels' int8 as it comes): its int8 outputs [N, width]. With threads, each
+        takes its share of the images, with its own arena (observe: one thread)."""
         out = np.empty((len(x), self._integer.output_width), np.int8)
+        arenas = 1 if observe else min(self.threads, len(x))
+        if arenas == 1:
+            self._integer_share(x, out, 0, len(x), observe)
+            return out
+        stop = new_sync(1)  # a failure on one thread stops the others between images
+        shares = [(len(x) * i // arenas, len(x) * (i + 1) // arenas) for i in range(arenas)]
+        spread(self._helpers, self._integer_share, [(x, out, lo, hi, None, stop) for lo, hi in shares], stop)
+        return out
+
+    def _integer_share(self, x, out, lo, hi, observe, stop=None):
+        """Images lo..hi of x into out, on this thread, in an arena of its own."""
+        plan, pads, records = self._integer_plan(x.shape[1:3])
         arena = self._arena(plan.arena_bytes, 1, shared=False)
         copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
-        for n in range(len(x)):
+        for n in range(lo, hi):
+            if stop is not None and stop[STATE] != RUNNING:
+                return
             image = integer_input(x[n], self._integer.activations["input"], copy)
             self._integer.run(image, plan, *pads, arena, out[n], observe, records)
-        return out
 
     def _integer_plan(self, size):
         """The int8 plan of one image at `size`, the paddings, and the row kernels' records
@@ -397,10 +411,10 @@ class Engine:
             x = self._check_input(x)
             batch, size = len(x), x.shape[1:3]
         size = self.input_size(size)
-        if self.quantized:  # one image at a time, each converted to int8 as it comes (unless it is)
+        if self.quantized:  # one image at a time per thread, each converted to int8 as it comes (unless it is)
             copied = x is None or x.dtype != np.int8 or not x.flags.c_contiguous
-            return MemoryReport(self._integer_plan(size)[0], Schedule(batch, 1, 1, 1), self.max_memory,
-                                input_copied=copied)
+            return MemoryReport(self._integer_plan(size)[0], Schedule(batch, 1, min(self.threads, batch), 1),
+                                self.max_memory, input_copied=copied)
         with self._planning:
             budget = self._at(size).budget
         copied = x is not None and not self.reads_in_place(x)

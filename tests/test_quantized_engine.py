@@ -169,3 +169,15 @@ def test_the_cli_runs_integer_by_default_and_float_with_its_flag(model, capsys):
         assert main(["demo", "--weights", str(path), "--runs", "1", *flags]) == 0
         out = capsys.readouterr().out
         assert ("quantized=True" in out) == (not flags), out
+
+
+@pytest.mark.parametrize("kw", [dict(threads=2), dict(threads=3, rows=True), dict(threads=2, t=4)], ids=str)
+def test_threads_split_a_batch_with_the_same_bytes(model, kw):
+    """Each thread takes its share of the images, in an arena of its own: the same
+    integers as one thread (which equal LiteRT's reference kernels above), and memory_report
+    counts an arena per thread."""
+    path, one = model
+    engine = Engine.load(path, **kw)
+    x = np.random.default_rng(9).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
+    assert np.array_equal(engine.forward(x), one.forward(x))
+    assert engine.memory_report(x=x).schedule.arenas == kw["threads"]
