@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 from mnv2engine import Engine, EngineError
+
+from memory_vs_t import traced_peak
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "tf2_mobilenet_v2_1.0_224_ptq.tflite"
@@ -29,15 +30,6 @@ MODES = (("materialized (t=1)", dict(t=1)), ("sliced (t=4)", dict(t=4)),
          ("rows=True", dict(rows=True)), ("rows=True, t=4", dict(rows=True, t=4)))
 REFERENCES = (("paper, Table 3 (16-bit, arXiv)", 400_000), ("paper, Table 3 (16-bit, other version)", 200_000),
               ("MCUNetV2 int8, layer by layer", 1_372_000), ("MCUNetV2 int8, patch by patch", 172_000))
-
-
-def traced_peak(engine: Engine, x: np.ndarray) -> int:
-    engine.forward(x)  # compile, plan
-    tracemalloc.start()
-    engine.forward(x)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak
 
 
 def litert_logits(path: Path, x_uint8: np.ndarray) -> np.ndarray:
