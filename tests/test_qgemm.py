@@ -136,6 +136,7 @@ def test_bad_weights_and_buffers_are_refused_by_name():
 X86 = platform.machine() in ("x86_64", "AMD64")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("NUMBA_CPU_NAME") is not None, reason="already a run for a chosen target")
 @pytest.mark.skipif(not X86, reason="haswell and generic name x86-64 targets here")
 @pytest.mark.parametrize("cpu,isa", [("haswell", "avx2"), ("generic", "sse")])
