@@ -124,6 +124,42 @@ def vdot(typingctx, acc, w, q):
 
 
 @intrinsic
+def vdotx(typingctx, acc, w, q):
+    """acc + in each lane l: sum over j < 4 of (byte j of q + 128) times byte 4l + j of w
+    (signed): x's bytes made unsigned by flipping their sign bit, for vpdpbusd's unsigned
+    operand (AVX-512 VNNI), the weights signed; the same sum in plain IR elsewhere. Exact:
+    the sum of four 255 x 128 fits int32 and wraps as int32 does."""
+    if not (acc == i32x16 and w == i32x16 and isinstance(q, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w = args[0], args[1]
+        q = builder.xor(context.cast(builder, args[2], sig.args[2], types.int32), ir.Constant(_I32, 0x80808080))
+        if DOT == "avx512vnni":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+            return builder.call(fn, [acc, _splat(builder, q), w])
+        wide32 = ir.VectorType(_I32, 4 * LANES)
+        s = builder.sext(builder.bitcast(w, _BYTES), wide32)
+        u = builder.zext(builder.bitcast(q, ir.VectorType(_I8, 4)), ir.VectorType(_I32, 4))
+        u = builder.shuffle_vector(u, ir.Constant(u.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(_I32, 4 * LANES), [0, 1, 2, 3] * LANES))
+        return builder.add(acc, _quad_sums(builder, builder.mul(s, u)))
+    return i32x16(i32x16, i32x16, q), codegen
+
+
+def _quad_sums(builder, m):
+    """The 16 sums of 4 adjacent lanes of the 64-lane int32 m (pairs first: pmaddwd's shape)."""
+    wide32, pairs = m.type, ir.VectorType(_I32, 2 * LANES)
+    even = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(0, 4 * LANES, 2))))
+    odd = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(1, 4 * LANES, 2))))
+    m2 = builder.add(even, odd)
+    even = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+    odd = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+    return builder.add(even, odd)
+
+
+@intrinsic
 def isplat(typingctx, x):
     """All 16 lanes = x (as int32, wrapping)."""
     if not isinstance(x, types.Integer):
@@ -238,32 +274,43 @@ def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
     """In each lane, requant.to_8bit(acc, mult, shift, zero, lo, hi): TFLite's
     MultiplyByQuantizedMultiplier (an int32 left shift, the saturating rounding doubling
     high multiply, the rounding right shift), then the zero point and the clamp; for
-    shifts in -31..31, as QuantizeMultiplier makes them. In int64 lanes, as one
-    rounding shift each:
-      high multiply  (a b + 2^30) >> 31: gemmlowp's nudge of -2^30 + 1 and truncating
-                     division give the same for a negative product; the one overflow
-                     (both INT32_MIN) is the one result 2^31, saturated to INT32_MAX
-      divide by 2^r  (h + 2^(r-1) - [h < 0]) >> r for r > 0: ties away from zero, as
-                     gemmlowp's remainder-and-threshold form"""
+    shifts in -31..31, as QuantizeMultiplier makes them.
+      high multiply  (a b + 2^30) >> 31, the 64-bit products of the even and of the odd
+                     lanes (vpmuldq) with the result's 32 bits picked from each: gemmlowp's
+                     nudge of -2^30 + 1 and truncating division give the same for a
+                     negative product; the one overflow (both INT32_MIN) is the one result
+                     that reads INT32_MIN, saturated to INT32_MAX
+      divide by 2^r  gemmlowp's own int32 form: (h >> r) + (remainder > threshold)"""
     if not (acc == i32x16 and mult == i32x16 and shift == i32x16):
         return None
 
     def codegen(context, builder, sig, args):
         acc, mult, shift = args[:3]
         zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args[3:], sig.args[3:]))
-        wide = ir.VectorType(_I64, LANES)
+        pairs = ir.VectorType(_I64, LANES // 2)
         zero32 = _const(0)
         left = _minmax(builder, "smax", shift, zero32)
-        right = builder.sext(_minmax(builder, "smax", builder.sub(zero32, shift), zero32), wide)
+        right = _minmax(builder, "smax", builder.sub(zero32, shift), zero32)
         scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
-        ab = builder.mul(builder.sext(scaled, wide), builder.sext(mult, wide))
-        high = builder.ashr(builder.add(ab, _const(1 << 30, width=_I64)), _const(31, width=_I64))
-        high = _minmax(builder, "smin", high, _const(_INT_MAX, width=_I64))
-        half = builder.lshr(builder.shl(_const(1, width=_I64), right), _const(1, width=_I64))
-        down = builder.sext(builder.icmp_unsigned("!=", half, _const(0, width=_I64)), wide)  # -1 where r > 0
-        sign = builder.ashr(high, _const(63, width=_I64))
-        rounded = builder.add(builder.add(high, half), builder.and_(sign, down))
-        y = builder.trunc(builder.ashr(rounded, right), _VEC)
+        c32, c31 = _const(32, LANES // 2, _I64), _const(31, LANES // 2, _I64)
+        a, m = builder.bitcast(scaled, pairs), builder.bitcast(mult, pairs)
+        # sign-extended low and high halves of each 64-bit pair: LLVM's vpmuldq operands
+        a_even, m_even = (builder.ashr(builder.shl(v, c32), c32) for v in (a, m))
+        a_odd, m_odd = builder.ashr(a, c32), builder.ashr(m, c32)
+        nudge = _const(1 << 30, LANES // 2, _I64)
+        even = builder.add(builder.mul(a_even, m_even), nudge)
+        odd = builder.add(builder.mul(a_odd, m_odd), nudge)
+        # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
+        low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
+        h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
+                        builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
+        h = builder.bitcast(h, _VEC)
+        h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
+        one = _const(1)
+        mask = builder.sub(builder.shl(one, right), one)
+        threshold = builder.sub(builder.ashr(mask, one), builder.ashr(h, _const(31)))
+        up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
+        y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
         # clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero: no int32 overflow
         low = _splat(builder, builder.trunc(builder.sub(lo, zero), _I32))
         top = _splat(builder, builder.trunc(builder.sub(hi, zero), _I32))
