@@ -27,7 +27,7 @@ of 16 and k1 a multiple of 16 or K are `packed[:, k0 // 4 : -(-k1 // 4)]` and
 import numpy as np
 from numba import njit
 
-from .qsimd import LANES, bstore, iadd, iload, imul, isplat, istore, quad, vdotx, vrequant, wload
+from .qsimd import LANES, bstore, iadd, iload, imul, isplat, istore, quad, vbounds, vdotx, vrequant_with, vscales, wload
 from .target import current
 
 GROUP = 4  # inputs per lane of a packed vector
@@ -113,8 +113,8 @@ def _qgemm(x, packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi, out, acc, a
         m1, s1 = _scales(mult, shift, c + LANES, n1, accumulate)
         m2, s2 = _scales(mult, shift, c + 2 * LANES, n2, accumulate)
         m3, s3 = _scales(mult, shift, c + 3 * LANES, n3, accumulate)
-        ends = (c, n0, k0, m0, s0, c + LANES, n1, k1, m1, s1, c + 2 * LANES, n2, k2, m2, s2,
-                c + 3 * LANES, n3, k3, m3, s3, yz, lo, hi)
+        ends = (c, n0, k0, vscales(m0, s0), c + LANES, n1, k1, vscales(m1, s1), c + 2 * LANES, n2, k2,
+                vscales(m2, s2), c + 3 * LANES, n3, k3, vscales(m3, s3), vbounds(yz, lo, hi))
         if live > 3 * LANES:
             for p in range(0, P, PIXELS):
                 _tile4(x, packed, i, p, wz, ends, out, acc, accumulate)
@@ -190,16 +190,16 @@ def _quads(x, p, k, tail):
 
 
 @njit(cache=True, inline="always")
-def _finish(a, k, row, p, c, n, mult, shift, yz, lo, hi, out, acc, accumulate):
+def _finish(a, k, row, p, c, n, scales, bounds, out, acc, accumulate):
     """Pixel p's sums a (channels c..c+n-1) with the channel and pixel parts added:
-    requantized (by the vectors mult, shift) into out, or added into acc."""
+    requantized (vrequant_with) into out, or added into acc."""
     a = iadd(a, k)
     if row != 0:
         a = iadd(a, isplat(row))
     if accumulate:
         istore(acc, (p, c), n, iadd(a, iload(acc, (p, c), n)))
     else:
-        bstore(out, (p, c), n, vrequant(a, mult, shift, yz, lo, hi))
+        bstore(out, (p, c), n, vrequant_with(a, scales, bounds))
 
 
 @njit(cache=True, inline="always")
@@ -208,15 +208,15 @@ def _finish_pixel(x, p, wz, ends, a0, a1, a2, a3, out, acc, accumulate):
     P (a tile's padding) is dropped."""
     if p >= x.shape[0]:
         return
-    c0, n0, k0, m0, s0, c1, n1, k1, m1, s1, c2, n2, k2, m2, s2, c3, n3, k3, m3, s3, yz, lo, hi = ends
+    c0, n0, k0, s0, c1, n1, k1, s1, c2, n2, k2, s2, c3, n3, k3, s3, bounds = ends
     row = _row_term(x, p, wz)
-    _finish(a0, k0, row, p, c0, n0, m0, s0, yz, lo, hi, out, acc, accumulate)
+    _finish(a0, k0, row, p, c0, n0, s0, bounds, out, acc, accumulate)
     if n1 > 0:
-        _finish(a1, k1, row, p, c1, n1, m1, s1, yz, lo, hi, out, acc, accumulate)
+        _finish(a1, k1, row, p, c1, n1, s1, bounds, out, acc, accumulate)
     if n2 > 0:
-        _finish(a2, k2, row, p, c2, n2, m2, s2, yz, lo, hi, out, acc, accumulate)
+        _finish(a2, k2, row, p, c2, n2, s2, bounds, out, acc, accumulate)
     if n3 > 0:
-        _finish(a3, k3, row, p, c3, n3, m3, s3, yz, lo, hi, out, acc, accumulate)
+        _finish(a3, k3, row, p, c3, n3, s3, bounds, out, acc, accumulate)
 
 
 @njit(cache=True, _nrt=False)
@@ -227,11 +227,21 @@ def _tile4(x, packed, i, p, wz, ends, out, acc, accumulate):
     z = isplat(0)
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = z
     a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = z
-    for g in range(-(-K // GROUP)):
-        k = g * GROUP
+    for g in range(K // GROUP):
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
         w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, k, k + GROUP > K)
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
+        a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
+        a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
+        a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
+        a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
+        a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g = K // GROUP
+        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+        w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
         a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
         a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
         a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
@@ -253,10 +263,19 @@ def _tile3(x, packed, i, p, wz, ends, out, acc, accumulate):
     z = isplat(0)
     a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
     a30 = a31 = a32 = a40 = a41 = a42 = a50 = a51 = a52 = z
-    for g in range(-(-K // GROUP)):
-        k = g * GROUP
+    for g in range(K // GROUP):
         w0, w1, w2 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64)), wload(packed, (i, g, 128))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, k, k + GROUP > K)
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a00, a01, a02 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0)
+        a10, a11, a12 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1)
+        a20, a21, a22 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2)
+        a30, a31, a32 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3)
+        a40, a41, a42 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4)
+        a50, a51, a52 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g = K // GROUP
+        w0, w1, w2 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64)), wload(packed, (i, g, 128))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
         a00, a01, a02 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0)
         a10, a11, a12 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1)
         a20, a21, a22 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2)
@@ -277,10 +296,16 @@ def _tile2(x, packed, i, p, wz, ends, out, acc, accumulate):
     K = x.shape[1]
     z = isplat(0)
     a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = a40 = a41 = a50 = a51 = z
-    for g in range(-(-K // GROUP)):
-        k = g * GROUP
+    for g in range(K // GROUP):
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, k, k + GROUP > K)
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
+        a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
+        a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g = K // GROUP
+        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
         a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
         a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
         a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
@@ -298,10 +323,15 @@ def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
     K = x.shape[1]
     z = isplat(0)
     a0 = a1 = a2 = a3 = a4 = a5 = z
-    for g in range(-(-K // GROUP)):
-        k = g * GROUP
+    for g in range(K // GROUP):
         w = wload(packed, (i, g, 0))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, k, k + GROUP > K)
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
+        a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g = K // GROUP
+        w = wload(packed, (i, g, 0))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
         a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
         a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
     _finish_pixel(x, p, wz, ends, a0, z, z, z, out, acc, accumulate)

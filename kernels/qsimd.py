@@ -269,6 +269,52 @@ def _minmax(builder, name, a, b):
     return builder.call(fn, [a, b])
 
 
+def _scales(builder, mult, shift):
+    """The per-channel vectors of a requantization: mult, mult's odd lanes moved low (the
+    odd vpmuldq operand), the left shift, the right shift r, 2^r - 1 and (2^r - 1) >> 1."""
+    pairs = ir.VectorType(_I64, LANES // 2)
+    zero32, one = _const(0), _const(1)
+    left = _minmax(builder, "smax", shift, zero32)
+    right = _minmax(builder, "smax", builder.sub(zero32, shift), zero32)
+    mask = builder.sub(builder.shl(one, right), one)
+    odd = builder.bitcast(builder.lshr(builder.bitcast(mult, pairs), _const(32, LANES // 2, _I64)), _VEC)
+    return mult, odd, left, right, mask, builder.ashr(mask, one)
+
+
+def _requant(builder, acc, scales, low, top, zero):
+    """TFLite's MultiplyByQuantizedMultiplier of acc by `scales` (_scales), then
+    clamp(y, low, top) + zero (vectors)."""
+    mult, mult_odd, left, right, mask, half = scales
+    pairs = ir.VectorType(_I64, LANES // 2)
+    c32, c31 = _const(32, LANES // 2, _I64), _const(31, LANES // 2, _I64)
+    scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
+    a, m, mo = (builder.bitcast(v, pairs) for v in (scaled, mult, mult_odd))
+    # sign-extended low and high halves of each 64-bit pair: LLVM's vpmuldq operands
+    a_even, m_even = (builder.ashr(builder.shl(v, c32), c32) for v in (a, m))
+    a_odd, m_odd = builder.ashr(a, c32), builder.ashr(builder.shl(mo, c32), c32)
+    nudge = _const(1 << 30, LANES // 2, _I64)
+    even = builder.add(builder.mul(a_even, m_even), nudge)
+    odd = builder.add(builder.mul(a_odd, m_odd), nudge)
+    # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
+    low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
+    h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
+                    builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
+    h = builder.bitcast(h, _VEC)
+    h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
+    threshold = builder.sub(half, builder.ashr(h, _const(31)))
+    up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
+    y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
+    y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
+    return builder.add(y, zero)
+
+
+def _bounds(builder, zero, lo, hi):
+    """clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero (no int32
+    overflow): the vectors lo - zero, hi - zero, zero of int64 scalars."""
+    return (_splat(builder, builder.trunc(builder.sub(lo, zero), _I32)),
+            _splat(builder, builder.trunc(builder.sub(hi, zero), _I32)), _splat(builder, builder.trunc(zero, _I32)))
+
+
 @intrinsic
 def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
     """In each lane, requant.to_8bit(acc, mult, shift, zero, lo, hi): TFLite's
@@ -285,35 +331,47 @@ def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
         return None
 
     def codegen(context, builder, sig, args):
-        acc, mult, shift = args[:3]
         zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args[3:], sig.args[3:]))
-        pairs = ir.VectorType(_I64, LANES // 2)
-        zero32 = _const(0)
-        left = _minmax(builder, "smax", shift, zero32)
-        right = _minmax(builder, "smax", builder.sub(zero32, shift), zero32)
-        scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
-        c32, c31 = _const(32, LANES // 2, _I64), _const(31, LANES // 2, _I64)
-        a, m = builder.bitcast(scaled, pairs), builder.bitcast(mult, pairs)
-        # sign-extended low and high halves of each 64-bit pair: LLVM's vpmuldq operands
-        a_even, m_even = (builder.ashr(builder.shl(v, c32), c32) for v in (a, m))
-        a_odd, m_odd = builder.ashr(a, c32), builder.ashr(m, c32)
-        nudge = _const(1 << 30, LANES // 2, _I64)
-        even = builder.add(builder.mul(a_even, m_even), nudge)
-        odd = builder.add(builder.mul(a_odd, m_odd), nudge)
-        # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
-        low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
-        h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
-                        builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
-        h = builder.bitcast(h, _VEC)
-        h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
-        one = _const(1)
-        mask = builder.sub(builder.shl(one, right), one)
-        threshold = builder.sub(builder.ashr(mask, one), builder.ashr(h, _const(31)))
-        up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
-        y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
-        # clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero: no int32 overflow
-        low = _splat(builder, builder.trunc(builder.sub(lo, zero), _I32))
-        top = _splat(builder, builder.trunc(builder.sub(hi, zero), _I32))
-        y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
-        return builder.add(y, _splat(builder, builder.trunc(zero, _I32)))
+        return _requant(builder, args[0], _scales(builder, args[1], args[2]), *_bounds(builder, zero, lo, hi))
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
+
+
+SCALES = types.UniTuple(i32x16, 6)
+BOUNDS = types.UniTuple(i32x16, 3)
+
+
+@intrinsic
+def vscales(typingctx, mult, shift):
+    """The per-channel vectors of vrequant for mult and shift, computed once for the
+    many pixels of a tile (vrequant_with)."""
+    if not (mult == i32x16 and shift == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, SCALES, _scales(builder, args[0], args[1]))
+    return SCALES(i32x16, i32x16), codegen
+
+
+@intrinsic
+def vbounds(typingctx, zero, lo, hi):
+    """The clamp and zero point vectors of vrequant, once for a tile (vrequant_with)."""
+    if not all(isinstance(v, types.Integer) for v in (zero, lo, hi)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args))
+        return context.make_tuple(builder, BOUNDS, _bounds(builder, zero, lo, hi))
+    return BOUNDS(zero, lo, hi), codegen
+
+
+@intrinsic
+def vrequant_with(typingctx, acc, scales, bounds):
+    """vrequant(acc, mult, shift, zero, lo, hi) from scales = vscales(mult, shift) and
+    bounds = vbounds(zero, lo, hi)."""
+    if not (acc == i32x16 and scales == SCALES and bounds == BOUNDS):
+        return None
+
+    def codegen(context, builder, sig, args):
+        scales = cgutils.unpack_tuple(builder, args[1], 6)
+        return _requant(builder, args[0], scales, *cgutils.unpack_tuple(builder, args[2], 3))
+    return i32x16(i32x16, SCALES, BOUNDS), codegen
