@@ -269,41 +269,72 @@ def _minmax(builder, name, a, b):
     return builder.call(fn, [a, b])
 
 
+FUSED = current().isa == "avx512"  # 64-bit arithmetic shifts by lane (vpsravq)
+_PAIRS = ir.VectorType(_I64, LANES // 2)
+
+
 def _scales(builder, mult, shift):
     """The per-channel vectors of a requantization: mult, mult's odd lanes moved low (the
-    odd vpmuldq operand), the left shift, the right shift r, 2^r - 1 and (2^r - 1) >> 1."""
-    pairs = ir.VectorType(_I64, LANES // 2)
+    odd vpmuldq operand), the left shift, then (FUSED) per 64-bit lane of the even and of
+    the odd products: the rounding constant, the tie correction and the shift of
+    _requant; else the right shift r, 2^r - 1 and (2^r - 1) >> 1 (and zeros)."""
     zero32, one = _const(0), _const(1)
     left = _minmax(builder, "smax", shift, zero32)
     right = _minmax(builder, "smax", builder.sub(zero32, shift), zero32)
-    mask = builder.sub(builder.shl(one, right), one)
-    odd = builder.bitcast(builder.lshr(builder.bitcast(mult, pairs), _const(32, LANES // 2, _I64)), _VEC)
-    return mult, odd, left, right, mask, builder.ashr(mask, one)
+    c32 = _const(32, LANES // 2, _I64)
+    odd = builder.bitcast(builder.lshr(builder.bitcast(mult, _PAIRS), c32), _VEC)
+    if not FUSED:
+        mask = builder.sub(builder.shl(one, right), one)
+        return mult, odd, left, right, mask, builder.ashr(mask, one), zero32, zero32, zero32
+    pairs = builder.bitcast(right, _PAIRS)
+    out = [mult, odd, left]
+    for r in (builder.and_(pairs, _const(0xFFFFFFFF, LANES // 2, _I64)), builder.lshr(pairs, c32)):
+        rounds = builder.icmp_signed(">", r, _const(0, LANES // 2, _I64))
+        nudge = builder.add(_const(1 << 30, LANES // 2, _I64),
+                            builder.select(rounds, builder.shl(_const(1 << 30, LANES // 2, _I64), r),
+                                           _const(0, LANES // 2, _I64)))
+        tie = builder.select(rounds, _const(1 << 31, LANES // 2, _I64), _const(0, LANES // 2, _I64))
+        out += [builder.bitcast(v, _VEC) for v in (nudge, tie, builder.add(r, _const(31, LANES // 2, _I64)))]
+    return tuple(out)
 
 
 def _requant(builder, acc, scales, low, top, zero):
     """TFLite's MultiplyByQuantizedMultiplier of acc by `scales` (_scales), then
-    clamp(y, low, top) + zero (vectors)."""
-    mult, mult_odd, left, right, mask, half = scales
-    pairs = ir.VectorType(_I64, LANES // 2)
+    clamp(y, low, top) + zero (vectors). FUSED, both roundings in one 64-bit shift:
+    (ab + 2^30 + 2^(30+r) - 2^31 [ab < 0]) >> (31 + r) for r > 0, nested floor divisions
+    being one (the tie term [h < 0] of the rounding shift is [ab < 0]: the two differ only
+    where h = 0, whose result is 0 either way)."""
+    mult, mult_odd, left = scales[:3]
     c32, c31 = _const(32, LANES // 2, _I64), _const(31, LANES // 2, _I64)
     scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
-    a, m, mo = (builder.bitcast(v, pairs) for v in (scaled, mult, mult_odd))
+    a, m, mo = (builder.bitcast(v, _PAIRS) for v in (scaled, mult, mult_odd))
     # sign-extended low and high halves of each 64-bit pair: LLVM's vpmuldq operands
-    a_even, m_even = (builder.ashr(builder.shl(v, c32), c32) for v in (a, m))
-    a_odd, m_odd = builder.ashr(a, c32), builder.ashr(builder.shl(mo, c32), c32)
-    nudge = _const(1 << 30, LANES // 2, _I64)
-    even = builder.add(builder.mul(a_even, m_even), nudge)
-    odd = builder.add(builder.mul(a_odd, m_odd), nudge)
-    # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
-    low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
-    h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
-                    builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
-    h = builder.bitcast(h, _VEC)
-    h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
-    threshold = builder.sub(half, builder.ashr(h, _const(31)))
-    up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
-    y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
+    a_even, m_even, m_odd = (builder.ashr(builder.shl(v, c32), c32) for v in (a, m, mo))
+    a_odd = builder.ashr(a, c32)
+    even, odd = builder.mul(a_even, m_even), builder.mul(a_odd, m_odd)
+    if FUSED:
+        nil = _const(0, LANES // 2, _I64)
+        ys = []
+        for ab, (nudge, tie, down) in ((even, scales[3:6]), (odd, scales[6:9])):
+            nudge, tie, down = (builder.bitcast(v, _PAIRS) for v in (nudge, tie, down))
+            t = builder.select(builder.icmp_signed("<", ab, nil), tie, nil)
+            ys.append(builder.bitcast(builder.ashr(builder.sub(builder.add(ab, nudge), t), down), _VEC))
+        y = builder.shuffle_vector(ys[0], ys[1], ir.Constant(_VEC, [v for i in range(0, LANES, 2) for v in (i, LANES + i)]))
+        # INT32_MIN is only INT32_MIN squared's 2^31, wrapped: saturated
+        y = builder.add(y, builder.sext(builder.icmp_signed("==", y, _const(_INT_MIN)), _VEC))
+    else:
+        right, mask, half = scales[3:6]
+        nudge = _const(1 << 30, LANES // 2, _I64)
+        even, odd = builder.add(even, nudge), builder.add(odd, nudge)
+        # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
+        low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
+        h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
+                        builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
+        h = builder.bitcast(h, _VEC)
+        h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
+        threshold = builder.sub(half, builder.ashr(h, _const(31)))
+        up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
+        y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
     y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
     return builder.add(y, zero)
 
@@ -336,7 +367,7 @@ def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
 
 
-SCALES = types.UniTuple(i32x16, 6)
+SCALES = types.UniTuple(i32x16, 9)
 BOUNDS = types.UniTuple(i32x16, 3)
 
 
@@ -372,6 +403,6 @@ def vrequant_with(typingctx, acc, scales, bounds):
         return None
 
     def codegen(context, builder, sig, args):
-        scales = cgutils.unpack_tuple(builder, args[1], 6)
+        scales = cgutils.unpack_tuple(builder, args[1], 9)
         return _requant(builder, args[0], scales, *cgutils.unpack_tuple(builder, args[2], 3))
     return i32x16(i32x16, SCALES, BOUNDS), codegen
