@@ -27,7 +27,7 @@ of 16 and k1 a multiple of 16 or K are `packed[:, k0 // 4 : -(-k1 // 4)]` and
 import numpy as np
 from numba import njit
 
-from .qsimd import LANES, bstore, iadd, iload, imul, isplat, istore, quad, vdot, vrequant, wload
+from .qsimd import LANES, bstore, iadd, iload, imul, isplat, istore, quad, vbounds, vdotx, vrequant_with, vscales, wload
 from .target import current
 
 GROUP = 4  # inputs per lane of a packed vector
@@ -56,11 +56,11 @@ def pack_qweights(w, w_zero):
 @njit(cache=True)
 def _pack(w):
     K, C = w.shape
-    packed = np.zeros((-(-C // PANEL), -(-K // GROUP), GROUP * PANEL), np.uint8)
+    packed = np.zeros((-(-C // PANEL), -(-K // GROUP), GROUP * PANEL), np.int8)
     colsum = np.zeros((-(-K // SUM_BLOCK), C), np.int32)
     for k in range(K):
         for c in range(C):
-            packed[c // PANEL, k // GROUP, (c % PANEL) * GROUP + k % GROUP] = np.uint8(np.int32(w[k, c]) + 128)
+            packed[c // PANEL, k // GROUP, (c % PANEL) * GROUP + k % GROUP] = w[k, c]
             colsum[k // SUM_BLOCK, c] += w[k, c]
     return packed, colsum
 
@@ -100,25 +100,33 @@ def _check(x, packed, colsum, P, C):
 
 @njit(cache=True, nogil=True, _nrt=False)
 def _qgemm(x, packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi, out, acc, accumulate, C):
-    P = x.shape[0]
+    P, K = x.shape
     for i in range(packed.shape[0]):
         c = i * PANEL
         live = min(PANEL, C - c)
-        if WIDE and live > 2 * LANES:
-            n0, n1, n2, n3 = _lanes(live, 0), _lanes(live, 1), _lanes(live, 2), _lanes(live, 3)
-            k0 = _constant(colsum, bias, c, n0, xz, wz, x.shape[1], accumulate)
-            k1 = _constant(colsum, bias, c + LANES, n1, xz, wz, x.shape[1], accumulate)
-            k2 = _constant(colsum, bias, c + 2 * LANES, n2, xz, wz, x.shape[1], accumulate)
-            k3 = _constant(colsum, bias, c + 3 * LANES, n3, xz, wz, x.shape[1], accumulate)
+        n0, n1, n2, n3 = _lanes(live, 0), _lanes(live, 1), _lanes(live, 2), _lanes(live, 3)
+        k0 = _constant(colsum, bias, c, n0, xz, wz, K, accumulate)
+        k1 = _constant(colsum, bias, c + LANES, n1, xz, wz, K, accumulate)
+        k2 = _constant(colsum, bias, c + 2 * LANES, n2, xz, wz, K, accumulate)
+        k3 = _constant(colsum, bias, c + 3 * LANES, n3, xz, wz, K, accumulate)
+        m0, s0 = _scales(mult, shift, c, n0, accumulate)
+        m1, s1 = _scales(mult, shift, c + LANES, n1, accumulate)
+        m2, s2 = _scales(mult, shift, c + 2 * LANES, n2, accumulate)
+        m3, s3 = _scales(mult, shift, c + 3 * LANES, n3, accumulate)
+        ends = (c, n0, k0, vscales(m0, s0), c + LANES, n1, k1, vscales(m1, s1), c + 2 * LANES, n2, k2,
+                vscales(m2, s2), c + 3 * LANES, n3, k3, vscales(m3, s3), vbounds(yz, lo, hi))
+        if live > 3 * LANES:
             for p in range(0, P, PIXELS):
-                _tile4(x, packed, i, p, c, n0, n1, n2, n3, k0, k1, k2, k3,
-                       mult, shift, wz, yz, lo, hi, out, acc, accumulate)
+                _tile4(x, packed, i, p, wz, ends, out, acc, accumulate)
+        elif live > 2 * LANES:
+            for p in range(0, P, PIXELS):
+                _tile3(x, packed, i, p, wz, ends, out, acc, accumulate)
+        elif live > LANES:
+            for p in range(0, P, PIXELS):
+                _tile2(x, packed, i, p, wz, ends, out, acc, accumulate)
         else:
-            for v in range(0, live, LANES):
-                n = min(LANES, live - v)
-                k = _constant(colsum, bias, c + v, n, xz, wz, x.shape[1], accumulate)
-                for p in range(0, P, PIXELS):
-                    _tile1(x, packed, i, v, p, c + v, n, k, mult, shift, wz, yz, lo, hi, out, acc, accumulate)
+            for p in range(0, P, PIXELS):
+                _tile1(x, packed, i, p, wz, ends, out, acc, accumulate)
 
 
 @njit(cache=True, inline="always")
@@ -129,50 +137,18 @@ def _lanes(live, v):
 
 @njit(cache=True, _nrt=False)
 def _constant(colsum, bias, c, n, xz, wz, K, accumulate):
-    """The per-channel part of the sum, for channels c..c+n-1: bias - xz sum_k w + K xz wz
-    (no bias when accumulating)."""
+    """The per-channel part of the sum, for channels c..c+n-1:
+    bias - (128 + xz) sum_k w + K xz wz (no bias when accumulating)."""
     s = isplat(0)
     for r in range(colsum.shape[0]):
         s = iadd(s, iload(colsum, (r, c), n))
-    k = iadd(imul(s, isplat(-xz)), isplat(np.int64(K) * xz * wz))
+    k = iadd(imul(s, isplat(-(128 + xz))), isplat(np.int64(K) * xz * wz))
     if not accumulate:
         k = iadd(k, iload(bias, (c,), n))
     return k
 
 
-@njit(cache=True, inline="always")
-def _row_term(x, p, wz):
-    """The per-pixel part of the sum: -(128 + wz) sum_k x[p, k], wrapped to int32."""
-    s = np.int32(0)
-    for k in range(x.shape[1]):
-        s += np.int32(x[p, k])
-    return np.int32(np.int64(s) * -(128 + np.int64(wz)))
-
-
-@njit(cache=True, inline="always")
-def _tail_quad(x, p, k):
-    """The bytes x[p, k:K] (fewer than 4) as one int32, zeros past K: nothing past the row
-    is read."""
-    q = 0
-    for j in range(x.shape[1] - k):
-        q |= (np.int32(x[p, k + j]) & 0xFF) << (8 * j)
-    return np.int32(q)
-
-
-@njit(cache=True, inline="always")
-def _finish(a, k, row, p, c, n, mult, shift, yz, lo, hi, out, acc, accumulate):
-    """Pixel p's sums a (channels c..c+n-1) with the channel and pixel parts added:
-    requantized (by the vectors mult, shift) into out, or added into acc."""
-    if n <= 0:
-        return
-    a = iadd(iadd(a, k), isplat(row))
-    if accumulate:
-        istore(acc, (p, c), n, iadd(a, iload(acc, (p, c), n)))
-    else:
-        bstore(out, (p, c), n, vrequant(a, mult, shift, yz, lo, hi))
-
-
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)
 def _scales(mult, shift, c, n, accumulate):
     """The requantization's vectors of channels c..c+n-1 (zeros when accumulating)."""
     if accumulate or n <= 0:
@@ -180,80 +156,187 @@ def _scales(mult, shift, c, n, accumulate):
     return iload(mult, (c,), n), iload(shift, (c,), n)
 
 
+@njit(cache=True, inline="always")
+def _row_term(x, p, wz):
+    """The per-pixel part of the sum: -wz sum_k x[p, k], wrapped to int32 (nothing to sum
+    for weights without a zero point)."""
+    if wz == 0:
+        return np.int32(0)
+    s = np.int32(0)
+    for k in range(x.shape[1]):
+        s += np.int32(x[p, k])
+    return np.int32(np.int64(s) * -np.int64(wz))
+
+
+@njit(cache=True, inline="always")
+def _tail_quad(x, p, k):
+    """The bytes x[p, k:K] (fewer than 4) as one int32, zeros past K: nothing past the row
+    is read (a zero byte meets a zero weight there)."""
+    q = 0
+    for j in range(x.shape[1] - k):
+        q |= (np.int32(x[p, k + j]) & 0xFF) << (8 * j)
+    return np.int32(q)
+
+
+@njit(cache=True, inline="always")
+def _quads(x, p, k, tail):
+    """x[p, k:k+4] of each of pixels p..p+5 (the last pixel repeated past P), as int32."""
+    q = x.shape[0] - 1
+    p1, p2, p3, p4, p5 = min(p + 1, q), min(p + 2, q), min(p + 3, q), min(p + 4, q), min(p + 5, q)
+    if tail:
+        return (_tail_quad(x, p, k), _tail_quad(x, p1, k), _tail_quad(x, p2, k),
+                _tail_quad(x, p3, k), _tail_quad(x, p4, k), _tail_quad(x, p5, k))
+    return quad(x, (p, k)), quad(x, (p1, k)), quad(x, (p2, k)), quad(x, (p3, k)), quad(x, (p4, k)), quad(x, (p5, k))
+
+
+@njit(cache=True, inline="always")
+def _finish(a, k, row, p, c, n, scales, bounds, out, acc, accumulate):
+    """Pixel p's sums a (channels c..c+n-1) with the channel and pixel parts added:
+    requantized (vrequant_with) into out, or added into acc."""
+    a = iadd(a, k)
+    if row != 0:
+        a = iadd(a, isplat(row))
+    if accumulate:
+        istore(acc, (p, c), n, iadd(a, iload(acc, (p, c), n)))
+    else:
+        bstore(out, (p, c), n, vrequant_with(a, scales, bounds))
+
+
+@njit(cache=True, inline="always")
+def _finish_pixel(x, p, wz, ends, a0, a1, a2, a3, out, acc, accumulate):
+    """Pixel p's vectors (a2, a3 ignored past the tile's width) to out or acc; a pixel past
+    P (a tile's padding) is dropped."""
+    if p >= x.shape[0]:
+        return
+    c0, n0, k0, s0, c1, n1, k1, s1, c2, n2, k2, s2, c3, n3, k3, s3, bounds = ends
+    row = _row_term(x, p, wz)
+    _finish(a0, k0, row, p, c0, n0, s0, bounds, out, acc, accumulate)
+    if n1 > 0:
+        _finish(a1, k1, row, p, c1, n1, s1, bounds, out, acc, accumulate)
+    if n2 > 0:
+        _finish(a2, k2, row, p, c2, n2, s2, bounds, out, acc, accumulate)
+    if n3 > 0:
+        _finish(a3, k3, row, p, c3, n3, s3, bounds, out, acc, accumulate)
+
+
 @njit(cache=True, _nrt=False)
-def _tile4(x, packed, i, p, c, n0, n1, n2, n3, k0, k1, k2, k3, mult, shift, wz, yz, lo, hi, out, acc, accumulate):
-    """Pixels p..p+5 x the 64 channels of panel i (from c; n0..n3 live lanes per vector):
-    24 accumulators, 4 weight vectors, x's 4 bytes broadcast into each vpdpbusd."""
-    P, K = x.shape
-    q = P - 1
-    p0, p1, p2, p3, p4, p5 = p, min(p + 1, q), min(p + 2, q), min(p + 3, q), min(p + 4, q), min(p + 5, q)
+def _tile4(x, packed, i, p, wz, ends, out, acc, accumulate):
+    """Pixels p..p+5 x the 64 channels of panel i: 24 accumulators, 4 weight vectors, one
+    pixel's 4 bytes broadcast at a time."""
+    K = x.shape[1]
     z = isplat(0)
     a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = z
     a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = z
-    groups = K // GROUP
-    for g in range(groups):
-        k = g * GROUP
+    for g in range(K // GROUP):
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
         w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
-        x0 = quad(x, (p0, k))
-        a00, a01, a02, a03 = vdot(a00, w0, x0), vdot(a01, w1, x0), vdot(a02, w2, x0), vdot(a03, w3, x0)
-        x1 = quad(x, (p1, k))
-        a10, a11, a12, a13 = vdot(a10, w0, x1), vdot(a11, w1, x1), vdot(a12, w2, x1), vdot(a13, w3, x1)
-        x2 = quad(x, (p2, k))
-        a20, a21, a22, a23 = vdot(a20, w0, x2), vdot(a21, w1, x2), vdot(a22, w2, x2), vdot(a23, w3, x2)
-        x3 = quad(x, (p3, k))
-        a30, a31, a32, a33 = vdot(a30, w0, x3), vdot(a31, w1, x3), vdot(a32, w2, x3), vdot(a33, w3, x3)
-        x4 = quad(x, (p4, k))
-        a40, a41, a42, a43 = vdot(a40, w0, x4), vdot(a41, w1, x4), vdot(a42, w2, x4), vdot(a43, w3, x4)
-        x5 = quad(x, (p5, k))
-        a50, a51, a52, a53 = vdot(a50, w0, x5), vdot(a51, w1, x5), vdot(a52, w2, x5), vdot(a53, w3, x5)
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
+        a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
+        a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
+        a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
+        a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
+        a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
     if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
-        g, k = groups, groups * GROUP
+        g = K // GROUP
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
         w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
-        x0, x1, x2 = _tail_quad(x, p0, k), _tail_quad(x, p1, k), _tail_quad(x, p2, k)
-        x3, x4, x5 = _tail_quad(x, p3, k), _tail_quad(x, p4, k), _tail_quad(x, p5, k)
-        a00, a01, a02, a03 = vdot(a00, w0, x0), vdot(a01, w1, x0), vdot(a02, w2, x0), vdot(a03, w3, x0)
-        a10, a11, a12, a13 = vdot(a10, w0, x1), vdot(a11, w1, x1), vdot(a12, w2, x1), vdot(a13, w3, x1)
-        a20, a21, a22, a23 = vdot(a20, w0, x2), vdot(a21, w1, x2), vdot(a22, w2, x2), vdot(a23, w3, x2)
-        a30, a31, a32, a33 = vdot(a30, w0, x3), vdot(a31, w1, x3), vdot(a32, w2, x3), vdot(a33, w3, x3)
-        a40, a41, a42, a43 = vdot(a40, w0, x4), vdot(a41, w1, x4), vdot(a42, w2, x4), vdot(a43, w3, x4)
-        a50, a51, a52, a53 = vdot(a50, w0, x5), vdot(a51, w1, x5), vdot(a52, w2, x5), vdot(a53, w3, x5)
-    m0, s0 = _scales(mult, shift, c, n0, accumulate)
-    m1, s1 = _scales(mult, shift, c + LANES, n1, accumulate)
-    m2, s2 = _scales(mult, shift, c + 2 * LANES, n2, accumulate)
-    m3, s3 = _scales(mult, shift, c + 3 * LANES, n3, accumulate)
-    for j, a0, a1, a2, a3 in ((0, a00, a01, a02, a03), (1, a10, a11, a12, a13), (2, a20, a21, a22, a23),
-                              (3, a30, a31, a32, a33), (4, a40, a41, a42, a43), (5, a50, a51, a52, a53)):
-        pj = p + j
-        if pj < P:  # pixels past P (a tile's padding) are dropped
-            row = _row_term(x, pj, wz)
-            _finish(a0, k0, row, pj, c, n0, m0, s0, yz, lo, hi, out, acc, accumulate)
-            _finish(a1, k1, row, pj, c + LANES, n1, m1, s1, yz, lo, hi, out, acc, accumulate)
-            _finish(a2, k2, row, pj, c + 2 * LANES, n2, m2, s2, yz, lo, hi, out, acc, accumulate)
-            _finish(a3, k3, row, pj, c + 3 * LANES, n3, m3, s3, yz, lo, hi, out, acc, accumulate)
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+        a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
+        a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
+        a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
+        a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
+        a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
+        a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
+    _finish_pixel(x, p, wz, ends, a00, a01, a02, a03, out, acc, accumulate)
+    _finish_pixel(x, p + 1, wz, ends, a10, a11, a12, a13, out, acc, accumulate)
+    _finish_pixel(x, p + 2, wz, ends, a20, a21, a22, a23, out, acc, accumulate)
+    _finish_pixel(x, p + 3, wz, ends, a30, a31, a32, a33, out, acc, accumulate)
+    _finish_pixel(x, p + 4, wz, ends, a40, a41, a42, a43, out, acc, accumulate)
+    _finish_pixel(x, p + 5, wz, ends, a50, a51, a52, a53, out, acc, accumulate)
 
 
 @njit(cache=True, _nrt=False)
-def _tile1(x, packed, i, v, p, c, n, kc, mult, shift, wz, yz, lo, hi, out, acc, accumulate):
-    """Pixels p..p+5 x the 16 channels from vector v of panel i (n live lanes)."""
-    P, K = x.shape
-    q = P - 1
-    p0, p1, p2, p3, p4, p5 = p, min(p + 1, q), min(p + 2, q), min(p + 3, q), min(p + 4, q), min(p + 5, q)
-    a0 = a1 = a2 = a3 = a4 = a5 = isplat(0)
-    groups = K // GROUP
-    off = v * GROUP
-    for g in range(groups):
-        w = wload(packed, (i, g, off))
-        k = g * GROUP
-        a0, a1, a2 = vdot(a0, w, quad(x, (p0, k))), vdot(a1, w, quad(x, (p1, k))), vdot(a2, w, quad(x, (p2, k)))
-        a3, a4, a5 = vdot(a3, w, quad(x, (p3, k))), vdot(a4, w, quad(x, (p4, k))), vdot(a5, w, quad(x, (p5, k)))
+def _tile3(x, packed, i, p, wz, ends, out, acc, accumulate):
+    """Pixels p..p+5 x the first 48 channels of panel i."""
+    K = x.shape[1]
+    z = isplat(0)
+    a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
+    a30 = a31 = a32 = a40 = a41 = a42 = a50 = a51 = a52 = z
+    for g in range(K // GROUP):
+        w0, w1, w2 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64)), wload(packed, (i, g, 128))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a00, a01, a02 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0)
+        a10, a11, a12 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1)
+        a20, a21, a22 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2)
+        a30, a31, a32 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3)
+        a40, a41, a42 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4)
+        a50, a51, a52 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5)
     if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
-        w, k = wload(packed, (i, groups, off)), groups * GROUP
-        a0, a1, a2 = vdot(a0, w, _tail_quad(x, p0, k)), vdot(a1, w, _tail_quad(x, p1, k)), vdot(a2, w, _tail_quad(x, p2, k))
-        a3, a4, a5 = vdot(a3, w, _tail_quad(x, p3, k)), vdot(a4, w, _tail_quad(x, p4, k)), vdot(a5, w, _tail_quad(x, p5, k))
-    m, s = _scales(mult, shift, c, n, accumulate)
-    for j, a in ((0, a0), (1, a1), (2, a2), (3, a3), (4, a4), (5, a5)):
-        pj = p + j
-        if pj < P:  # pixels past P (a tile's padding) are dropped
-            _finish(a, kc, _row_term(x, pj, wz), pj, c, n, m, s, yz, lo, hi, out, acc, accumulate)
+        g = K // GROUP
+        w0, w1, w2 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64)), wload(packed, (i, g, 128))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+        a00, a01, a02 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0)
+        a10, a11, a12 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1)
+        a20, a21, a22 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2)
+        a30, a31, a32 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3)
+        a40, a41, a42 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4)
+        a50, a51, a52 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5)
+    _finish_pixel(x, p, wz, ends, a00, a01, a02, z, out, acc, accumulate)
+    _finish_pixel(x, p + 1, wz, ends, a10, a11, a12, z, out, acc, accumulate)
+    _finish_pixel(x, p + 2, wz, ends, a20, a21, a22, z, out, acc, accumulate)
+    _finish_pixel(x, p + 3, wz, ends, a30, a31, a32, z, out, acc, accumulate)
+    _finish_pixel(x, p + 4, wz, ends, a40, a41, a42, z, out, acc, accumulate)
+    _finish_pixel(x, p + 5, wz, ends, a50, a51, a52, z, out, acc, accumulate)
+
+
+@njit(cache=True, _nrt=False)
+def _tile2(x, packed, i, p, wz, ends, out, acc, accumulate):
+    """Pixels p..p+5 x the first 32 channels of panel i."""
+    K = x.shape[1]
+    z = isplat(0)
+    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = a40 = a41 = a50 = a51 = z
+    for g in range(K // GROUP):
+        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
+        a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
+        a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g = K // GROUP
+        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+        a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
+        a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
+        a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
+    _finish_pixel(x, p, wz, ends, a00, a01, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 1, wz, ends, a10, a11, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 2, wz, ends, a20, a21, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 3, wz, ends, a30, a31, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 4, wz, ends, a40, a41, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 5, wz, ends, a50, a51, z, z, out, acc, accumulate)
+
+
+@njit(cache=True, _nrt=False)
+def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
+    """Pixels p..p+5 x the first 16 channels of panel i."""
+    K = x.shape[1]
+    z = isplat(0)
+    a0 = a1 = a2 = a3 = a4 = a5 = z
+    for g in range(K // GROUP):
+        w = wload(packed, (i, g, 0))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+        a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
+        a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
+    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+        g = K // GROUP
+        w = wload(packed, (i, g, 0))
+        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+        a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
+        a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
+    _finish_pixel(x, p, wz, ends, a0, z, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 1, wz, ends, a1, z, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 2, wz, ends, a2, z, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 3, wz, ends, a3, z, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 4, wz, ends, a4, z, z, z, out, acc, accumulate)
+    _finish_pixel(x, p + 5, wz, ends, a5, z, z, z, out, acc, accumulate)

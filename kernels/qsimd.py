@@ -124,6 +124,42 @@ def vdot(typingctx, acc, w, q):
 
 
 @intrinsic
+def vdotx(typingctx, acc, w, q):
+    """acc + in each lane l: sum over j < 4 of (byte j of q + 128) times byte 4l + j of w
+    (signed): x's bytes made unsigned by flipping their sign bit, for vpdpbusd's unsigned
+    operand (AVX-512 VNNI), the weights signed; the same sum in plain IR elsewhere. Exact:
+    the sum of four 255 x 128 fits int32 and wraps as int32 does."""
+    if not (acc == i32x16 and w == i32x16 and isinstance(q, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, w = args[0], args[1]
+        q = builder.xor(context.cast(builder, args[2], sig.args[2], types.int32), ir.Constant(_I32, 0x80808080))
+        if DOT == "avx512vnni":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                "llvm.x86.avx512.vpdpbusd.512")
+            return builder.call(fn, [acc, _splat(builder, q), w])
+        wide32 = ir.VectorType(_I32, 4 * LANES)
+        s = builder.sext(builder.bitcast(w, _BYTES), wide32)
+        u = builder.zext(builder.bitcast(q, ir.VectorType(_I8, 4)), ir.VectorType(_I32, 4))
+        u = builder.shuffle_vector(u, ir.Constant(u.type, ir.Undefined),
+                                   ir.Constant(ir.VectorType(_I32, 4 * LANES), [0, 1, 2, 3] * LANES))
+        return builder.add(acc, _quad_sums(builder, builder.mul(s, u)))
+    return i32x16(i32x16, i32x16, q), codegen
+
+
+def _quad_sums(builder, m):
+    """The 16 sums of 4 adjacent lanes of the 64-lane int32 m (pairs first: pmaddwd's shape)."""
+    wide32, pairs = m.type, ir.VectorType(_I32, 2 * LANES)
+    even = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(0, 4 * LANES, 2))))
+    odd = builder.shuffle_vector(m, ir.Constant(wide32, ir.Undefined), ir.Constant(pairs, list(range(1, 4 * LANES, 2))))
+    m2 = builder.add(even, odd)
+    even = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+    odd = builder.shuffle_vector(m2, ir.Constant(pairs, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+    return builder.add(even, odd)
+
+
+@intrinsic
 def isplat(typingctx, x):
     """All 16 lanes = x (as int32, wrapping)."""
     if not isinstance(x, types.Integer):
@@ -233,43 +269,143 @@ def _minmax(builder, name, a, b):
     return builder.call(fn, [a, b])
 
 
+FUSED = current().isa == "avx512"  # 64-bit arithmetic shifts by lane (vpsravq)
+_PAIRS = ir.VectorType(_I64, LANES // 2)
+
+
+def _scales(builder, mult, shift):
+    """The per-channel vectors of a requantization: mult, mult's odd lanes moved low (the
+    odd vpmuldq operand), the left shift, then (FUSED) per 64-bit lane of the even and of
+    the odd products: the rounding constant, the tie correction and the shift of
+    _requant; else the right shift r, 2^r - 1 and (2^r - 1) >> 1 (and zeros)."""
+    zero32, one = _const(0), _const(1)
+    left = _minmax(builder, "smax", shift, zero32)
+    right = _minmax(builder, "smax", builder.sub(zero32, shift), zero32)
+    c32 = _const(32, LANES // 2, _I64)
+    odd = builder.bitcast(builder.lshr(builder.bitcast(mult, _PAIRS), c32), _VEC)
+    if not FUSED:
+        mask = builder.sub(builder.shl(one, right), one)
+        return mult, odd, left, right, mask, builder.ashr(mask, one), zero32, zero32, zero32
+    pairs = builder.bitcast(right, _PAIRS)
+    out = [mult, odd, left]
+    for r in (builder.and_(pairs, _const(0xFFFFFFFF, LANES // 2, _I64)), builder.lshr(pairs, c32)):
+        rounds = builder.icmp_signed(">", r, _const(0, LANES // 2, _I64))
+        nudge = builder.add(_const(1 << 30, LANES // 2, _I64),
+                            builder.select(rounds, builder.shl(_const(1 << 30, LANES // 2, _I64), r),
+                                           _const(0, LANES // 2, _I64)))
+        tie = builder.select(rounds, _const(1 << 31, LANES // 2, _I64), _const(0, LANES // 2, _I64))
+        out += [builder.bitcast(v, _VEC) for v in (nudge, tie, builder.add(r, _const(31, LANES // 2, _I64)))]
+    return tuple(out)
+
+
+def _requant(builder, acc, scales, low, top, zero):
+    """TFLite's MultiplyByQuantizedMultiplier of acc by `scales` (_scales), then
+    clamp(y, low, top) + zero (vectors). FUSED, both roundings in one 64-bit shift:
+    (ab + 2^30 + 2^(30+r) - 2^31 [ab < 0]) >> (31 + r) for r > 0, nested floor divisions
+    being one (the tie term [h < 0] of the rounding shift is [ab < 0]: the two differ only
+    where h = 0, whose result is 0 either way)."""
+    mult, mult_odd, left = scales[:3]
+    c32, c31 = _const(32, LANES // 2, _I64), _const(31, LANES // 2, _I64)
+    scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
+    a, m, mo = (builder.bitcast(v, _PAIRS) for v in (scaled, mult, mult_odd))
+    # sign-extended low and high halves of each 64-bit pair: LLVM's vpmuldq operands
+    a_even, m_even, m_odd = (builder.ashr(builder.shl(v, c32), c32) for v in (a, m, mo))
+    a_odd = builder.ashr(a, c32)
+    even, odd = builder.mul(a_even, m_even), builder.mul(a_odd, m_odd)
+    if FUSED:
+        nil = _const(0, LANES // 2, _I64)
+        ys = []
+        for ab, (nudge, tie, down) in ((even, scales[3:6]), (odd, scales[6:9])):
+            nudge, tie, down = (builder.bitcast(v, _PAIRS) for v in (nudge, tie, down))
+            t = builder.select(builder.icmp_signed("<", ab, nil), tie, nil)
+            ys.append(builder.bitcast(builder.ashr(builder.sub(builder.add(ab, nudge), t), down), _VEC))
+        y = builder.shuffle_vector(ys[0], ys[1], ir.Constant(_VEC, [v for i in range(0, LANES, 2) for v in (i, LANES + i)]))
+        # INT32_MIN is only INT32_MIN squared's 2^31, wrapped: saturated
+        y = builder.add(y, builder.sext(builder.icmp_signed("==", y, _const(_INT_MIN)), _VEC))
+    else:
+        right, mask, half = scales[3:6]
+        nudge = _const(1 << 30, LANES // 2, _I64)
+        even, odd = builder.add(even, nudge), builder.add(odd, nudge)
+        # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
+        low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
+        h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
+                        builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
+        h = builder.bitcast(h, _VEC)
+        h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
+        threshold = builder.sub(half, builder.ashr(h, _const(31)))
+        up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
+        y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
+    y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
+    return builder.add(y, zero)
+
+
+def _bounds(builder, zero, lo, hi):
+    """clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero (no int32
+    overflow): the vectors lo - zero, hi - zero, zero of int64 scalars."""
+    return (_splat(builder, builder.trunc(builder.sub(lo, zero), _I32)),
+            _splat(builder, builder.trunc(builder.sub(hi, zero), _I32)), _splat(builder, builder.trunc(zero, _I32)))
+
+
 @intrinsic
 def vrequant(typingctx, acc, mult, shift, zero, lo, hi):
     """In each lane, requant.to_8bit(acc, mult, shift, zero, lo, hi): TFLite's
     MultiplyByQuantizedMultiplier (an int32 left shift, the saturating rounding doubling
     high multiply, the rounding right shift), then the zero point and the clamp; for
-    shifts in -31..31, as QuantizeMultiplier makes them. In int64 lanes, as one
-    rounding shift each:
-      high multiply  (a b + 2^30) >> 31: gemmlowp's nudge of -2^30 + 1 and truncating
-                     division give the same for a negative product; the one overflow
-                     (both INT32_MIN) is the one result 2^31, saturated to INT32_MAX
-      divide by 2^r  (h + 2^(r-1) - [h < 0]) >> r for r > 0: ties away from zero, as
-                     gemmlowp's remainder-and-threshold form"""
+    shifts in -31..31, as QuantizeMultiplier makes them.
+      high multiply  (a b + 2^30) >> 31, the 64-bit products of the even and of the odd
+                     lanes (vpmuldq) with the result's 32 bits picked from each: gemmlowp's
+                     nudge of -2^30 + 1 and truncating division give the same for a
+                     negative product; the one overflow (both INT32_MIN) is the one result
+                     that reads INT32_MIN, saturated to INT32_MAX
+      divide by 2^r  gemmlowp's own int32 form: (h >> r) + (remainder > threshold)"""
     if not (acc == i32x16 and mult == i32x16 and shift == i32x16):
         return None
 
     def codegen(context, builder, sig, args):
-        acc, mult, shift = args[:3]
         zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args[3:], sig.args[3:]))
-        wide = ir.VectorType(_I64, LANES)
-        zero32 = _const(0)
-        left = _minmax(builder, "smax", shift, zero32)
-        right = builder.sext(_minmax(builder, "smax", builder.sub(zero32, shift), zero32), wide)
-        scaled = builder.shl(acc, left)  # wraps, as TFLite's int32 shift
-        ab = builder.mul(builder.sext(scaled, wide), builder.sext(mult, wide))
-        high = builder.ashr(builder.add(ab, _const(1 << 30, width=_I64)), _const(31, width=_I64))
-        high = _minmax(builder, "smin", high, _const(_INT_MAX, width=_I64))
-        half = builder.lshr(builder.shl(_const(1, width=_I64), right), _const(1, width=_I64))
-        down = builder.sext(builder.icmp_unsigned("!=", half, _const(0, width=_I64)), wide)  # -1 where r > 0
-        sign = builder.ashr(high, _const(63, width=_I64))
-        rounded = builder.add(builder.add(high, half), builder.and_(sign, down))
-        y = builder.trunc(builder.ashr(rounded, right), _VEC)
-        # clamp(y + zero, lo, hi) as clamp(y, lo - zero, hi - zero) + zero: no int32 overflow
-        low = _splat(builder, builder.trunc(builder.sub(lo, zero), _I32))
-        top = _splat(builder, builder.trunc(builder.sub(hi, zero), _I32))
-        y = _minmax(builder, "smin", _minmax(builder, "smax", y, low), top)
-        return builder.add(y, _splat(builder, builder.trunc(zero, _I32)))
+        return _requant(builder, args[0], _scales(builder, args[1], args[2]), *_bounds(builder, zero, lo, hi))
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
+
+
+SCALES = types.UniTuple(i32x16, 9)
+BOUNDS = types.UniTuple(i32x16, 3)
+
+
+@intrinsic
+def vscales(typingctx, mult, shift):
+    """The per-channel vectors of vrequant for mult and shift, computed once for the
+    many pixels of a tile (vrequant_with)."""
+    if not (mult == i32x16 and shift == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return context.make_tuple(builder, SCALES, _scales(builder, args[0], args[1]))
+    return SCALES(i32x16, i32x16), codegen
+
+
+@intrinsic
+def vbounds(typingctx, zero, lo, hi):
+    """The clamp and zero point vectors of vrequant, once for a tile (vrequant_with)."""
+    if not all(isinstance(v, types.Integer) for v in (zero, lo, hi)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero, lo, hi = (context.cast(builder, v, t, types.int64) for v, t in zip(args, sig.args))
+        return context.make_tuple(builder, BOUNDS, _bounds(builder, zero, lo, hi))
+    return BOUNDS(zero, lo, hi), codegen
+
+
+@intrinsic
+def vrequant_with(typingctx, acc, scales, bounds):
+    """vrequant(acc, mult, shift, zero, lo, hi) from scales = vscales(mult, shift) and
+    bounds = vbounds(zero, lo, hi)."""
+    if not (acc == i32x16 and scales == SCALES and bounds == BOUNDS):
+        return None
+
+    def codegen(context, builder, sig, args):
+        scales = cgutils.unpack_tuple(builder, args[1], 9)
+        return _requant(builder, args[0], scales, *cgutils.unpack_tuple(builder, args[2], 3))
+    return i32x16(i32x16, SCALES, BOUNDS), codegen
 
 
 # For the depthwise, the stem and ADD (qdepthwise.py, qconv.py, qops.py): widening loads

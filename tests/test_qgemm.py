@@ -11,7 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from numba import njit
+
 from mnv2engine.kernels.qgemm import QuantizedGemmError, pack_qweights, qpointwise, qpointwise_acc
+from mnv2engine.kernels.qsimd import LANES, bstore, iload, vbounds, vrequant, vrequant_with, vscales
 from mnv2engine.kernels.target import current
 from tflite_int import multiply_by_quantized_multiplier, quantize_multiplier, wrap32
 
@@ -98,6 +101,46 @@ def test_wrapping_sums_and_extreme_multipliers():
         out = np.empty((P, C), np.int8)
         qpointwise(x, packed, colsum, bias, mult, shift, x_zero, w_zero, 5, -128, 127, out)
         np.testing.assert_array_equal(out, reference(x, w, bias, mult, shift, x_zero, w_zero, 5, -128, 127))
+
+
+@njit  # not cached: the cache would not see a change to qsimd's code generation
+def _vector_requant(acc, mult, shift, zero, lo, hi, out, out_with):
+    """qsimd's requantization of 16 lanes at a time, both forms, into out and out_with."""
+    for c in range(0, acc.shape[0], LANES):
+        a, m, s = iload(acc, (c,), LANES), iload(mult, (c,), LANES), iload(shift, (c,), LANES)
+        bstore(out, (c,), LANES, vrequant(a, m, s, zero, lo, hi))
+        bstore(out_with, (c,), LANES, vrequant_with(a, vscales(m, s), vbounds(zero, lo, hi)))
+
+
+def test_vector_requantization_at_the_edges():
+    """The vector requantization on its own against tflite_int: INT32_MIN squared (the
+    saturated product), INT32_MAX, every shift in -31..31, sums on exact halves (ties of
+    the rounding shift, both signs), with the zero point and clamps at their ends."""
+    rng = np.random.default_rng(11)
+    edges = np.array([-(1 << 31), (1 << 31) - 1, -(1 << 31) + 1, 0, 1, -1, 1 << 30, -(1 << 30)], np.int64)
+    shifts = np.arange(-31, 32)
+    accs, mults, sh = [], [], []
+    for s in shifts:
+        for a in edges:
+            for m in edges:
+                accs.append(a), mults.append(m), sh.append(s)
+    n = 1 << 14  # random sums, some on exact halves after the high multiply (mult 2^30 halves)
+    r = rng.integers(-31, 32, n)
+    accs += list(np.where(rng.random(n) < 0.5, rng.integers(-(1 << 31), 1 << 31, n),
+                          (2 * rng.integers(-1000, 1000, n) + 1) << np.maximum(-r - 1, 0)))
+    mults += list(np.where(rng.random(n) < 0.5, 1 << 30, rng.integers(-(1 << 31), 1 << 31, n)))
+    sh += list(r)
+    pad = -len(accs) % LANES
+    acc = np.array(accs + [0] * pad, np.int64).astype(np.int32)
+    mult = np.array(mults + [0] * pad, np.int64).astype(np.int32)
+    shift = np.array(sh + [0] * pad, np.int32)
+    exact = multiply_by_quantized_multiplier(acc, mult, shift)
+    for zero, lo, hi in ((0, -128, 127), (-128, -128, 127), (127, -128, 127), (5, -100, 90), (-3, 20, 21)):
+        out, out_with = np.empty(acc.shape, np.int8), np.empty(acc.shape, np.int8)
+        _vector_requant(acc, mult, shift, zero, lo, hi, out, out_with)
+        expected = np.clip(exact + zero, lo, hi).astype(np.int8)
+        np.testing.assert_array_equal(out, expected, err_msg=f"vrequant, zero {zero}, clamp {lo}..{hi}")
+        np.testing.assert_array_equal(out_with, expected, err_msg=f"vrequant_with, zero {zero}, clamp {lo}..{hi}")
 
 
 @pytest.mark.parametrize("K,C,cuts", [(96, 24, (0, 32, 48, 96)), (144, 1001, (0, 16, 64, 144)),
