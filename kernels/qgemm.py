@@ -7,14 +7,19 @@ projection, the head conv and the classifier of a quantized MobileNetV2.
 The sum is regrouped so that its inner product multiplies raw bytes (int32 arithmetic
 wraps, so any regrouping gives the same int32):
 
-    sum_k (x - xz)(w - wz) = sum_k x u  -  (128 + wz) sum_k x  -  xz sum_k w  +  K xz wz
+    sum_k (x - xz)(w - wz) = sum_k (x + 128) w  -  (128 + xz) sum_k w  -  wz sum_k x  +  K xz wz
 
-with u = w + 128, the weights as unsigned bytes: the product of unsigned weights and
-signed activations is vpdpbusd's (AVX-512 VNNI), 64 multiply-adds per instruction with
-x's four bytes broadcast from memory. `sum_k w` is per column (colsum, from the
-packing), `sum_k x` per pixel (summed by the tile before its loop).
+with x + 128 = x with its sign bit flipped, x's bytes as unsigned: the product of
+unsigned activations and signed weights is vpdpbusd's (AVX-512 VNNI), 64 multiply-adds
+per instruction with x's four bytes broadcast. `sum_k w` is per column (colsum, from the
+packing, folded into one constant per channel); `sum_k x` per pixel, needed only when
+the weights have a zero point (the uint8 file's; the int8 file's weights have none).
 
-Packing (pack_qweights): u as [ceil(C / PANEL), ceil(K / 4), 4 * PANEL] bytes: per panel
+Tiles: 6 pixels x 4, 3, 2 or 1 vectors of 16 channels, the widest that the panel's live
+channels need (a 96-channel layer is a 6 x 4 and a 6 x 2 tile). The requantization's
+per-channel vectors (qsimd.vscales) are made once per panel, outside the pixel loop.
+
+Packing (pack_qweights): w as [ceil(C / PANEL), ceil(K / 4), 4 * PANEL] int8: per panel
 of PANEL output channels and per group of 4 inputs, 64 bytes for each 16 channels, the
 4 inputs of a channel adjacent (vpdpbusd's lane). Inputs past K and channels past C are
 0, which adds nothing whatever x holds. A tile reads its panel as one stream. colsum is
