@@ -7,14 +7,19 @@ projection, the head conv and the classifier of a quantized MobileNetV2.
 The sum is regrouped so that its inner product multiplies raw bytes (int32 arithmetic
 wraps, so any regrouping gives the same int32):
 
-    sum_k (x - xz)(w - wz) = sum_k x u  -  (128 + wz) sum_k x  -  xz sum_k w  +  K xz wz
+    sum_k (x - xz)(w - wz) = sum_k (x + 128) w  -  (128 + xz) sum_k w  -  wz sum_k x  +  K xz wz
 
-with u = w + 128, the weights as unsigned bytes: the product of unsigned weights and
-signed activations is vpdpbusd's (AVX-512 VNNI), 64 multiply-adds per instruction with
-x's four bytes broadcast from memory. `sum_k w` is per column (colsum, from the
-packing), `sum_k x` per pixel (summed by the tile before its loop).
+with x + 128 = x with its sign bit flipped, x's bytes as unsigned: the product of
+unsigned activations and signed weights is vpdpbusd's (AVX-512 VNNI), 64 multiply-adds
+per instruction with x's four bytes broadcast. `sum_k w` is per column (colsum, from the
+packing, folded into one constant per channel); `sum_k x` per pixel, needed only when
+the weights have a zero point (the uint8 file's; the int8 file's weights have none).
 
-Packing (pack_qweights): u as [ceil(C / PANEL), ceil(K / 4), 4 * PANEL] bytes: per panel
+Tiles: 6 pixels x 4, 3, 2 or 1 vectors of 16 channels, the widest that the panel's live
+channels need (a 96-channel layer is a 6 x 4 and a 6 x 2 tile). The requantization's
+per-channel vectors (qsimd.vscales) are made once per panel, outside the pixel loop.
+
+Packing (pack_qweights): w as [ceil(C / PANEL), ceil(K / 4), 4 * PANEL] int8: per panel
 of PANEL output channels and per group of 4 inputs, 64 bytes for each 16 channels, the
 4 inputs of a channel adjacent (vpdpbusd's lane). Inputs past K and channels past C are
 0, which adds nothing whatever x holds. A tile reads its panel as one stream. colsum is
@@ -115,7 +120,9 @@ def _qgemm(x, packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi, out, acc, a
         m3, s3 = _scales(mult, shift, c + 3 * LANES, n3, accumulate)
         ends = (c, n0, k0, vscales(m0, s0), c + LANES, n1, k1, vscales(m1, s1), c + 2 * LANES, n2, k2,
                 vscales(m2, s2), c + 3 * LANES, n3, k3, vscales(m3, s3), vbounds(yz, lo, hi))
-        if live > 3 * LANES:
+        if WIDE and P == 1:  # the classifier: one pixel, not six copies of it
+            _pixel(x, packed, i, wz, ends, out, acc, accumulate)
+        elif live > 3 * LANES:
             for p in range(0, P, PIXELS):
                 _tile4(x, packed, i, p, wz, ends, out, acc, accumulate)
         elif live > 2 * LANES:
@@ -340,3 +347,25 @@ def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
     _finish_pixel(x, p + 3, wz, ends, a3, z, z, z, out, acc, accumulate)
     _finish_pixel(x, p + 4, wz, ends, a4, z, z, z, out, acc, accumulate)
     _finish_pixel(x, p + 5, wz, ends, a5, z, z, z, out, acc, accumulate)
+
+
+@njit(cache=True, _nrt=False)
+def _pixel(x, packed, i, wz, ends, out, acc, accumulate):
+    """Pixel 0 x the 64 channels of panel i (vectors past C read the packing's zero
+    weights): two sets of accumulators, even and odd groups, for independent chains."""
+    K = x.shape[1]
+    z = isplat(0)
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = z
+    pairs = K // (2 * GROUP)
+    for h in range(pairs):
+        g = 2 * h
+        q, r = quad(x, (0, g * GROUP)), quad(x, (0, g * GROUP + GROUP))
+        a0, a1 = vdotx(a0, wload(packed, (i, g, 0)), q), vdotx(a1, wload(packed, (i, g, 64)), q)
+        a2, a3 = vdotx(a2, wload(packed, (i, g, 128)), q), vdotx(a3, wload(packed, (i, g, 192)), q)
+        b0, b1 = vdotx(b0, wload(packed, (i, g + 1, 0)), r), vdotx(b1, wload(packed, (i, g + 1, 64)), r)
+        b2, b3 = vdotx(b2, wload(packed, (i, g + 1, 128)), r), vdotx(b3, wload(packed, (i, g + 1, 192)), r)
+    for g in range(2 * pairs, -(-K // GROUP)):
+        q = _tail_quad(x, 0, g * GROUP) if g * GROUP + GROUP > K else quad(x, (0, g * GROUP))
+        a0, a1 = vdotx(a0, wload(packed, (i, g, 0)), q), vdotx(a1, wload(packed, (i, g, 64)), q)
+        a2, a3 = vdotx(a2, wload(packed, (i, g, 128)), q), vdotx(a3, wload(packed, (i, g, 192)), q)
+    _finish_pixel(x, 0, wz, ends, iadd(a0, b0), iadd(a1, b1), iadd(a2, b2), iadd(a3, b3), out, acc, accumulate)
