@@ -14,7 +14,7 @@ compiled for, and a bar chart, latency.png (where matplotlib is installed).
 Then the quantized files of the shared data folder (../shared/data or $MNV2_TEST_DATA;
 left out, with a note, where absent): LiteRT with its default delegate (XNNPACK) at 1
 and 2 threads and with its built-in kernels alone, against the engine in integer and in
-float32 (quantized=False), batch 1, round-robin as above; the engine's integer logits
+float32 (quantized=False) at 1 and 2 threads, batch 1, round-robin as above; the engine's integer logits
 checked against LiteRT's reference kernels (equal) first.
 
     python benchmarks/latency.py [--runs 60] [--big-runs 9] [--quick] [--blocked] [--quantized-only] [--out benchmarks/out]
@@ -361,7 +361,9 @@ def quantized_section(args):
         for threads in THREADS:
             fns[f"LiteRT XNNPACK, {threads} thr"] = interpreter(kinds.AUTO, threads)[1]
         fns["LiteRT built-in, 1 thr"] = interpreter(kinds.BUILTIN_WITHOUT_DEFAULT_DELEGATES, 1)[1]
-        fns["engine integer, 1 thr"] = lambda: engine.forward(x)
+        for threads in THREADS:
+            integer = engine if threads == 1 else Engine.load(path, threads=threads)
+            fns[f"engine integer, {threads} thr"] = lambda e=integer: e.forward(x)
         for threads in THREADS:
             floats = Engine.load(path, quantized=False, threads=threads)
             fns[f"engine float32, {threads} thr"] = lambda e=floats, xf=x.astype(np.float32) / 127.5 - 1: e.forward(xf)

@@ -33,9 +33,10 @@ from .qops import qadd, qrequantize
 
 # A block's record: its geometry, where its slices' layers are, and where its buffers
 # lie (X, Y, E, D: bytes into the arena; SUMS: int32 elements, -1 for none). X_ROWS and
-# Y_ROWS: the rows of a ring of input or output rows (0: the whole tensor).
+# Y_ROWS: the rows of a ring of input or output rows (0: the whole tensor). MODE: how the
+# block runs (modes.py's numbers).
 (STEM, H, W, CIN, HIDDEN, COUT, HO, WO, HE, WE, EXP_STRIDE, EXP_TOP, EXP_LEFT, DW_STRIDE, DW_TOP,
- DW_LEFT, T, RESIDUAL, SLICE0, EDGES, X, X_ROWS, Y, Y_ROWS, E, D, SUMS, FIELDS) = range(28)
+ DW_LEFT, T, RESIDUAL, SLICE0, EDGES, X, X_ROWS, Y, Y_ROWS, E, D, SUMS, MODE, FIELDS) = range(29)
 INT8_LO, INT8_HI = -128, 127
 
 

@@ -15,8 +15,9 @@ per instruction with x's four bytes broadcast. `sum_k w` is per column (colsum, 
 packing, folded into one constant per channel); `sum_k x` per pixel, needed only when
 the weights have a zero point (the uint8 file's; the int8 file's weights have none).
 
-Tiles: 6 pixels x 4, 3, 2 or 1 vectors of 16 channels, the widest that the panel's live
-channels need (a 96-channel layer is a 6 x 4 and a 6 x 2 tile). The requantization's
+Tiles: 6 pixels x 4, 2 or 1 vectors of 16 channels, the narrowest that the panel's live
+channels fit (a 96-channel layer is a 6 x 4 and a 6 x 2 tile; 48 live channels take the
+4-vector tile, its last vector's weights zero). The requantization's
 per-channel vectors (qsimd.vscales) are made once per panel, outside the pixel loop.
 
 Packing (pack_qweights): w as [ceil(C / PANEL), ceil(K / 4), 4 * PANEL] int8: per panel
@@ -32,7 +33,7 @@ of 16 and k1 a multiple of 16 or K are `packed[:, k0 // 4 : -(-k1 // 4)]` and
 import numpy as np
 from numba import njit
 
-from .qsimd import LANES, bstore, iadd, iload, imul, isplat, istore, quad, vbounds, vdotx, vrequant_with, vscales, wload
+from .qsimd import LANES, iadd, iload, imul, isplat, quad, vbounds, vdotx, vfinish6, vscales, wload
 from .target import current
 
 GROUP = 4  # inputs per lane of a packed vector
@@ -122,12 +123,9 @@ def _qgemm(x, packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi, out, acc, a
                 vscales(m2, s2), c + 3 * LANES, n3, k3, vscales(m3, s3), vbounds(yz, lo, hi))
         if WIDE and P == 1:  # the classifier: one pixel, not six copies of it
             _pixel(x, packed, i, wz, ends, out, acc, accumulate)
-        elif live > 3 * LANES:
+        elif live > 2 * LANES:  # 48 channels too (as in no MobileNetV2 1.0 layer): one tile less to compile
             for p in range(0, P, PIXELS):
                 _tile4(x, packed, i, p, wz, ends, out, acc, accumulate)
-        elif live > 2 * LANES:
-            for p in range(0, P, PIXELS):
-                _tile3(x, packed, i, p, wz, ends, out, acc, accumulate)
         elif live > LANES:
             for p in range(0, P, PIXELS):
                 _tile2(x, packed, i, p, wz, ends, out, acc, accumulate)
@@ -197,33 +195,11 @@ def _quads(x, p, k, tail):
 
 
 @njit(cache=True, inline="always")
-def _finish(a, k, row, p, c, n, scales, bounds, out, acc, accumulate):
-    """Pixel p's sums a (channels c..c+n-1) with the channel and pixel parts added:
-    requantized (vrequant_with) into out, or added into acc."""
-    a = iadd(a, k)
-    if row != 0:
-        a = iadd(a, isplat(row))
-    if accumulate:
-        istore(acc, (p, c), n, iadd(a, iload(acc, (p, c), n)))
-    else:
-        bstore(out, (p, c), n, vrequant_with(a, scales, bounds))
-
-
-@njit(cache=True, inline="always")
-def _finish_pixel(x, p, wz, ends, a0, a1, a2, a3, out, acc, accumulate):
-    """Pixel p's vectors (a2, a3 ignored past the tile's width) to out or acc; a pixel past
-    P (a tile's padding) is dropped."""
-    if p >= x.shape[0]:
-        return
-    c0, n0, k0, s0, c1, n1, k1, s1, c2, n2, k2, s2, c3, n3, k3, s3, bounds = ends
-    row = _row_term(x, p, wz)
-    _finish(a0, k0, row, p, c0, n0, s0, bounds, out, acc, accumulate)
-    if n1 > 0:
-        _finish(a1, k1, row, p, c1, n1, s1, bounds, out, acc, accumulate)
-    if n2 > 0:
-        _finish(a2, k2, row, p, c2, n2, s2, bounds, out, acc, accumulate)
-    if n3 > 0:
-        _finish(a3, k3, row, p, c3, n3, s3, bounds, out, acc, accumulate)
+def _rows(x, p, wz):
+    """The per-pixel part of the sum of pixels p..p+5 (0 past P: those are not written)."""
+    q = x.shape[0] - 1
+    return (_row_term(x, min(p, q), wz), _row_term(x, min(p + 1, q), wz), _row_term(x, min(p + 2, q), wz),
+            _row_term(x, min(p + 3, q), wz), _row_term(x, min(p + 4, q), wz), _row_term(x, min(p + 5, q), wz))
 
 
 @njit(cache=True, _nrt=False)
@@ -255,46 +231,11 @@ def _tile4(x, packed, i, p, wz, ends, out, acc, accumulate):
         a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
         a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
         a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
-    _finish_pixel(x, p, wz, ends, a00, a01, a02, a03, out, acc, accumulate)
-    _finish_pixel(x, p + 1, wz, ends, a10, a11, a12, a13, out, acc, accumulate)
-    _finish_pixel(x, p + 2, wz, ends, a20, a21, a22, a23, out, acc, accumulate)
-    _finish_pixel(x, p + 3, wz, ends, a30, a31, a32, a33, out, acc, accumulate)
-    _finish_pixel(x, p + 4, wz, ends, a40, a41, a42, a43, out, acc, accumulate)
-    _finish_pixel(x, p + 5, wz, ends, a50, a51, a52, a53, out, acc, accumulate)
-
-
-@njit(cache=True, _nrt=False)
-def _tile3(x, packed, i, p, wz, ends, out, acc, accumulate):
-    """Pixels p..p+5 x the first 48 channels of panel i."""
-    K = x.shape[1]
-    z = isplat(0)
-    a00 = a01 = a02 = a10 = a11 = a12 = a20 = a21 = a22 = z
-    a30 = a31 = a32 = a40 = a41 = a42 = a50 = a51 = a52 = z
-    for g in range(K // GROUP):
-        w0, w1, w2 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64)), wload(packed, (i, g, 128))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
-        a00, a01, a02 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0)
-        a10, a11, a12 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1)
-        a20, a21, a22 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2)
-        a30, a31, a32 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3)
-        a40, a41, a42 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4)
-        a50, a51, a52 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5)
-    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
-        g = K // GROUP
-        w0, w1, w2 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64)), wload(packed, (i, g, 128))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
-        a00, a01, a02 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0)
-        a10, a11, a12 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1)
-        a20, a21, a22 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2)
-        a30, a31, a32 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3)
-        a40, a41, a42 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4)
-        a50, a51, a52 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5)
-    _finish_pixel(x, p, wz, ends, a00, a01, a02, z, out, acc, accumulate)
-    _finish_pixel(x, p + 1, wz, ends, a10, a11, a12, z, out, acc, accumulate)
-    _finish_pixel(x, p + 2, wz, ends, a20, a21, a22, z, out, acc, accumulate)
-    _finish_pixel(x, p + 3, wz, ends, a30, a31, a32, z, out, acc, accumulate)
-    _finish_pixel(x, p + 4, wz, ends, a40, a41, a42, z, out, acc, accumulate)
-    _finish_pixel(x, p + 5, wz, ends, a50, a51, a52, z, out, acc, accumulate)
+    rows = _rows(x, p, wz)
+    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), rows, accumulate)
+    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), rows, accumulate)
+    vfinish6(out, acc, p, ends, 2, (a02, a12, a22, a32, a42, a52), rows, accumulate)
+    vfinish6(out, acc, p, ends, 3, (a03, a13, a23, a33, a43, a53), rows, accumulate)
 
 
 @njit(cache=True, _nrt=False)
@@ -316,12 +257,9 @@ def _tile2(x, packed, i, p, wz, ends, out, acc, accumulate):
         a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
         a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
         a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
-    _finish_pixel(x, p, wz, ends, a00, a01, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 1, wz, ends, a10, a11, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 2, wz, ends, a20, a21, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 3, wz, ends, a30, a31, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 4, wz, ends, a40, a41, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 5, wz, ends, a50, a51, z, z, out, acc, accumulate)
+    rows = _rows(x, p, wz)
+    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), rows, accumulate)
+    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), rows, accumulate)
 
 
 @njit(cache=True, _nrt=False)
@@ -341,12 +279,7 @@ def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
         x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
         a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
         a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
-    _finish_pixel(x, p, wz, ends, a0, z, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 1, wz, ends, a1, z, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 2, wz, ends, a2, z, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 3, wz, ends, a3, z, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 4, wz, ends, a4, z, z, z, out, acc, accumulate)
-    _finish_pixel(x, p + 5, wz, ends, a5, z, z, z, out, acc, accumulate)
+    vfinish6(out, acc, p, ends, 0, (a0, a1, a2, a3, a4, a5), _rows(x, p, wz), accumulate)
 
 
 @njit(cache=True, _nrt=False)
@@ -368,4 +301,8 @@ def _pixel(x, packed, i, wz, ends, out, acc, accumulate):
         q = _tail_quad(x, 0, g * GROUP) if g * GROUP + GROUP > K else quad(x, (0, g * GROUP))
         a0, a1 = vdotx(a0, wload(packed, (i, g, 0)), q), vdotx(a1, wload(packed, (i, g, 64)), q)
         a2, a3 = vdotx(a2, wload(packed, (i, g, 128)), q), vdotx(a3, wload(packed, (i, g, 192)), q)
-    _finish_pixel(x, 0, wz, ends, iadd(a0, b0), iadd(a1, b1), iadd(a2, b2), iadd(a3, b3), out, acc, accumulate)
+    rows = _rows(x, 0, wz)  # the tile's other five pixels are past P = 1: not written
+    vfinish6(out, acc, 0, ends, 0, (iadd(a0, b0), z, z, z, z, z), rows, accumulate)
+    vfinish6(out, acc, 0, ends, 1, (iadd(a1, b1), z, z, z, z, z), rows, accumulate)
+    vfinish6(out, acc, 0, ends, 2, (iadd(a2, b2), z, z, z, z, z), rows, accumulate)
+    vfinish6(out, acc, 0, ends, 3, (iadd(a3, b3), z, z, z, z, z), rows, accumulate)

@@ -199,21 +199,24 @@ def iload(typingctx, arr, index, n):
 
     def codegen(context, builder, sig, args):
         ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _VEC)
-        n = context.cast(builder, args[2], sig.args[2], types.int64)
-        full = builder.icmp_signed(">=", n, ir.Constant(_I64, LANES))
-        with builder.if_else(full, likely=True) as (yes, no):
-            with yes:
-                a, a_block = builder.load(ptr, align=4), builder.block
-            with no:
-                fnty = ir.FunctionType(_VEC, [_VEC.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), _VEC])
-                fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i32.p0")
-                b = builder.call(fn, [ptr, ir.Constant(_I32, 4), _lane_mask(builder, n), ir.Constant(_VEC, None)])
-                b_block = builder.block
-        value = builder.phi(_VEC)
-        value.add_incoming(a, a_block)
-        value.add_incoming(b, b_block)
-        return value
+        return _iload(builder, ptr, context.cast(builder, args[2], sig.args[2], types.int64))
     return i32x16(arr, index, n), codegen
+
+
+def _iload(builder, ptr, n):
+    """The n int32 at ptr in lanes 0..n-1, zeros after: a plain load when all 16 are live."""
+    with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_I64, LANES)), likely=True) as (yes, no):
+        with yes:
+            a, a_block = builder.load(ptr, align=4), builder.block
+        with no:
+            fnty = ir.FunctionType(_VEC, [_VEC.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), _VEC])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i32.p0")
+            b = builder.call(fn, [ptr, ir.Constant(_I32, 4), _lane_mask(builder, n), ir.Constant(_VEC, None)])
+            b_block = builder.block
+    value = builder.phi(_VEC)
+    value.add_incoming(a, a_block)
+    value.add_incoming(b, b_block)
+    return value
 
 
 def _store(builder, value, ptr, n, elem):
@@ -407,6 +410,57 @@ def vrequant_with(typingctx, acc, scales, bounds):
         return _requant(builder, args[0], scales, *cgutils.unpack_tuple(builder, args[2], 3))
     return i32x16(i32x16, SCALES, BOUNDS), codegen
 
+
+
+@intrinsic
+def vfinish6(typingctx, out, acc, p, ends, j, accs, rows, accumulate):
+    """Vector j (a literal) of pixels p..p+5 of a GEMM tile: accs[i] + k_j + rows[i]
+    requantized (as vrequant_with) into the int8 out[p + i, c_j:c_j + n_j], or, where
+    `accumulate` (a literal), added into the int32 acc[p + i, c_j:c_j + n_j]. Pixels past
+    the array's rows, and a vector with n_j = 0, are skipped. ends: (c_j, n_j, k_j,
+    scales_j) for j = 0..3, then the bounds.
+    One intrinsic rather than Numba code inlined per pixel: Numba's front end copied the
+    requantization's IR for each of a tile's 24 outputs (33 s of a first compile). And
+    vector-major, so that the six pixels' requantizations share scales_j in registers."""
+    _check(out, types.UniTuple(types.int64, 2), (types.int8,))
+    _check(acc, types.UniTuple(types.int64, 2), (types.int32,))
+    if not isinstance(j, types.IntegerLiteral):
+        return None
+    if not (isinstance(ends, types.BaseTuple) and len(ends) == 17 and accs == types.UniTuple(i32x16, 6)
+            and isinstance(rows, types.UniTuple) and len(rows) == 6 and isinstance(accumulate, types.BooleanLiteral)):
+        return None
+    v, adding = j.literal_value, accumulate.literal_value
+
+    def codegen(context, builder, sig, args):
+        out_t, acc_t, p_t, ends_t = sig.args[:4]
+        array_t, array = (acc_t, args[1]) if adding else (out_t, args[0])
+        height = cgutils.unpack_tuple(builder, context.make_array(array_t)(context, builder, array).shape, 2)[0]
+        items = cgutils.unpack_tuple(builder, args[3], len(ends_t))
+        c = context.cast(builder, items[4 * v], ends_t[4 * v], types.int64)
+        n = context.cast(builder, items[4 * v + 1], ends_t[4 * v + 1], types.int64)
+        k = items[4 * v + 2]
+        scales = cgutils.unpack_tuple(builder, items[4 * v + 3], 9)
+        bounds = cgutils.unpack_tuple(builder, items[16], 3)
+        vectors = cgutils.unpack_tuple(builder, args[5], 6)
+        rows = [context.cast(builder, r, sig.args[6].dtype, types.int32) for r in cgutils.unpack_tuple(builder, args[6], 6)]
+        p = context.cast(builder, args[2], p_t, types.int64)
+        at = types.UniTuple(types.int64, 2)
+        bytes16 = ir.VectorType(_I8, LANES)
+        with builder.if_then(builder.icmp_signed(">", n, ir.Constant(_I64, 0)), likely=True):
+            for i in range(6):
+                pixel = builder.add(p, ir.Constant(_I64, i))
+                with builder.if_then(builder.icmp_signed("<", pixel, height), likely=True):
+                    a = builder.add(builder.add(vectors[i], k), _splat(builder, rows[i]))
+                    index = context.make_tuple(builder, at, [pixel, c])
+                    if adding:
+                        ptr = _pointer(context, builder, acc_t, args[1], at, index, _VEC)
+                        _store(builder, builder.add(a, _iload(builder, ptr, n)), ptr, n, _I32)
+                    else:
+                        y = _requant(builder, a, scales, *bounds)
+                        ptr = _pointer(context, builder, out_t, args[0], at, index, bytes16)
+                        _store(builder, builder.trunc(y, bytes16), ptr, n, _I8)
+        return context.get_dummy_value()
+    return types.none(out, acc, p, ends, j, accs, rows, accumulate), codegen
 
 # For the depthwise, the stem and ADD (qdepthwise.py, qconv.py, qops.py): widening loads
 # of 8- and 16-bit lanes, lane broadcasts, 16-bit pair products, a narrowing clamp.

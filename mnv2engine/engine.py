@@ -63,8 +63,8 @@ class Engine:
         as its format defines it (the default for such a file), or, False, in float32 on
         its dequantized weights. In integer, the evaluation is materialized, sliced (t) or
         rows (the integer row pipeline and row-streamed blocks, kernels/qpipeline.py and
-        qblock.py; 1.0/224: 0.14 MiB), one image at a time; with threads, a batch is split
-        between them (an image is not shared).
+        qblock.py; 1.0/224: 0.14 MiB), one image at a time, the whole network in one call
+        (kernels/qnetwork.py); threads split a batch, or share an image as in float.
     """
 
     def __init__(self, weightset, t=None, rows: bool = False, threads: int = 1, max_memory: int = MAX_MEMORY,
@@ -211,39 +211,64 @@ class Engine:
     def _forward_integer(self, x: np.ndarray, observe=None) -> np.ndarray:
         """The integer network on a checked batch, an image at a time (each converted to
         the kernels' int8 as it comes): its int8 outputs [N, width]. With threads, each
-        takes its share of the images, with its own arena (observe: one thread)."""
+        takes its share of the images, with its own arena; a batch smaller than the
+        threads has each image shared by all of them (observe: one thread)."""
         out = np.empty((len(x), self._integer.output_width), np.int8)
-        arenas = 1 if observe else min(self.threads, len(x))
+        if observe:
+            plan, pads, _ = self._integer_plan(x.shape[1:3])
+            arena = self._arena(plan.arena_bytes, 1, shared=False)
+            copy = np.empty(x.shape[1:], np.int8)
+            for n in range(len(x)):
+                self._integer.run(integer_input(x[n], self._integer.activations["input"], copy), plan, *pads, arena,
+                                  out[n], observe)
+            return out
+        if len(x) < self.threads:
+            self._integer_shared(x, out)
+            return out
+        arenas = min(self.threads, len(x))
         if arenas == 1:
-            self._integer_share(x, out, 0, len(x), observe)
+            self._integer_share(x, out, 0, len(x))
             return out
         stop = new_sync(1)  # a failure on one thread stops the others between images
         shares = [(len(x) * i // arenas, len(x) * (i + 1) // arenas) for i in range(arenas)]
-        spread(self._helpers, self._integer_share, [(x, out, lo, hi, None, stop) for lo, hi in shares], stop)
+        spread(self._helpers, self._integer_share, [(x, out, lo, hi, stop) for lo, hi in shares], stop)
         return out
 
-    def _integer_share(self, x, out, lo, hi, observe, stop=None):
+    def _integer_share(self, x, out, lo, hi, stop=None):
         """Images lo..hi of x into out, on this thread, in an arena of its own."""
-        plan, pads, records = self._integer_plan(x.shape[1:3])
+        plan, _, tables = self._integer_plan(x.shape[1:3])
         arena = self._arena(plan.arena_bytes, 1, shared=False)
         copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
         for n in range(lo, hi):
             if stop is not None and stop[STATE] != RUNNING:
                 return
             image = integer_input(x[n], self._integer.activations["input"], copy)
-            self._integer.run(image, plan, *pads, arena, out[n], observe, records)
+            self._integer.forward(image, plan, tables, arena, out[n])
+
+    def _integer_shared(self, x, out):
+        """Each image of x shared by all the threads, in one arena."""
+        plan, _, tables = self._integer_plan(x.shape[1:3])
+        arena = self._arena(plan.arena_bytes, 1, shared=True)
+        copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
+        with self._sharing_lock:
+            for n in range(len(x)):
+                image = integer_input(x[n], self._integer.activations["input"], copy)
+                sync = new_sync(self.threads)
+                spread(self._helpers, self._integer.forward,
+                       [(image, plan, tables, arena, out[n], tid, self.threads, sync) for tid in range(self.threads)],
+                       sync, joined=True)
+        self._spare = arena
 
     def _integer_plan(self, size):
-        """The int8 plan of one image at `size`, the paddings, and the row kernels' records
-        of its blocks (for a plan with rows)."""
+        """The int8 plan of one image at `size`, the paddings, and the integer forward's
+        tables of it (IntegerNetwork.tables)."""
         def make():
             at = self._at(size)
             plan = build_plan(at.arch, self._integer_bounds, self.rows, 1, dtype="int8")
             if plan.arena_bytes > self._max_memory:
                 raise EngineError(f"one image at {size[0]}x{size[1]} needs {plan.arena_bytes:,} bytes of activations, "
                                   f"over max_memory={self._max_memory:,}")
-            records = self._integer.records(plan, at.stem_pads, at.dw_pads) if self.rows else None
-            return plan, (at.stem_pads, at.dw_pads), records
+            return plan, (at.stem_pads, at.dw_pads), self._integer.tables(plan, at.stem_pads, at.dw_pads)
         with self._planning:
             return self._plans.get(("int8", *size), make)
 

@@ -16,7 +16,8 @@ import numpy as np
 
 from .arch import Architecture
 from .errors import EngineError, WeightFileError
-from .kernels import qblock
+from .kernels import qblock, qnetwork
+from .kernels.modes import NAMES
 from .kernels.qblock import qstreamed
 from .kernels.qconv import pack_qconv3x3, qconv3x3
 from .kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
@@ -24,6 +25,7 @@ from .kernels.qgemm import pack_qweights, qpointwise, qpointwise_acc
 from .kernels.qpipeline import qpipeline
 from .kernels.qops import ADD_LEFT_SHIFT, qadd, qaverage, qmean, qquantize, qrequantize, qshift
 from .kernels.qsoftmax import SCALED_DIFF_INTEGER_BITS, qsoftmax
+from .kernels.sync import new_sync
 from .memory import view
 from .plan import Plan
 from .weights.quantization import Quantization, layer_inputs, quantize_multiplier
@@ -120,16 +122,15 @@ class IntegerNetwork:
         return self.activations["pool" if self.arch.headless else "classifier"]
 
     def run(self, image: np.ndarray, plan: Plan, stem_pads, dw_pads, arena: np.ndarray, out: np.ndarray,
-            observe=None, records=None) -> None:
+            observe) -> None:
         """image int8 [H, W, 3] (the kernels' domain) -> out int8 [width], through the
-        buffers of `plan` (one image's) in `arena`. observe(name, a): each activation that
-        exists whole, as it is made, by the file's name for it. records: the row kernels'
-        records of a plan with rows (self.records), made here if not given."""
-        observe = observe or _ignore
+        buffers of `plan` (one image's) in `arena`, a layer per call from Python, so that
+        observe(name, a) sees each activation that exists whole, as it is made, by the
+        file's name for it (Engine.intermediates; forward runs the same kernels in one call)."""
         x = image
         rowed = plan.piped > 0 or any(step.streamed for step in plan.steps)
         if rowed:
-            records = self.records(plan, stem_pads, dw_pads) if records is None else records
+            records = self.records(plan, stem_pads, dw_pads)
             edges, stems, expands, dws, projects, adds = self.row_layers()
             a8 = arena.view(np.int8)
             a32 = arena[:arena.size // 4 * 4].view(np.int32)
@@ -233,7 +234,49 @@ class IntegerNetwork:
             r[q.Y], r[q.Y_ROWS] = step.y.offset, 0 if step.y.whole else step.y.shape[0]
             r[q.E], r[q.D] = step.e.offset, step.d.offset
             r[q.SUMS] = step.sums.offset // 4 if step.sums is not None else -1
+            r[q.MODE] = NAMES.index(step.mode)
         return recs
+
+    def head(self, plan: Plan) -> np.ndarray:
+        """The head's record (kernels/qnetwork.py's fields): where its buffers lie in the arena."""
+        last = plan.steps[-1]
+        h = np.zeros(qnetwork.HEAD_FIELDS, np.int64)
+        h[qnetwork.HEAD_X], h[qnetwork.HEAD_CONV], h[qnetwork.HEAD_POOLED] = (last.y.offset, plan.head_scratch.offset,
+                                                                           plan.pooled.offset)
+        h[qnetwork.HEAD_PIXELS] = math.prod(last.block.out_size)
+        h[qnetwork.HEAD_CIN], h[qnetwork.HEAD_COUT] = last.block.cout, self.arch.last_channels
+        h[qnetwork.HEAD_CLASSES] = 0 if self.arch.headless else self.arch.classes
+        return h
+
+    def head_layers(self, pixels: int) -> tuple:
+        """The head's layers and the pool's integers as qnetwork.qforward takes them, for
+        a head conv of `pixels` pixels."""
+        conv = _pointwise_layer(self.convs["head"], self.packed["head"])
+        classifier = conv if self.arch.headless else _pointwise_layer(self.convs["classifier"],
+                                                                       self.packed["classifier"])
+        x, y = self.activations["head"], self.activations["pool"]
+        mean = (1, x.int8_zero, *self._mean(pixels), y.int8_zero) if self.pool_mean else (0, 0, 0, 0, 0)
+        return (conv, classifier), tuple(int(v) for v in mean)
+
+    def forward(self, image: np.ndarray, plan: Plan, tables, arena: np.ndarray, out: np.ndarray, tid: int = 0,
+                threads: int = 1, sync=None) -> None:
+        """image int8 [H, W, 3] -> out int8 [width] in one call of kernels/qnetwork.py,
+        thread tid's share of it; tables = self.tables(plan, ...), made once per plan."""
+        recs, head, layers, pool = tables
+        edges, stems, expands, dws, projects, adds = self.row_layers()
+        a8 = arena.view(np.int8)
+        a32 = arena[:arena.size // 4 * 4].view(np.int32)
+        state = np.zeros((2, max(plan.piped, 1)), np.int64)
+        rowed = plan.piped > 0 or any(step.streamed for step in plan.steps)
+        sliced = any(len(step.bounds) > 2 and not (step.streamed or step.piped) for step in plan.steps)
+        qnetwork.qforward(a8, a32, recs, plan.piped, edges, stems, expands, dws, projects, adds, head, layers, pool,
+                          image, out, state, tid, threads, new_sync(threads) if sync is None else sync,
+                          True if sliced else None, True if rowed else None)
+
+    def tables(self, plan: Plan, stem_pads, dw_pads) -> tuple:
+        """What forward needs of a plan: the blocks' records, the head's, its layers and the pool's."""
+        head = self.head(plan)
+        return (self.records(plan, stem_pads, dw_pads), head, *self.head_layers(int(head[qnetwork.HEAD_PIXELS])))
 
     def _sliced(self, b, step, x, stem_pads, dw_pads, arena, y, observe):
         """A sliced block: per slice, E and D of its channels (whole, in the plan's slice
@@ -268,10 +311,14 @@ class IntegerNetwork:
             qaverage(head, *INT8, pooled, True)
             return
         x, y = self.activations["head"], self.activations["pool"]
-        pixels = head.shape[0]
+        qmean(head, x.int8_zero, *self._mean(head.shape[0]), y.int8_zero, *INT8, pooled)
+
+    def _mean(self, pixels: int) -> tuple[int, int]:
+        """MEAN's multiplier and shift over `pixels` values (1 / pixels folded in)."""
         if pixels not in self._means:
+            x, y = self.activations["head"], self.activations["pool"]
             self._means[pixels] = _named("pool", mean_params, x.scale, y.scale, pixels)
-        qmean(head, x.int8_zero, *self._means[pixels], y.int8_zero, *INT8, pooled)
+        return self._means[pixels]
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """The file's integer softmax of int8 logits [N, classes], as reals (scale 1/256)."""
@@ -302,10 +349,6 @@ class IntegerNetwork:
     def _conv3x3_with(conv, packed, x, stride, pads, out, kernel):
         kernel(x, packed, conv.bias, conv.out.mult, conv.out.shift, conv.x_zero, conv.out.zero,
                conv.out.lo, conv.out.hi, stride, pads[0], pads[2], out)
-
-
-def _ignore(name, a):
-    pass
 
 
 def _output_name(b) -> str:

@@ -12,6 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MNV2_TEST_DATA", ROOT.parent / "shared" / "data"))
 
 
+def pytest_collection_finish(session):
+    """Start the other builds' runs of the collected tests now, in the background (rebuilds.py)."""
+    import rebuilds
+    rebuilds.start([m.args[0] for item in session.items for m in item.iter_markers("rebuild")])
+
+
 def close(actual, reference, rel=1e-4):
     """max |diff| <= rel * max |reference|, with the figures in the failure message."""
     actual, reference = np.asarray(actual), np.asarray(reference)

@@ -1,12 +1,9 @@
 """The int8 1x1 conv (kernels/qgemm.py) against a naive NumPy computation of TFLite's
 formula, byte for byte: random shapes with the edge sizes, zero points at both ends of
 their ranges, weights with and without a zero point, clamps hit at both ends; the
-K-ranges of the sliced evaluation; the AVX2 and baseline builds in a subprocess."""
+K-ranges of the sliced evaluation; the AVX2 build as a run of its own (rebuilds.py)."""
 import os
 import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +13,9 @@ from numba import njit
 from mnv2engine.kernels.qgemm import QuantizedGemmError, pack_qweights, qpointwise, qpointwise_acc
 from mnv2engine.kernels.qsimd import LANES, bstore, iload, vbounds, vrequant, vrequant_with, vscales
 from mnv2engine.kernels.target import current
-from tflite_int import multiply_by_quantized_multiplier, quantize_multiplier, wrap32
 
-HERE = Path(__file__).parent
+import rebuilds
+from tflite_int import multiply_by_quantized_multiplier, quantize_multiplier, wrap32
 
 
 def raw_sums(x, w, x_zero, w_zero):
@@ -177,22 +174,19 @@ def test_bad_weights_and_buffers_are_refused_by_name():
 
 
 X86 = platform.machine() in ("x86_64", "AMD64")
+HASWELL_RUN = X86 and os.environ.get("NUMBA_CPU_NAME") is None and (current().isa, current().int_dot) != ("avx2", "none")
+if HASWELL_RUN:  # the portable path: .ci/arm (aarch64)
+    rebuilds.declare("qgemm haswell", {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": None}, ["test_qgemm.py"])
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NUMBA_CPU_NAME") is not None, reason="already a run for a chosen target")
-@pytest.mark.skipif(not X86, reason="haswell and generic name x86-64 targets here")
-@pytest.mark.parametrize("cpu,isa", [("haswell", "avx2")])  # the portable path: .ci/arm (aarch64)
-def test_the_same_in_other_builds(cpu, isa):
+@pytest.mark.rebuild("qgemm haswell")
+def test_the_same_in_other_builds():
     """These tests compiled for AVX2 without VNNI: the path the native (VNNI) run does not
     take."""
-    if (current().isa, current().int_dot) == (isa, "none"):
-        pytest.skip("the native run is this build")
-    env = dict(os.environ, NUMBA_CPU_NAME=cpu)
-    env.pop("NUMBA_CPU_FEATURES", None)
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", str(HERE / "test_qgemm.py")],
-                         env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
-    assert run.returncode == 0, f"tests compiled for {cpu} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    if not HASWELL_RUN:
+        pytest.skip("this run is for a chosen target, or its native build is AVX2 without VNNI, or not x86-64")
+    rebuilds.check("qgemm haswell", "tests compiled for haswell")
 
 
 def test_haswell_and_generic_have_no_integer_dot_product():

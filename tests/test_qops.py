@@ -4,9 +4,6 @@ byte for byte, in the int8 file's convention (per-channel weights, w_zero 0) and
 file's run in the int8 domain (every activation, zero point and bound shifted by -128)."""
 import os
 import platform
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,11 +17,11 @@ from mnv2engine.kernels.qsimd import LANES, bstore, iload, vrequant32
 from mnv2engine.kernels.qsoftmax import qsoftmax
 from mnv2engine.quantized import add_params, mean_params, softmax_params
 
+import rebuilds
 import tflite_int as ref
 
 CHANNELS = [1, 8, 16, 24, 96, 144]
 WIDTHS = [1, 2, 7, 15, 112]
-HERE = Path(__file__).parent
 
 
 def _values(rng, shape, dtype, zero):
@@ -253,24 +250,23 @@ def test_params_refuse_impossible_scales():
         softmax_params(1e-12, 1e-3)
 
 
+# A few of these tests again, compiled for AVX2, whose vector code (int32 lanes split into
+# ymm registers) the native AVX-512 run never takes; the portable path: .ci/arm (aarch64)
+HASWELL_RUN = platform.machine() in ("x86_64", "AMD64") and os.environ.get("NUMBA_CPU_NAME") is None
+CHOSEN = ["test_depthwise_is_tflites and (144-1-int8 or 24-2-uint8 or 1-2-int8)", "test_depthwise_rows",
+          "test_stem_is_tflites and 2-int8", "test_add_is_tflites", "test_the_int32_vector", "test_mean",
+          "test_softmax_is_tflites"]
+if HASWELL_RUN:
+    rebuilds.declare("qops haswell", {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": None}, ["test_qops.py"],
+                     "-k", " or ".join(f"({k})" for k in CHOSEN))
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("NUMBA_CPU_NAME") is not None, reason="already a run for a chosen target")
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="haswell and generic name x86-64 targets here")
-@pytest.mark.parametrize("cpu", ["haswell"])  # the portable path: .ci/arm (aarch64)
-def test_compiled_for_avx2_and_baseline(cpu):
-    """A few of these tests again, compiled for AVX2, whose vector code (int32 lanes split
-    into ymm registers) the native AVX-512 run never takes."""
-    import platform
-    if platform.machine() not in ("x86_64", "AMD64"):
-        pytest.skip("haswell and generic name x86-64 targets here")
-    env = dict(os.environ, NUMBA_CPU_NAME=cpu)
-    env.pop("NUMBA_CPU_FEATURES", None)
-    chosen = ["test_depthwise_is_tflites and (144-1-int8 or 24-2-uint8 or 1-2-int8)", "test_depthwise_rows",
-              "test_stem_is_tflites and 2-int8", "test_add_is_tflites", "test_the_int32_vector", "test_mean", "test_softmax_is_tflites"]
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          str(HERE / "test_qops.py"), "-k", " or ".join(f"({k})" for k in chosen)],
-                         env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
-    assert run.returncode == 0, f"tests compiled for {cpu} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+@pytest.mark.rebuild("qops haswell")
+def test_compiled_for_avx2():
+    if not HASWELL_RUN:
+        pytest.skip("this run is for a chosen target, or the machine is not x86-64")
+    rebuilds.check("qops haswell", "tests compiled for haswell")
 
 
 @njit(cache=True)

@@ -102,6 +102,26 @@ def test_the_logits_are_the_files_integers_as_reals(model, shared_data):
     assert np.array_equal(engine.forward(real), want)
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(t=4), dict(rows=True), dict(rows=True, t=4), dict(threads=2),
+                                dict(threads=3), dict(threads=2, t=[1, 2, 3, 4, 5, 6] * 2 + [2, 3, 4, 5, 6]),
+                                dict(threads=2, rows=True)], ids=str)
+def test_forward_in_one_call_is_litert_reference_kernels_in_every_mode(model, shared_data, kw):
+    """forward runs the whole network in one call (kernels/qnetwork.py), an image shared
+    by the threads where the batch is smaller than them: the logits are the reference
+    kernels' bytes in every evaluation and at every thread count."""
+    path, _ = model
+    engine = Engine.load(path, **kw)
+    x = photo(shared_data, "owl.jpg")
+    it = litert(path, reference=True)
+    invoke(it, x)
+    logits_op = engine_names(unpack(path.read_bytes()), ARCH)["classifier"]
+    detail = next(d for d in it.get_tensor_details() if d["index"] == logits_op.outputs[0])
+    scale, zero = detail["quantization"]
+    want = (it.get_tensor(logits_op.outputs[0]).astype(np.float32).reshape(1, -1) - zero) * np.float32(scale)
+    assert np.array_equal(engine.forward(x), want)
+    assert engine.memory_report(x=x).schedule.arenas == 1  # one image: one arena, whatever the threads
+
+
 def test_top5_of_every_photo_is_litert_defaults(model, shared_data):
     """The top-1 and the top-5 of LiteRT's default interpreter (XNNPACK), and the
     probabilities (the file's integer softmax) of its reference kernels within 1 LSB
@@ -181,3 +201,36 @@ def test_threads_split_a_batch_with_the_same_bytes(model, kw):
     x = np.random.default_rng(9).integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
     assert np.array_equal(engine.forward(x), one.forward(x))
     assert engine.memory_report(x=x).schedule.arenas == kw["threads"]
+
+
+def test_a_failing_thread_never_hangs_an_image_shared_in_integer(model, monkeypatch):
+    """A thread that fails on its share of an image gives the pass up: the other leaves
+    its barrier, the caller raises an EngineError naming the fault, and the next call is right."""
+    import threading
+    from mnv2engine.quantized import IntegerNetwork
+    path, one = model
+    engine = Engine.load(path, threads=2)
+    x = np.random.default_rng(2).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
+    want = one.forward(x)
+    assert np.array_equal(engine.forward(x), want)
+    real = IntegerNetwork.forward
+
+    def failing(self, image, plan, tables, arena, out, tid=0, threads=1, sync=None):
+        if tid == 1:
+            raise RuntimeError("injected fault on thread 1")
+        real(self, image, plan, tables, arena, out, tid, threads, sync)
+    monkeypatch.setattr(IntegerNetwork, "forward", failing)
+    box = {}
+
+    def call():
+        try:
+            engine.forward(x)
+        except BaseException as e:  # noqa: BLE001 -- handed to the test
+            box["error"] = e
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(30)
+    assert not caller.is_alive(), "hung"
+    assert isinstance(box.get("error"), EngineError) and "injected fault" in str(box["error"]), box
+    monkeypatch.undo()
+    assert np.array_equal(engine.forward(x), want)

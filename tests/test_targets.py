@@ -10,11 +10,14 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from mnv2engine.kernels.target import current
+
+import rebuilds
 
 HERE = Path(__file__).parent
 KERNEL_TESTS = ["test_kernels.py", "test_gemm.py"]
@@ -24,58 +27,69 @@ X86 = platform.machine() in ("x86_64", "AMD64")
 ARM64 = platform.machine() in ("aarch64", "arm64")
 x86_only = pytest.mark.skipif(not X86, reason="haswell and generic name x86-64 targets here")
 
-pytestmark = pytest.mark.skipif(os.environ.get("NUMBA_CPU_NAME") is not None,
-                                reason="already a run for a chosen target")
+CHOSEN = os.environ.get("NUMBA_CPU_NAME") is not None
+pytestmark = pytest.mark.skipif(CHOSEN, reason="already a run for a chosen target")
+
+# the runs of other builds (rebuilds.py), declared where their tests will not skip
+AVX2_RUN = X86 and not CHOSEN and current().isa != "avx2"
+AVX512_TILES_RUN = not CHOSEN and current().isa != "avx512"
+ARM_GENERIC_RUN = ARM64 and not CHOSEN and current().cpu != "generic"
+if AVX2_RUN:
+    rebuilds.declare("haswell", {"NUMBA_CPU_NAME": "haswell", "NUMBA_CPU_FEATURES": None}, KERNEL_TESTS + ENGINE_TESTS)
+if X86 and not CHOSEN:
+    rebuilds.declare("generic x86-64", {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": None}, KERNEL_TESTS)
+if AVX512_TILES_RUN:  # its own Numba cache: the table is frozen into the kernels
+    rebuilds.declare("avx512 tiles", {"MNV2_TILES": "avx512", "NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="numba-")},
+                     KERNEL_TESTS)
+if ARM_GENERIC_RUN:
+    rebuilds.declare("generic aarch64", {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": None}, KERNEL_TESTS)
 
 
-def _run_for(cpu: str, files: list[str], isa: str):
+def _check_build(name: str, cpu: str, isa: str):
     env = dict(os.environ, NUMBA_CPU_NAME=cpu)
     env.pop("NUMBA_CPU_FEATURES", None)
     probe = subprocess.run([sys.executable, "-c", "from mnv2engine.kernels.target import current; "
                             "print(current().isa)"], env=env, capture_output=True, text=True, timeout=120)
     assert probe.stdout.strip() == isa, f"NUMBA_CPU_NAME={cpu} compiles for {probe.stdout.strip()!r}, not {isa}"
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          *[str(HERE / f) for f in files]],
-                         env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
-    assert run.returncode == 0, f"tests compiled for {cpu} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    rebuilds.check(name, f"tests compiled for {cpu}")
 
 
 @pytest.mark.slow
+@pytest.mark.rebuild("haswell")
 @x86_only
 def test_kernels_and_engine_compiled_for_avx2():
-    if current().isa == "avx2":
+    if not AVX2_RUN:
         pytest.skip("the native run already compiles the AVX2 tiles")
-    _run_for("haswell", KERNEL_TESTS + ENGINE_TESTS, "avx2")
+    _check_build("haswell", "haswell", "avx2")
 
 
 @pytest.mark.slow
+@pytest.mark.rebuild("generic x86-64")
 @x86_only
 def test_kernels_compiled_for_baseline_x86_64():
-    _run_for("generic", KERNEL_TESTS, "sse")
+    _check_build("generic x86-64", "generic", "sse")
 
 
 @pytest.mark.slow
-def test_kernels_with_the_avx512_tiles_on_this_cpu(tmp_path):
+@pytest.mark.rebuild("avx512 tiles")
+def test_kernels_with_the_avx512_tiles_on_this_cpu():
     """The AVX-512 tile table (4-vector GEMM tiles, 64-channel panels, the stem's two-vector
     tile) run on whatever this CPU is: the same results, so this covers that code on a
-    machine without AVX-512. Its own Numba cache: the table is frozen into the kernels."""
-    if current().isa == "avx512":
+    machine without AVX-512."""
+    if not AVX512_TILES_RUN:
         pytest.skip("the native run uses the AVX-512 tiles")
-    env = dict(os.environ, MNV2_TILES="avx512", NUMBA_CACHE_DIR=str(tmp_path / "numba"))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          *[str(HERE / f) for f in KERNEL_TESTS]],
-                         env=env, capture_output=True, text=True, timeout=1500, cwd=HERE.parent)
-    assert run.returncode == 0, f"tests with the AVX-512 tiles failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    rebuilds.check("avx512 tiles", "tests with the AVX-512 tiles")
 
 
 @pytest.mark.slow
+@pytest.mark.rebuild("generic aarch64")
 @pytest.mark.skipif(not ARM64, reason="generic names the aarch64 baseline here")
 def test_kernels_compiled_for_baseline_aarch64():
     """The 128-bit NEON tiles as LLVM compiles them for any ARMv8-A, where the native
     build is for a named core (its own schedule and extensions)."""
-    if current().cpu == "generic":
+    if not ARM_GENERIC_RUN:
         pytest.skip("the native target is already generic (as under QEMU, whose /proc/cpuinfo names no ARM core)")
-    _run_for("generic", KERNEL_TESTS, "neon")
+    _check_build("generic aarch64", "generic", "neon")
 
 
 def cpuinfo_line(key: str) -> set[str]:
