@@ -8,10 +8,11 @@ as the GEMM. A table per layer (with --layers) and per kind of kernel on stdout.
 
     python benchmarks/kernels.py [--alpha 1.0] [--size 224] [--runs 20] [--layers] [--int8]
 
-With --int8, the int8 1x1 convs (kernels/qgemm.py) instead: every expansion, projection,
-the head and the classifier, exact against NumPy's int64 sums requantized by
-kernels/requant.py, against a measured peak of the target's 4-byte integer dot product
-(vpdpbusd with AVX-512 VNNI; without VNNI, the plain-IR dot product the kernel uses).
+With --int8, the integer kernels instead (kernels/qgemm.py, qdepthwise.py, qconv.py):
+the stem, every depthwise, expansion, projection, the head and the classifier, exact
+against NumPy's sums requantized by kernels/requant.py, against a measured peak of the
+target's 4-byte integer dot product (vpdpbusd with AVX-512 VNNI; without VNNI, the
+plain-IR dot product the 1x1 convs use).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ import numpy as np
 from numba import njit
 
 from mnv2engine.kernels import conv3x3, depthwise3x3, pack_panels, pointwise
+from mnv2engine.kernels.qconv import pack_qconv3x3, qconv3x3
+from mnv2engine.kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
 from mnv2engine.kernels.qgemm import pack_qweights, qpointwise
 from mnv2engine.kernels.qsimd import iadd, isplat, istore, vdot
 from mnv2engine.kernels.requant import to_8bit
@@ -131,26 +134,50 @@ def _requantized(sums, bias, mult, shift, y_zero, lo, hi):
 
 
 def int8_layer_calls(arch: Architecture, rng):
-    """(name, kind, multiply-adds, call, reference) for every int8 1x1 conv, batch 1, on
+    """(name, kind, multiply-adds, call, reference) for every int8 conv, batch 1, on
     random int8 data with the int8 model's conventions (w_zero 0, per-channel multipliers
-    near a real model's, ReLU6-like clamps on the expansions)."""
-    def pw(P, K, C, relu):
-        x = aligned(rng.integers(-128, 128, (P, K)).astype(np.int8))
-        w = rng.integers(-127, 128, (K, C)).astype(np.int8)
+    near a real model's, ReLU6-like clamps on the expansions, the stem and the depthwise)."""
+    def requantization(C, K, relu):
         bias = rng.integers(-5000, 5000, C).astype(np.int32)
         mult = rng.integers(1 << 30, 1 << 31, C).astype(np.int32)
         shift = np.full(C, -int(np.log2(np.sqrt(K) * 128 * 80 / 100)), np.int32)
-        x_zero, y_zero, (lo, hi) = -128, -128 if relu else 3, (-128, 100) if relu else (-128, 127)
+        y_zero, (lo, hi) = -128 if relu else 3, (-128, 100) if relu else (-128, 127)
+        return bias, mult, shift, y_zero, lo, hi
+
+    def pw(P, K, C, relu):
+        x = aligned(rng.integers(-128, 128, (P, K)).astype(np.int8))
+        w = rng.integers(-127, 128, (K, C)).astype(np.int8)
+        bias, mult, shift, y_zero, lo, hi = requantization(C, K, relu)
         packed, colsum = pack_qweights(w, 0)
         packed, out = aligned(packed), aligned(np.empty((P, C), np.int8))
-        return (lambda: (qpointwise(x, packed, colsum, bias, mult, shift, x_zero, 0, y_zero, lo, hi, out), out)[1],
-                lambda: _requantized((x.astype(np.int64) - x_zero) @ w.astype(np.int64), bias, mult, shift,
+        return (lambda: (qpointwise(x, packed, colsum, bias, mult, shift, -128, 0, y_zero, lo, hi, out), out)[1],
+                lambda: _requantized((x.astype(np.int64) + 128) @ w.astype(np.int64), bias, mult, shift,
                                      y_zero, lo, hi))
 
+    def window(hw, cin, C, stride, kernel, pack):
+        """The stem (cin = 3) or a depthwise (cin = C), x_zero 5, as TFLite pads: taps off
+        the image add nothing."""
+        (H, W), depthwise = hw, cin == C
+        x = aligned(rng.integers(-128, 128, (1, H, W, cin)).astype(np.int8))
+        w = rng.integers(-127, 128, (3, 3, C) if depthwise else (3, 3, cin, C)).astype(np.int8)
+        bias, mult, shift, y_zero, lo, hi = requantization(C, 9 * (1 if depthwise else cin), True)
+        pads = arch.pads(hw, stride)
+        Ho, Wo = -(-H // stride), -(-W // stride)
+        packed, out = pack(w, 0), aligned(np.empty((Ho, Wo, C), np.int8))
+        sums = lambda: reference_conv3x3(x.astype(np.int64) - 5, w, stride, pads, depthwise).reshape(-1, C)  # noqa: E731
+        return ((lambda: (kernel(x[0], packed, bias, mult, shift, 5, y_zero, lo, hi, stride, pads[0], pads[2], out),
+                          out.reshape(-1, C))[1],
+                 lambda: _requantized(sums().astype(np.int64), bias, mult, shift, y_zero, lo, hi)),
+                Ho * Wo * 9 * C * (1 if depthwise else cin))
+
+    calls, macs = window(arch.size, 3, arch.stem_channels, 2, qconv3x3, pack_qconv3x3)
+    yield "stem", "conv3x3", macs, *calls
     for blk in arch.blocks:
         P_in, P_out = blk.in_size[0] * blk.in_size[1], blk.out_size[0] * blk.out_size[1]
         if blk.expands:
             yield f"{blk.name}/expand", "expand 1x1", P_in * blk.cin * blk.hidden, *pw(P_in, blk.cin, blk.hidden, True)
+        calls, macs = window(blk.in_size, blk.hidden, blk.hidden, blk.stride, qdepthwise3x3, pack_qdepthwise)
+        yield f"{blk.name}/depthwise s{blk.stride}", f"depthwise s{blk.stride}", macs, *calls
         yield f"{blk.name}/project", "project 1x1", P_out * blk.hidden * blk.cout, *pw(P_out, blk.hidden, blk.cout, False)
     P = arch.blocks[-1].out_size[0] * arch.blocks[-1].out_size[1]
     yield "head", "head 1x1", P * arch.blocks[-1].cout * arch.last_channels, *pw(P, arch.blocks[-1].cout, arch.last_channels, True)
@@ -225,7 +252,7 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--layers", action="store_true", help="print every layer, not only the totals per kind")
-    ap.add_argument("--int8", action="store_true", help="the int8 1x1 convs against the integer dot-product peak")
+    ap.add_argument("--int8", action="store_true", help="the integer kernels against the integer dot-product peak")
     args = ap.parse_args(argv)
 
     arch = Architecture(alpha=args.alpha, size=args.size)

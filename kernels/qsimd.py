@@ -199,24 +199,8 @@ def iload(typingctx, arr, index, n):
 
     def codegen(context, builder, sig, args):
         ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _VEC)
-        return _iload(builder, ptr, context.cast(builder, args[2], sig.args[2], types.int64))
+        return _load_lanes(builder, ptr, context.cast(builder, args[2], sig.args[2], types.int64), _I32)
     return i32x16(arr, index, n), codegen
-
-
-def _iload(builder, ptr, n):
-    """The n int32 at ptr in lanes 0..n-1, zeros after: a plain load when all 16 are live."""
-    with builder.if_else(builder.icmp_signed(">=", n, ir.Constant(_I64, LANES)), likely=True) as (yes, no):
-        with yes:
-            a, a_block = builder.load(ptr, align=4), builder.block
-        with no:
-            fnty = ir.FunctionType(_VEC, [_VEC.as_pointer(), _I32, ir.VectorType(ir.IntType(1), LANES), _VEC])
-            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.masked.load.v16i32.p0")
-            b = builder.call(fn, [ptr, ir.Constant(_I32, 4), _lane_mask(builder, n), ir.Constant(_VEC, None)])
-            b_block = builder.block
-    value = builder.phi(_VEC)
-    value.add_incoming(a, a_block)
-    value.add_incoming(b, b_block)
-    return value
 
 
 def _store(builder, value, ptr, n, elem):
@@ -454,7 +438,7 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, rows, accumulate):
                     index = context.make_tuple(builder, at, [pixel, c])
                     if adding:
                         ptr = _pointer(context, builder, acc_t, args[1], at, index, _VEC)
-                        _store(builder, builder.add(a, _iload(builder, ptr, n)), ptr, n, _I32)
+                        _store(builder, builder.add(a, _load_lanes(builder, ptr, n, _I32)), ptr, n, _I32)
                     else:
                         y = _requant(builder, a, scales, *bounds)
                         ptr = _pointer(context, builder, out_t, args[0], at, index, bytes16)
@@ -591,6 +575,46 @@ def vrequant32(typingctx, acc, mult, shift, zero, lo, hi):
                     _splat(builder, builder.sub(hi, zero)))
         return builder.add(y, _splat(builder, zero))
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
+
+
+X86 = current().isa in ("avx512", "avx2", "sse")  # pmaddwd, and vpdpwssd with VNNI
+
+
+@intrinsic
+def low16(typingctx, w):
+    """w's lanes with their high 16 bits cleared: the operand of vmadd16 (w within int16)."""
+    if w != i32x16:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.and_(args[0], _const(0xFFFF))
+    return i32x16(i32x16), codegen
+
+
+@intrinsic
+def vmadd16(typingctx, acc, x, w):
+    """acc + x * w in each lane, x within int16's range and w = low16(w) of such a value: on
+    x86, pdot's pair product (vpdpwssd with VNNI, else pmaddwd and an add), whose high
+    halves multiply x's sign bits by w's zeros; no 32-bit multiply (vpmulld: two cycles a
+    512-bit vector on Zen 4, the depthwise's bound). A plain multiply-add elsewhere."""
+    if not (acc == i32x16 and x == i32x16 and w == i32x16):
+        return None
+
+    def codegen(context, builder, sig, args):
+        acc, x, w = args
+        if not X86:
+            signed = builder.ashr(builder.shl(w, _const(16)), _const(16))
+            return builder.add(acc, builder.mul(x, signed))
+        if DOT == "avx512vnni":
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
+                                                "llvm.x86.avx512.vpdpwssd.512")
+            return builder.call(fn, [acc, x, w])
+        halves, wide = ir.VectorType(_I16, 2 * LANES), ir.VectorType(_I32, 2 * LANES)
+        m = builder.mul(builder.sext(builder.bitcast(x, halves), wide), builder.sext(builder.bitcast(w, halves), wide))
+        even = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+        odd = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+        return builder.add(acc, builder.add(even, odd))
+    return i32x16(i32x16, i32x16, i32x16), codegen
 
 
 @intrinsic

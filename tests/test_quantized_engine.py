@@ -42,6 +42,16 @@ def photo(shared_data, name) -> np.ndarray:
     return np.asarray(image)[None]
 
 
+def reference_logits(path, x: np.ndarray):
+    """LiteRT's reference kernels run on x, and their integer logits as reals, scale * (q - zero)."""
+    it = litert(path, reference=True)
+    invoke(it, x)
+    logits_op = engine_names(unpack(path.read_bytes()), ARCH)["classifier"]
+    detail = next(d for d in it.get_tensor_details() if d["index"] == logits_op.outputs[0])
+    scale, zero = detail["quantization"]
+    return it, (it.get_tensor(logits_op.outputs[0]).astype(np.float32).reshape(1, -1) - zero) * np.float32(scale)
+
+
 @pytest.fixture(scope="module", params=MODELS)
 def model(request, shared_data):
     path = shared_data / "models" / request.param
@@ -88,12 +98,7 @@ def test_the_logits_are_the_files_integers_as_reals(model, shared_data):
     input alike (float: quantized with the file's input scale and zero point)."""
     path, engine = model
     x = photo(shared_data, "bird.bmp")
-    it = litert(path, reference=True)
-    invoke(it, x)
-    logits_op = engine_names(unpack(path.read_bytes()), ARCH)["classifier"]
-    detail = next(d for d in it.get_tensor_details() if d["index"] == logits_op.outputs[0])
-    scale, zero = detail["quantization"]
-    want = (it.get_tensor(logits_op.outputs[0]).astype(np.float32).reshape(1, -1) - zero) * np.float32(scale)
+    it, want = reference_logits(path, x)
     assert np.array_equal(engine.forward(x), want)
     assert np.array_equal(engine.forward((x.astype(np.int16) - 128).astype(np.int8)), want)
     inp = next(d for d in it.get_input_details())
@@ -112,13 +117,7 @@ def test_forward_in_one_call_is_litert_reference_kernels_in_every_mode(model, sh
     path, _ = model
     engine = Engine.load(path, **kw)
     x = photo(shared_data, "owl.jpg")
-    it = litert(path, reference=True)
-    invoke(it, x)
-    logits_op = engine_names(unpack(path.read_bytes()), ARCH)["classifier"]
-    detail = next(d for d in it.get_tensor_details() if d["index"] == logits_op.outputs[0])
-    scale, zero = detail["quantization"]
-    want = (it.get_tensor(logits_op.outputs[0]).astype(np.float32).reshape(1, -1) - zero) * np.float32(scale)
-    assert np.array_equal(engine.forward(x), want)
+    assert np.array_equal(engine.forward(x), reference_logits(path, x)[1])
     assert engine.memory_report(x=x).schedule.arenas == 1  # one image: one arena, whatever the threads
 
 
