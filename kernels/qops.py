@@ -9,7 +9,7 @@ import numpy as np
 from numba import njit
 
 from .qlanes import to_8bit_lanes
-from .qsimd import LANES, bstore, iadd, imul, isplat, isub, vrequant32, xload
+from .qsimd import LANES, bstore, iadd, iload, imul, isplat, isub, vrequant32, xload
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 ADD_LEFT_SHIFT = 20  # ADD's inputs are scaled by 2^20 before their multipliers (8-bit types)
@@ -98,11 +98,14 @@ def qshift(x, out):
         fo[i] = np.int16(fx[i]) - 128
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def qrequantize(acc, bias, mult, shift, y_zero, lo, hi, out):
     """The end of a conv whose int32 sums were added up in parts (a sliced projection):
-    out int8 [P, C] = to_8bit(acc + bias) per channel; acc int32 [P, C]."""
+    out int8 [P, C] = to_8bit(acc + bias) per channel; acc int32 [P, C]. 16 channels at a
+    time, each vector's bias and multipliers loaded once for all the pixels."""
     P, C = out.shape
-    for p in range(P):
-        for c in range(C):
-            out[p, c] = to_8bit_lanes(np.int32(acc[p, c] + bias[c]), mult[c], shift[c], y_zero, lo, hi)
+    for c in range(0, C, LANES):
+        n = min(LANES, C - c)
+        b, m, s = iload(bias, (c,), n), iload(mult, (c,), n), iload(shift, (c,), n)
+        for p in range(P):
+            bstore(out, (p, c), n, vrequant32(iadd(iload(acc, (p, c), n), b), m, s, y_zero, lo, hi))

@@ -12,7 +12,7 @@ from numba import njit
 from mnv2engine.kernels.qconv import pack_qconv3x3, qconv3x3, qconv3x3_row
 from mnv2engine.kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3, qdepthwise_row
 from mnv2engine.kernels.qlanes import requantize_lanes
-from mnv2engine.kernels.qops import qadd, qaverage, qmean
+from mnv2engine.kernels.qops import qadd, qaverage, qmean, qrequantize
 from mnv2engine.kernels.qsimd import LANES, bstore, iload, vrequant32
 from mnv2engine.kernels.qsoftmax import qsoftmax
 from mnv2engine.quantized import add_params, mean_params, softmax_params
@@ -193,6 +193,23 @@ def test_mean_is_tflites(dtype):
             out = np.empty(C, np.int8)
             qmean(d(x).reshape(H * W, C), d(zx), mult, shift, d(zy), d(lo), d(hi), out)
             assert np.array_equal(_to_file(out, dtype), want), f"{H}x{W}x{C}"
+
+
+def test_the_sliced_projections_requantization_is_tflites():
+    """qrequantize: int32 sums added up in parts, + bias, requantized per channel (a conv's
+    end in TFLite's reference kernels), at the int32 edges and for partial vectors."""
+    rng = np.random.default_rng(23)
+    for P, C in [(1, 1), (5, 24), (13, 144), (49, 320)]:
+        acc = rng.integers(-(1 << 31), 1 << 31, (P, C)).astype(np.int32)
+        acc[:, ::3] = rng.integers(-40000, 40000, (P, len(range(0, C, 3))))
+        bias = rng.integers(-(1 << 20), 1 << 20, C).astype(np.int32)
+        mult = rng.integers(1 << 30, 1 << 31, C).astype(np.int32)
+        shift = rng.integers(-20, 2, C).astype(np.int32)
+        zero, lo, hi = int(rng.integers(-128, 128)), -128, int(rng.integers(0, 128))
+        out = np.empty((P, C), np.int8)
+        qrequantize(acc, bias, mult, shift, zero, lo, hi, out)
+        want = ref.requantize_acc(acc.astype(np.int64), bias, mult, shift, zero, lo, hi, np.int8)
+        assert np.array_equal(out, want), (P, C)
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.uint8])
