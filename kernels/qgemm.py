@@ -78,6 +78,9 @@ def qpointwise(x, packed, colsum, bias, mult, shift, x_zero, w_zero, y_zero, lo,
     _check(x, packed, colsum, P, C)
     if bias.shape[0] != C or mult.shape[0] != C or shift.shape[0] != C:
         raise QuantizedGemmError("bias, mult and shift need one entry per output channel")
+    for c in range(C):
+        if mult[c] < 0:  # the requantization leaves out INT32_MIN squared's saturation (qsimd.vfinish6)
+            raise QuantizedGemmError("the multipliers must not be negative (QuantizeMultiplier's are in [2^30, 2^31))")
     _qgemm(x, packed, colsum, bias, mult, shift, x_zero, w_zero, y_zero, lo, hi, out, colsum[:0], False, C)
 
 
@@ -202,14 +205,27 @@ def _rows(x, p, wz):
             _row_term(x, min(p + 3, q), wz), _row_term(x, min(p + 4, q), wz), _row_term(x, min(p + 5, q), wz))
 
 
+@njit(cache=True, inline="always")
+def _starts(k, r, wz):
+    """The six accumulators of a vector of a tile, started from the sum's per-channel part
+    k and, for weights with a zero point, each pixel's part r = _rows(...) (qsimd.vfinish6
+    adds neither)."""
+    if wz == 0:
+        return k, k, k, k, k, k
+    return (iadd(k, isplat(r[0])), iadd(k, isplat(r[1])), iadd(k, isplat(r[2])), iadd(k, isplat(r[3])),
+            iadd(k, isplat(r[4])), iadd(k, isplat(r[5])))
+
+
 @njit(cache=True, _nrt=False)
 def _tile4(x, packed, i, p, wz, ends, out, acc, accumulate):
     """Pixels p..p+5 x the 64 channels of panel i: 24 accumulators, 4 weight vectors, one
     pixel's 4 bytes broadcast at a time."""
     K = x.shape[1]
-    z = isplat(0)
-    a00 = a01 = a02 = a03 = a10 = a11 = a12 = a13 = a20 = a21 = a22 = a23 = z
-    a30 = a31 = a32 = a33 = a40 = a41 = a42 = a43 = a50 = a51 = a52 = a53 = z
+    r = _rows(x, p, wz)
+    a00, a10, a20, a30, a40, a50 = _starts(ends[2], r, wz)
+    a01, a11, a21, a31, a41, a51 = _starts(ends[6], r, wz)
+    a02, a12, a22, a32, a42, a52 = _starts(ends[10], r, wz)
+    a03, a13, a23, a33, a43, a53 = _starts(ends[14], r, wz)
     for g in range(K // GROUP):
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
         w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
@@ -231,19 +247,19 @@ def _tile4(x, packed, i, p, wz, ends, out, acc, accumulate):
         a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
         a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
         a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
-    rows = _rows(x, p, wz)
-    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), rows, accumulate)
-    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), rows, accumulate)
-    vfinish6(out, acc, p, ends, 2, (a02, a12, a22, a32, a42, a52), rows, accumulate)
-    vfinish6(out, acc, p, ends, 3, (a03, a13, a23, a33, a43, a53), rows, accumulate)
+    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), accumulate)
+    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), accumulate)
+    vfinish6(out, acc, p, ends, 2, (a02, a12, a22, a32, a42, a52), accumulate)
+    vfinish6(out, acc, p, ends, 3, (a03, a13, a23, a33, a43, a53), accumulate)
 
 
 @njit(cache=True, _nrt=False)
 def _tile2(x, packed, i, p, wz, ends, out, acc, accumulate):
     """Pixels p..p+5 x the first 32 channels of panel i."""
     K = x.shape[1]
-    z = isplat(0)
-    a00 = a01 = a10 = a11 = a20 = a21 = a30 = a31 = a40 = a41 = a50 = a51 = z
+    r = _rows(x, p, wz)
+    a00, a10, a20, a30, a40, a50 = _starts(ends[2], r, wz)
+    a01, a11, a21, a31, a41, a51 = _starts(ends[6], r, wz)
     for g in range(K // GROUP):
         w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
         x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
@@ -257,17 +273,15 @@ def _tile2(x, packed, i, p, wz, ends, out, acc, accumulate):
         a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
         a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
         a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
-    rows = _rows(x, p, wz)
-    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), rows, accumulate)
-    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), rows, accumulate)
+    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), accumulate)
+    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), accumulate)
 
 
 @njit(cache=True, _nrt=False)
 def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
     """Pixels p..p+5 x the first 16 channels of panel i."""
     K = x.shape[1]
-    z = isplat(0)
-    a0 = a1 = a2 = a3 = a4 = a5 = z
+    a0, a1, a2, a3, a4, a5 = _starts(ends[2], _rows(x, p, wz), wz)
     for g in range(K // GROUP):
         w = wload(packed, (i, g, 0))
         x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
@@ -279,7 +293,7 @@ def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
         x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
         a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
         a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
-    vfinish6(out, acc, p, ends, 0, (a0, a1, a2, a3, a4, a5), _rows(x, p, wz), accumulate)
+    vfinish6(out, acc, p, ends, 0, (a0, a1, a2, a3, a4, a5), accumulate)
 
 
 @njit(cache=True, _nrt=False)
@@ -288,7 +302,10 @@ def _pixel(x, packed, i, wz, ends, out, acc, accumulate):
     weights): two sets of accumulators, even and odd groups, for independent chains."""
     K = x.shape[1]
     z = isplat(0)
-    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = z
+    r = _rows(x, 0, wz)
+    a0, a1, a2, a3 = _starts(ends[2], r, wz)[0], _starts(ends[6], r, wz)[0], _starts(ends[10], r, wz)[0], \
+        _starts(ends[14], r, wz)[0]
+    b0 = b1 = b2 = b3 = z
     pairs = K // (2 * GROUP)
     for h in range(pairs):
         g = 2 * h
@@ -301,8 +318,8 @@ def _pixel(x, packed, i, wz, ends, out, acc, accumulate):
         q = _tail_quad(x, 0, g * GROUP) if g * GROUP + GROUP > K else quad(x, (0, g * GROUP))
         a0, a1 = vdotx(a0, wload(packed, (i, g, 0)), q), vdotx(a1, wload(packed, (i, g, 64)), q)
         a2, a3 = vdotx(a2, wload(packed, (i, g, 128)), q), vdotx(a3, wload(packed, (i, g, 192)), q)
-    rows = _rows(x, 0, wz)  # the tile's other five pixels are past P = 1: not written
-    vfinish6(out, acc, 0, ends, 0, (iadd(a0, b0), z, z, z, z, z), rows, accumulate)
-    vfinish6(out, acc, 0, ends, 1, (iadd(a1, b1), z, z, z, z, z), rows, accumulate)
-    vfinish6(out, acc, 0, ends, 2, (iadd(a2, b2), z, z, z, z, z), rows, accumulate)
-    vfinish6(out, acc, 0, ends, 3, (iadd(a3, b3), z, z, z, z, z), rows, accumulate)
+    # the tile's other five pixels are past P = 1: not written
+    vfinish6(out, acc, 0, ends, 0, (iadd(a0, b0), z, z, z, z, z), accumulate)
+    vfinish6(out, acc, 0, ends, 1, (iadd(a1, b1), z, z, z, z, z), accumulate)
+    vfinish6(out, acc, 0, ends, 2, (iadd(a2, b2), z, z, z, z, z), accumulate)
+    vfinish6(out, acc, 0, ends, 3, (iadd(a3, b3), z, z, z, z, z), accumulate)

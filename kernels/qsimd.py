@@ -285,9 +285,10 @@ def _scales(builder, mult, shift):
     return tuple(out)
 
 
-def _requant(builder, acc, scales, low, top, zero):
+def _requant(builder, acc, scales, low, top, zero, saturate=True):
     """TFLite's MultiplyByQuantizedMultiplier of acc by `scales` (_scales), then
-    clamp(y, low, top) + zero (vectors). FUSED, both roundings in one 64-bit shift:
+    clamp(y, low, top) + zero (vectors). saturate=False leaves out the one overflow's check
+    (INT32_MIN times INT32_MIN), for multipliers known not to be negative. FUSED, both roundings in one 64-bit shift:
     (ab + 2^30 + 2^(30+r) - 2^31 [ab < 0]) >> (31 + r) for r > 0, nested floor divisions
     being one (the tie term [h < 0] of the rounding shift is [ab < 0]: the two differ only
     where h = 0, whose result is 0 either way)."""
@@ -307,8 +308,8 @@ def _requant(builder, acc, scales, low, top, zero):
             t = builder.select(builder.icmp_signed("<", ab, nil), tie, nil)
             ys.append(builder.bitcast(builder.ashr(builder.sub(builder.add(ab, nudge), t), down), _VEC))
         y = builder.shuffle_vector(ys[0], ys[1], ir.Constant(_VEC, [v for i in range(0, LANES, 2) for v in (i, LANES + i)]))
-        # INT32_MIN is only INT32_MIN squared's 2^31, wrapped: saturated
-        y = builder.add(y, builder.sext(builder.icmp_signed("==", y, _const(_INT_MIN)), _VEC))
+        if saturate:  # INT32_MIN is only INT32_MIN squared's 2^31, wrapped: saturated
+            y = builder.add(y, builder.sext(builder.icmp_signed("==", y, _const(_INT_MIN)), _VEC))
     else:
         right, mask, half = scales[3:6]
         nudge = _const(1 << 30, LANES // 2, _I64)
@@ -318,7 +319,8 @@ def _requant(builder, acc, scales, low, top, zero):
         h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
                         builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
         h = builder.bitcast(h, _VEC)
-        h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
+        if saturate:
+            h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
         threshold = builder.sub(half, builder.ashr(h, _const(31)))
         up = builder.icmp_signed(">", builder.and_(h, mask), threshold)
         y = builder.add(builder.ashr(h, right), builder.zext(up, _VEC))
@@ -397,12 +399,12 @@ def vrequant_with(typingctx, acc, scales, bounds):
 
 
 @intrinsic
-def vfinish6(typingctx, out, acc, p, ends, j, accs, rows, accumulate):
-    """Vector j (a literal) of pixels p..p+5 of a GEMM tile: accs[i] + k_j + rows[i]
-    requantized (as vrequant_with) into the int8 out[p + i, c_j:c_j + n_j], or, where
-    `accumulate` (a literal), added into the int32 acc[p + i, c_j:c_j + n_j]. Pixels past
-    the array's rows, and a vector with n_j = 0, are skipped. ends: (c_j, n_j, k_j,
-    scales_j) for j = 0..3, then the bounds.
+def vfinish6(typingctx, out, acc, p, ends, j, accs, accumulate):
+    """Vector j (a literal) of pixels p..p+5 of a GEMM tile: the sums accs[i] (started
+    from the per-channel and per-pixel parts) requantized (as vrequant_with) into the
+    int8 out[p + i, c_j:c_j + n_j], or, where `accumulate` (a literal), added into the
+    int32 acc[p + i, c_j:c_j + n_j]. Pixels past the array's rows, and a vector with
+    n_j = 0, are skipped. ends: (c_j, n_j, k_j, scales_j) for j = 0..3, then the bounds.
     One intrinsic rather than Numba code inlined per pixel: Numba's front end copied the
     requantization's IR for each of a tile's 24 outputs (33 s of a first compile). And
     vector-major, so that the six pixels' requantizations share scales_j in registers."""
@@ -411,7 +413,7 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, rows, accumulate):
     if not isinstance(j, types.IntegerLiteral):
         return None
     if not (isinstance(ends, types.BaseTuple) and len(ends) == 17 and accs == types.UniTuple(i32x16, 6)
-            and isinstance(rows, types.UniTuple) and len(rows) == 6 and isinstance(accumulate, types.BooleanLiteral)):
+            and isinstance(accumulate, types.BooleanLiteral)):
         return None
     v, adding = j.literal_value, accumulate.literal_value
 
@@ -422,11 +424,9 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, rows, accumulate):
         items = cgutils.unpack_tuple(builder, args[3], len(ends_t))
         c = context.cast(builder, items[4 * v], ends_t[4 * v], types.int64)
         n = context.cast(builder, items[4 * v + 1], ends_t[4 * v + 1], types.int64)
-        k = items[4 * v + 2]
         scales = cgutils.unpack_tuple(builder, items[4 * v + 3], 9)
         bounds = cgutils.unpack_tuple(builder, items[16], 3)
         vectors = cgutils.unpack_tuple(builder, args[5], 6)
-        rows = [context.cast(builder, r, sig.args[6].dtype, types.int32) for r in cgutils.unpack_tuple(builder, args[6], 6)]
         p = context.cast(builder, args[2], p_t, types.int64)
         at = types.UniTuple(types.int64, 2)
         bytes16 = ir.VectorType(_I8, LANES)
@@ -434,17 +434,17 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, rows, accumulate):
             for i in range(6):
                 pixel = builder.add(p, ir.Constant(_I64, i))
                 with builder.if_then(builder.icmp_signed("<", pixel, height), likely=True):
-                    a = builder.add(builder.add(vectors[i], k), _splat(builder, rows[i]))
+                    a = vectors[i]
                     index = context.make_tuple(builder, at, [pixel, c])
                     if adding:
                         ptr = _pointer(context, builder, acc_t, args[1], at, index, _VEC)
                         _store(builder, builder.add(a, _load_lanes(builder, ptr, n, _I32)), ptr, n, _I32)
                     else:
-                        y = _requant(builder, a, scales, *bounds)
+                        y = _requant(builder, a, scales, *bounds, saturate=False)  # qpointwise's check
                         ptr = _pointer(context, builder, out_t, args[0], at, index, bytes16)
                         _store(builder, builder.trunc(y, bytes16), ptr, n, _I8)
         return context.get_dummy_value()
-    return types.none(out, acc, p, ends, j, accs, rows, accumulate), codegen
+    return types.none(out, acc, p, ends, j, accs, accumulate), codegen
 
 # For the depthwise, the stem and ADD (qdepthwise.py, qconv.py, qops.py): widening loads
 # of 8- and 16-bit lanes, lane broadcasts, 16-bit pair products, a narrowing clamp.

@@ -171,6 +171,9 @@ def test_bad_weights_and_buffers_are_refused_by_name():
         qpointwise(x, packed, colsum, v, v, v, 0, 0, 0, -128, 127, np.empty((3, 4), np.int8))
     with pytest.raises(QuantizedGemmError, match="channel"):
         qpointwise(x[:, :8], packed, colsum, v[:3], v, v, 0, 0, 0, -128, 127, np.empty((3, 4), np.int8))
+    with pytest.raises(QuantizedGemmError, match="negative"):
+        qpointwise(x[:, :8], packed, colsum, v, np.array([1, -1, 1, 1], np.int32), v, 0, 0, 0, -128, 127,
+                   np.empty((3, 4), np.int8))
 
 
 X86 = platform.machine() in ("x86_64", "AMD64")
