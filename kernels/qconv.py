@@ -65,8 +65,9 @@ def _pair(x, r, ix, p, H, W, xz):
     return isplat((lo & 0xFFFF) | (hi << 16))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, _nrt=False)  # a call: only the edge pixels take it, and inlined it was 3 s of compile
 def _row_pairs_edge(x, r, ix, H, W, xz):
+    """_row_pairs where the window meets the padding, a tap at a time."""
     return (_pair(x, r, ix, 0, H, W, xz), _pair(x, r, ix, 1, H, W, xz), _pair(x, r, ix, 2, H, W, xz),
             _pair(x, r, ix, 3, H, W, xz), _pair(x, r, ix, 4, H, W, xz))
 
