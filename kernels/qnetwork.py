@@ -19,8 +19,8 @@ blocks run on thread 0 while the others wait.
 from numba import njit
 
 from .modes import STREAMED
-from .qblock import (CIN, COUT, DW_LEFT, DW_STRIDE, DW_TOP, E, EDGES, EXP_LEFT, EXP_STRIDE, EXP_TOP, HE, HO,
-                     INT8_HI, INT8_LO, MODE, RESIDUAL, SLICE0, STEM, SUMS, WE, WO, X, Y, D, H, T, W, qstreamed)
+from .qblock import (CIN, COUT, DW_LEFT, DW_STRIDE, DW_TOP, EDGES, EXP_LEFT, EXP_STRIDE, EXP_TOP, HE, HO, INT8_HI,
+                     INT8_LO, MODE, RESIDUAL, SLICE0, STEM, SUMS, WE, WO, D, E, H, T, W, X, Y, qstreamed)
 from .qconv import qconv3x3_row
 from .qdepthwise import qdepthwise_row
 from .qgemm import qpointwise, qpointwise_acc
@@ -42,8 +42,8 @@ def qforward(arena, sums, recs, piped, edges, stems, expands, dws, projects, add
     pass was given up (sync.py): the caller raises.
 
     sliced, rowed: True where some block is sliced, or runs piped or streamed; None
-    leaves that code out at compile time (modes.Compiled: a materialized engine's first
-    call compiles a third of it)."""
+    leaves that code out at compile time, as modes.Compiled does: a materialized engine
+    compiles neither qpointwise_acc nor the row kernels."""
     if piped > 0:
         if rowed is None:
             raise ValueError("the row kernels were left out of the compiled code")

@@ -15,7 +15,13 @@ DATA = Path(os.environ.get("MNV2_TEST_DATA", ROOT.parent / "shared" / "data"))
 def pytest_collection_finish(session):
     """Start the other builds' runs of the collected tests now, in the background (rebuilds.py)."""
     import rebuilds
-    rebuilds.start([m.args[0] for item in session.items for m in item.iter_markers("rebuild")])
+    if not session.config.option.collectonly:
+        rebuilds.start([m.args[0] for item in session.items for m in item.iter_markers("rebuild")])
+
+
+def pytest_sessionfinish(session):
+    import rebuilds
+    rebuilds.stop()
 
 
 def close(actual, reference, rel=1e-4):

@@ -7,7 +7,8 @@ collected (conftest.py), one after another on a background thread, and each test
 waits for its run's result: the runs' compiles overlap the rest of the suite.
 
 A test module declares its runs at import (`declare`), and its test marks itself
-`@pytest.mark.rebuild(name)` and asserts on `result(name)`.
+`@pytest.mark.rebuild(name)` and asserts on `result(name)`. When the session ends (a
+failure under -x, a Ctrl-C), the runs still going are ended (`stop`): none outlives it.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Run:
     args: list[str]             # pytest's arguments after its options
     done: threading.Event = field(default_factory=threading.Event)
     result: subprocess.CompletedProcess | BaseException | None = None
+    process: subprocess.Popen | None = None  # while it runs: what stop() ends
 
     def execute(self) -> None:
         env = dict(os.environ)
@@ -36,10 +38,20 @@ class Run:
                 env.pop(key, None)
             else:
                 env[key] = value
+        args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *self.args]
         try:
-            self.result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                                          *self.args], env=env, capture_output=True, text=True, timeout=TIMEOUT,
-                                         cwd=HERE.parent)
+            with _lock:
+                if _stopping:
+                    raise RuntimeError("the test session ended first")
+                self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                text=True, cwd=HERE.parent)
+            try:
+                out, err = self.process.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                out, err = self.process.communicate()
+                raise subprocess.TimeoutExpired(args, TIMEOUT, out, err) from None
+            self.result = subprocess.CompletedProcess(args, self.process.returncode, out, err)
         except BaseException as e:  # noqa: BLE001 -- handed to the waiting test
             self.result = e
         self.done.set()
@@ -48,6 +60,7 @@ class Run:
 RUNS: dict[str, Run] = {}
 _lock = threading.Lock()
 _started: set[str] = set()
+_stopping = False
 
 
 def declare(name: str, env: dict[str, str | None], files: list[str], *options: str) -> None:
@@ -78,3 +91,13 @@ def check(name: str, what: str) -> None:
     """Fail the calling test unless the run passed, with its output's end."""
     run = result(name)
     assert run.returncode == 0, f"{what} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+
+
+def stop() -> None:
+    """End the runs still going (the session is over: a -x stop, a Ctrl-C): none outlives it."""
+    global _stopping
+    with _lock:
+        _stopping = True
+        running = [run.process for run in RUNS.values() if run.process is not None and run.process.poll() is None]
+    for process in running:
+        process.kill()
