@@ -482,19 +482,6 @@ def xload(typingctx, arr, index, n):
 
 
 @intrinsic
-def xload16(typingctx, arr, index):
-    """The 16 int8 at arr[index], sign-extended into int32 lanes, all read (the caller
-    knows they are inside the array)."""
-    _check(arr, index, (types.int8,))
-
-    def codegen(context, builder, sig, args):
-        bytes16 = ir.VectorType(_I8, LANES)
-        ptr = _pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], bytes16)
-        return builder.sext(builder.load(ptr, align=1), _VEC)
-    return i32x16(arr, index), codegen
-
-
-@intrinsic
 def isub(typingctx, a, b):
     """a - b in each lane, wrapping."""
     if not (a == i32x16 and b == i32x16):

@@ -217,10 +217,8 @@ class Engine:
         if observe:
             plan, pads, _ = self._integer_plan(x.shape[1:3])
             arena = self._arena(plan.arena_bytes, 1, shared=False)
-            copy = np.empty(x.shape[1:], np.int8)
-            for n in range(len(x)):
-                self._integer.run(integer_input(x[n], self._integer.activations["input"], copy), plan, *pads, arena,
-                                  out[n], observe)
+            for n, image in self._integer_images(x, 0, len(x)):
+                self._integer.run(image, plan, *pads, arena, out[n], observe)
             return out
         if len(x) < self.threads:
             self._integer_shared(x, out)
@@ -238,26 +236,29 @@ class Engine:
         """Images lo..hi of x into out, on this thread, in an arena of its own."""
         plan, _, tables = self._integer_plan(x.shape[1:3])
         arena = self._arena(plan.arena_bytes, 1, shared=False)
-        copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
-        for n in range(lo, hi):
+        for n, image in self._integer_images(x, lo, hi):
             if stop is not None and stop[STATE] != RUNNING:
                 return
-            image = integer_input(x[n], self._integer.activations["input"], copy)
             self._integer.forward(image, plan, tables, arena, out[n])
 
     def _integer_shared(self, x, out):
         """Each image of x shared by all the threads, in one arena."""
         plan, _, tables = self._integer_plan(x.shape[1:3])
         arena = self._arena(plan.arena_bytes, 1, shared=True)
-        copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
         with self._sharing_lock:
-            for n in range(len(x)):
-                image = integer_input(x[n], self._integer.activations["input"], copy)
+            for n, image in self._integer_images(x, 0, len(x)):
                 sync = new_sync(self.threads)
                 spread(self._helpers, self._integer.forward,
                        [(image, plan, tables, arena, out[n], tid, self.threads, sync) for tid in range(self.threads)],
                        sync, joined=True)
         self._spare = arena
+
+    def _integer_images(self, x, lo, hi):
+        """(n, image n of x as the kernels' int8) for n in lo..hi, each converted as it
+        comes into one buffer (none for int8 already C-contiguous: read in place)."""
+        copy = None if x.dtype == np.int8 and x.flags.c_contiguous else np.empty(x.shape[1:], np.int8)
+        for n in range(lo, hi):
+            yield n, integer_input(x[n], self._integer.activations["input"], copy)
 
     def _integer_plan(self, size):
         """The int8 plan of one image at `size`, the paddings, and the integer forward's

@@ -128,8 +128,7 @@ class IntegerNetwork:
         observe(name, a) sees each activation that exists whole, as it is made, by the
         file's name for it (Engine.intermediates; forward runs the same kernels in one call)."""
         x = image
-        rowed = plan.piped > 0 or any(step.streamed for step in plan.steps)
-        if rowed:
+        if _rowed(plan):
             records = self.records(plan, stem_pads, dw_pads)
             edges, stems, expands, dws, projects, adds = self.row_layers()
             a8 = arena.view(np.int8)
@@ -262,21 +261,21 @@ class IntegerNetwork:
                 threads: int = 1, sync=None) -> None:
         """image int8 [H, W, 3] -> out int8 [width] in one call of kernels/qnetwork.py,
         thread tid's share of it; tables = self.tables(plan, ...), made once per plan."""
-        recs, head, layers, pool = tables
+        recs, head, layers, pool, sliced, rowed = tables
         edges, stems, expands, dws, projects, adds = self.row_layers()
         a8 = arena.view(np.int8)
         a32 = arena[:arena.size // 4 * 4].view(np.int32)
         state = np.zeros((2, max(plan.piped, 1)), np.int64)
-        rowed = plan.piped > 0 or any(step.streamed for step in plan.steps)
-        sliced = any(len(step.bounds) > 2 and not (step.streamed or step.piped) for step in plan.steps)
         qnetwork.qforward(a8, a32, recs, plan.piped, edges, stems, expands, dws, projects, adds, head, layers, pool,
-                          image, out, state, tid, threads, new_sync(threads) if sync is None else sync,
-                          True if sliced else None, True if rowed else None)
+                          image, out, state, tid, threads, new_sync(threads) if sync is None else sync, sliced, rowed)
 
     def tables(self, plan: Plan, stem_pads, dw_pads) -> tuple:
-        """What forward needs of a plan: the blocks' records, the head's, its layers and the pool's."""
+        """What forward needs of a plan: the blocks' records, the head's, its layers, the
+        pool's integers, and the code the plan needs (qforward's sliced and rowed: True or None)."""
         head = self.head(plan)
-        return (self.records(plan, stem_pads, dw_pads), head, *self.head_layers(int(head[qnetwork.HEAD_PIXELS])))
+        sliced = any(len(step.bounds) > 2 and not (step.streamed or step.piped) for step in plan.steps)
+        return (self.records(plan, stem_pads, dw_pads), head, *self.head_layers(int(head[qnetwork.HEAD_PIXELS])),
+                True if sliced else None, True if _rowed(plan) else None)
 
     def _sliced(self, b, step, x, stem_pads, dw_pads, arena, y, observe):
         """A sliced block: per slice, E and D of its channels (whole, in the plan's slice
@@ -349,6 +348,11 @@ class IntegerNetwork:
     def _conv3x3_with(conv, packed, x, stride, pads, out, kernel):
         kernel(x, packed, conv.bias, conv.out.mult, conv.out.shift, conv.x_zero, conv.out.zero,
                conv.out.lo, conv.out.hi, stride, pads[0], pads[2], out)
+
+
+def _rowed(plan: Plan) -> bool:
+    """Whether the plan runs blocks piped or row-streamed (the row kernels)."""
+    return plan.piped > 0 or any(step.streamed for step in plan.steps)
 
 
 def _output_name(b) -> str:
