@@ -41,6 +41,8 @@ SUM_BLOCK = 16  # inputs per row of colsum: the granularity of a K-range
 WIDE = current().int_dot == "avx512vnni"  # 4-vector tiles: the registers hold 6 x 4 accumulators
 PANEL = 4 * LANES if WIDE else LANES  # channels per panel
 PIXELS = 6  # pixels per tile
+PAIRS = not WIDE  # weights as int16 pairs for pmaddwd, without vpdpbusd (docstring)
+WEIGHT = np.int16 if PAIRS else np.int8
 
 
 class QuantizedGemmError(ValueError):
@@ -62,11 +64,13 @@ def pack_qweights(w, w_zero):
 @njit(cache=True)
 def _pack(w):
     K, C = w.shape
-    packed = np.zeros((-(-C // PANEL), -(-K // GROUP), GROUP * PANEL), np.int8)
+    packed = np.zeros((-(-C // PANEL), -(-K // GROUP), GROUP * PANEL), WEIGHT)
     colsum = np.zeros((-(-K // SUM_BLOCK), C), np.int32)
     for k in range(K):
         for c in range(C):
-            packed[c // PANEL, k // GROUP, (c % PANEL) * GROUP + k % GROUP] = w[k, c]
+            v, lane, j = (c % PANEL) // LANES, c % LANES, k % GROUP
+            at = (j // 2) * 2 * LANES + lane * 2 + j % 2 if PAIRS else lane * GROUP + j
+            packed[c // PANEL, k // GROUP, v * GROUP * LANES + at] = w[k, c]
             colsum[k // SUM_BLOCK, c] += w[k, c]
     return packed, colsum
 

@@ -35,6 +35,22 @@ class _I32x16Model(models.PrimitiveModel):
         super().__init__(dmm, fe_type, _VEC)
 
 
+class I16x64(types.Type):
+    """A packed weight vector of int16 pairs (qgemm's layout without VNNI): 16 lanes x 4 inputs."""
+    def __init__(self):
+        super().__init__(name="i16x64")
+
+
+i16x64 = I16x64()
+_WIDE16 = ir.VectorType(_I16, 4 * LANES)
+
+
+@register_model(I16x64)
+class _I16x64Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _WIDE16)
+
+
 def _const(value, count=LANES, width=_I32):
     return ir.Constant(ir.VectorType(width, count), [value] * count)
 
@@ -71,12 +87,14 @@ def _lane_mask(builder, n, count=LANES):
 
 @intrinsic
 def wload(typingctx, arr, index):
-    """The 64 bytes at arr[index] (a packed weight vector: 16 lanes of 4 bytes), whole."""
-    _check(arr, index, (types.uint8, types.int8))
+    """The packed weight vector at arr[index], whole: 16 lanes of 4 bytes (int8 or uint8
+    weights, an i32x16), or of 4 int16 in two pairs (int16 weights, an i16x64)."""
+    _check(arr, index, (types.uint8, types.int8, types.int16))
+    vec, ty = (_WIDE16, i16x64) if arr.dtype == types.int16 else (_VEC, i32x16)
 
     def codegen(context, builder, sig, args):
-        return builder.load(_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], _VEC), align=1)
-    return i32x16(arr, index), codegen
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], sig.args[1], args[1], vec), align=1)
+    return ty(arr, index), codegen
 
 
 @intrinsic
@@ -127,14 +145,26 @@ def vdot(typingctx, acc, w, q):
 def vdotx(typingctx, acc, w, q):
     """acc + in each lane l: sum over j < 4 of (byte j of q + 128) times byte 4l + j of w
     (signed): x's bytes made unsigned by flipping their sign bit, for vpdpbusd's unsigned
-    operand (AVX-512 VNNI), the weights signed; the same sum in plain IR elsewhere. Exact:
-    the sum of four 255 x 128 fits int32 and wraps as int32 does."""
-    if not (acc == i32x16 and w == i32x16 and isinstance(q, types.Integer)):
+    operand (AVX-512 VNNI), the weights signed. With an i16x64 w (the weights of inputs 0, 1
+    of the 16 lanes, then of inputs 2, 3, as int16), two pair products (pmaddwd) of x's
+    bytes widened to int16. Exact: the sum of four 255 x 128 fits int32 and wraps as int32
+    does."""
+    if not (acc == i32x16 and w in (i32x16, i16x64) and isinstance(q, types.Integer)):
         return None
 
     def codegen(context, builder, sig, args):
         acc, w = args[0], args[1]
         q = builder.xor(context.cast(builder, args[2], sig.args[2], types.int32), ir.Constant(_I32, 0x80808080))
+        if sig.args[1] == i16x64:
+            u = builder.zext(builder.bitcast(q, ir.VectorType(_I8, 4)), ir.VectorType(_I16, 4))
+            u = builder.bitcast(u, ir.VectorType(_I32, 2))  # x's inputs 0, 1 and 2, 3: two int16 pairs
+            halves = ir.VectorType(_I16, 2 * LANES)
+            for pair in range(2):
+                b = builder.bitcast(_splat(builder, builder.extract_element(u, ir.Constant(_I32, pair))), halves)
+                ws = builder.shuffle_vector(w, ir.Constant(_WIDE16, ir.Undefined),
+                                            ir.Constant(ir.VectorType(_I32, 2 * LANES), list(range(32 * pair, 32 * pair + 32))))
+                acc = builder.add(acc, _pair_products(builder, ws, b))
+            return acc
         if DOT == "avx512vnni":
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
                                                 "llvm.x86.avx512.vpdpbusd.512")
@@ -145,7 +175,38 @@ def vdotx(typingctx, acc, w, q):
         u = builder.shuffle_vector(u, ir.Constant(u.type, ir.Undefined),
                                    ir.Constant(ir.VectorType(_I32, 4 * LANES), [0, 1, 2, 3] * LANES))
         return builder.add(acc, _quad_sums(builder, builder.mul(s, u)))
-    return i32x16(i32x16, i32x16, q), codegen
+    return i32x16(i32x16, w, q), codegen
+
+
+X86 = current().isa in ("avx512", "avx2", "sse")  # pmaddwd, and vpdpwssd with VNNI
+_PMADDWD = {"avx512": (32, "llvm.x86.avx512.pmaddw.d.512"), "avx2": (16, "llvm.x86.avx2.pmadd.wd"),
+            "sse": (8, "llvm.x86.sse2.pmadd.wd")}.get(current().isa)
+
+
+def _pair_products(builder, a, b):
+    """In each lane l of 16: a[2l] b[2l] + a[2l+1] b[2l+1], of the <32 x i16> a and b, as
+    int32: pmaddwd on x86, one per register (LLVM's own match misses the pairs of
+    bitcast lanes and multiplies in int32), plain IR elsewhere."""
+    if _PMADDWD:
+        width, name = _PMADDWD
+        half, out = ir.VectorType(_I16, width), ir.VectorType(_I32, width // 2)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(out, [half, half]), name)
+        parts = []
+        for at in range(0, 2 * LANES, width):
+            pick = ir.Constant(ir.VectorType(_I32, width), list(range(at, at + width)))
+            parts.append(builder.call(fn, [builder.shuffle_vector(v, ir.Constant(v.type, ir.Undefined), pick)
+                                           for v in (a, b)]))
+        while len(parts) > 1:  # concatenated, pairwise
+            parts = [builder.shuffle_vector(parts[i], parts[i + 1],
+                                            ir.Constant(ir.VectorType(_I32, 2 * parts[i].type.count),
+                                                        list(range(2 * parts[i].type.count))))
+                     for i in range(0, len(parts), 2)]
+        return parts[0]
+    wide = ir.VectorType(_I32, 2 * LANES)
+    m = builder.mul(builder.sext(a, wide), builder.sext(b, wide))
+    even = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
+    odd = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
+    return builder.add(even, odd)
 
 
 def _quad_sums(builder, m):
@@ -518,12 +579,9 @@ def pdot(typingctx, acc, a, b):
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
                                                 "llvm.x86.avx512.vpdpwssd.512")
             return builder.call(fn, list(args))
-        halves, wide = ir.VectorType(_I16, 2 * LANES), ir.VectorType(_I32, 2 * LANES)
-        m = builder.mul(builder.sext(builder.bitcast(args[1], halves), wide),
-                        builder.sext(builder.bitcast(args[2], halves), wide))
-        even = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
-        odd = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
-        return builder.add(args[0], builder.add(even, odd))
+        halves = ir.VectorType(_I16, 2 * LANES)
+        return builder.add(args[0], _pair_products(builder, builder.bitcast(args[1], halves),
+                                                   builder.bitcast(args[2], halves)))
     return i32x16(i32x16, i32x16, i32x16), codegen
 
 
@@ -564,9 +622,6 @@ def vrequant32(typingctx, acc, mult, shift, zero, lo, hi):
     return i32x16(i32x16, i32x16, i32x16, zero, lo, hi), codegen
 
 
-X86 = current().isa in ("avx512", "avx2", "sse")  # pmaddwd, and vpdpwssd with VNNI
-
-
 @intrinsic
 def low16(typingctx, w):
     """w's lanes with their high 16 bits cleared: the operand of vmadd16 (w within int16)."""
@@ -596,11 +651,8 @@ def vmadd16(typingctx, acc, x, w):
             fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
                                                 "llvm.x86.avx512.vpdpwssd.512")
             return builder.call(fn, [acc, x, w])
-        halves, wide = ir.VectorType(_I16, 2 * LANES), ir.VectorType(_I32, 2 * LANES)
-        m = builder.mul(builder.sext(builder.bitcast(x, halves), wide), builder.sext(builder.bitcast(w, halves), wide))
-        even = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(0, 2 * LANES, 2))))
-        odd = builder.shuffle_vector(m, ir.Constant(wide, ir.Undefined), ir.Constant(_VEC, list(range(1, 2 * LANES, 2))))
-        return builder.add(acc, builder.add(even, odd))
+        halves = ir.VectorType(_I16, 2 * LANES)
+        return builder.add(acc, _pair_products(builder, builder.bitcast(x, halves), builder.bitcast(w, halves)))
     return i32x16(i32x16, i32x16, i32x16), codegen
 
 
