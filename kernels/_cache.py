@@ -3,16 +3,35 @@
 Numba checks a cached function against the timestamp of its own source file only. A
 kernel in block.py that calls (and inlines) one from depthwise.py keeps running the old
 code after depthwise.py changes, until block.py changes too. So: one digest of all the
-kernel sources, stored beside the cache; when it differs, every cached kernel is dropped.
+kernel sources, stored beside the cache (wherever Numba keeps it, NUMBA_CACHE_DIR too);
+when it differs, every cached kernel is dropped.
 """
 import hashlib
 import os
 from pathlib import Path
 
+from numba import njit
+
 from .target import TILES_OVERRIDE
 
 HERE = Path(__file__).resolve().parent
-CACHE = HERE / "__pycache__"  # where Numba puts cache files when the package is writable
+
+
+@njit(cache=True)
+def _probe():  # never compiled: its cache's folder is the kernels'
+    pass
+
+
+def _numba_cache_folder() -> Path:
+    """Where Numba caches this folder's kernels, as its own locators choose it:
+    NUMBA_CACHE_DIR's subfolder, else __pycache__ here, else the user's cache folder."""
+    try:
+        return Path(_probe._cache._cache_path)
+    except AttributeError:  # a Numba whose cache is laid out otherwise
+        return HERE / "__pycache__"
+
+
+CACHE = _numba_cache_folder()
 STAMP = CACHE / "kernel-sources.sha256"
 
 

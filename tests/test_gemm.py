@@ -1,5 +1,9 @@
 """The register-blocked GEMMs (gemm.py, pairs.py): panels, tile edges, and that they write
 nothing but their output."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -85,6 +89,20 @@ def test_pointwise_pairs_writes_exactly_its_output(P, K, C):
     outside = np.ones(big.shape, bool)
     outside[1:P + 1, 3:C + 3] = False
     assert (big[outside] == 7.5).all()
+
+
+def test_stale_kernel_cache_is_dropped_under_numba_cache_dir(tmp_path):
+    """With NUMBA_CACHE_DIR set, the stamp sits where Numba itself wrote the kernels, and
+    a stamp of other sources drops them."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    compile_one = ("import numpy as np; from mnv2engine.kernels.qdepthwise import pack_qdepthwise as f; "
+                   "f(np.zeros((3, 3, 2), np.int8), 0)")
+    subprocess.run([sys.executable, "-c", compile_one], env=env, check=True)
+    written = [p.parent for p in tmp_path.rglob("qdepthwise.pack_qdepthwise-*.nbi")]
+    assert len(written) == 1 and (written[0] / "kernel-sources.sha256").exists()
+    (written[0] / "kernel-sources.sha256").write_text("the sources of another version")
+    subprocess.run([sys.executable, "-c", "import mnv2engine.kernels"], env=env, check=True)
+    assert not list(written[0].glob("*.nbi"))
 
 
 def test_stale_kernel_cache_is_dropped_when_a_source_changes(tmp_path, monkeypatch):
