@@ -303,6 +303,38 @@ def test_a_requantization_between_layers_is_refused(int8_source, tmp_path):
         read_tflite(path)
 
 
+def test_a_softmax_with_another_beta_is_refused(int8_source, tmp_path):
+    """beta scales the logits before the softmax: mnv2engine's softmax has none (beta 1)."""
+    model = copy.deepcopy(int8_source)
+    engine_names(model)["softmax"].builtinOptions.beta = 2.0
+    path = tmp_path / "beta.tflite"
+    path.write_bytes(pack(model))
+    with pytest.raises(WeightFileError, match=r"beta\.tflite: op \d+ \(SOFTMAX\): a softmax with beta 2\.0"):
+        read_tflite(path)
+
+
+def test_an_int8_pool_as_average_pool_2d_is_refused(int8_source, tmp_path):
+    """TFLite's int8 AVERAGE_POOL_2D rounds (sum + n / 2) / n, MEAN requantizes: the int8
+    pool runs as MEAN, so an int8 file that pools otherwise is refused, not run 1 LSB off."""
+    model = copy.deepcopy(int8_source)
+    mean = engine_names(model)["pool"]
+    code = schema.OperatorCodeT()
+    code.builtinCode = code.deprecatedBuiltinCode = OP.AVERAGE_POOL_2D
+    code.version = 1
+    model.operatorCodes.append(code)
+    options = schema.Pool2DOptionsT()
+    options.padding, options.strideH, options.strideW = schema.Padding.VALID, 1, 1
+    options.filterHeight = options.filterWidth = 7
+    mean.opcodeIndex = len(model.operatorCodes) - 1
+    mean.inputs = mean.inputs[:1]
+    mean.builtinOptionsType, mean.builtinOptions = schema.BuiltinOptions.Pool2DOptions, options
+    path = tmp_path / "pool.tflite"
+    path.write_bytes(pack(model))
+    with pytest.raises(WeightFileError, match=r"pool\.tflite: op \d+ \(AVERAGE_POOL_2D\): the global pool of a file "
+                                              r"quantized to int8 is AVERAGE_POOL_2D; mnv2engine runs int8's as MEAN"):
+        read_tflite(path)
+
+
 # -- bad quantization in mnv2.h5 -----------------------------------------------------------
 
 def _replace(f, path, data):

@@ -109,6 +109,12 @@ def _opcode_name(model, op) -> str:
 def _options(name: str, op) -> dict:
     """The builtin options the checks need, as a dict (flatbuffer defaults where absent)."""
     table = op.BuiltinOptions()
+    if name == "SOFTMAX":  # an absent table reads as the schema's beta, 0
+        if table is None:
+            return {"beta": 0.0}
+        o = tflite.SoftmaxOptions()
+        o.Init(table.Bytes, table.Pos)
+        return {"beta": o.Beta()}
     kinds = {CONV: tflite.Conv2DOptions, DEPTHWISE: tflite.DepthwiseConv2DOptions,
              DENSE: tflite.FullyConnectedOptions, ADD: tflite.AddOptions,
              "AVERAGE_POOL_2D": tflite.Pool2DOptions}
@@ -362,6 +368,8 @@ def _walk(g: _Graph, arch: Architecture) -> dict[str, _Op]:
     for op in g.ops:
         if op.name not in STRUCTURAL + PASS_THROUGH:
             raise WeightFileError(f"not a MobileNetV2: {op} is not one of its ops")
+        if op.name == "SOFTMAX" and op.options["beta"] != 1.0:
+            raise WeightFileError(f"{op}: a softmax with beta {op.options['beta']!r}; mnv2engine's has beta 1")
     structural = [op for op in g.ops if op.name in STRUCTURAL]
     slots = _slots(arch)
     layers, prev, block, block_input = {}, None, None, None
@@ -513,6 +521,10 @@ def _quantization(g: _Graph, arch: Architecture, ops: dict[str, _Op]) -> Quantiz
         classifier = ops["classifier"]
         pool = next(p for p in _trace(g, classifier.inputs[0])[1] if p.name in POOLS)
         acts["pool"] = _activation(g.tensors[pool.outputs[0]], "pool")
+        if pool.name != {"int8": "MEAN", "uint8": "AVERAGE_POOL_2D"}[acts["pool"].dtype]:
+            raise WeightFileError(f"{pool}: the global pool of a file quantized to {acts['pool'].dtype} is "
+                                  f"{pool.name}; mnv2engine runs int8's as MEAN and uint8's as AVERAGE_POOL_2D, "
+                                  "whose roundings differ")
         reads += [(classifier, "classifier", classifier.inputs[0], "pool"), (pool, "pool", pool.inputs[0], "head")]
         softmaxes = [op for op in g.ops if op.name == "SOFTMAX"]
         for op in softmaxes:
