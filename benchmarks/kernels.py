@@ -11,8 +11,8 @@ as the GEMM. A table per layer (with --layers) and per kind of kernel on stdout.
 With --int8, the integer kernels instead (kernels/qgemm.py, qdepthwise.py, qconv.py):
 the stem, every depthwise, expansion, projection, the head and the classifier, exact
 against NumPy's sums requantized by kernels/requant.py, against a measured peak of the
-target's 4-byte integer dot product (vpdpbusd with AVX-512 VNNI; without VNNI, the
-plain-IR dot product the 1x1 convs use).
+integer dot product the 1x1 convs use: vpdpbusd's 4 bytes a lane with AVX-512 VNNI,
+else int16 pairs (pmaddwd on x86).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from numba import njit
 from mnv2engine.kernels import conv3x3, depthwise3x3, pack_panels, pointwise
 from mnv2engine.kernels.qconv import pack_qconv3x3, qconv3x3
 from mnv2engine.kernels.qdepthwise import pack_qdepthwise, qdepthwise3x3
-from mnv2engine.kernels.qgemm import pack_qweights, qpointwise
-from mnv2engine.kernels.qsimd import iadd, isplat, istore, vdot
+from mnv2engine.kernels.qgemm import PAIRS, pack_qweights, qpointwise
+from mnv2engine.kernels.qsimd import iadd, isplat, istore, pdot, vdot
 from mnv2engine.kernels.requant import to_8bit
 from mnv2engine.kernels.simd import LANES, vfma, vsplat, vstore
 from mnv2engine.kernels.target import current
@@ -86,25 +86,32 @@ def fma_peak() -> float:
 # Independent dot-product chains of the integer peak loop: 24 on AVX-512 (24 zmm, one
 # weight vector, one broadcast), 6 where a 16-lane vector is two or more registers.
 DOT_CHAINS = 24 if TARGET.registers == 32 and REGISTERS_PER_VECTOR == 1 else 6
+# The 1x1 convs' product: vpdpbusd's 4 bytes a lane with VNNI, else int16 pairs (pmaddwd)
+DOT_MACS = 2 if PAIRS else 4
+
+
+@njit(cache=True, inline="always")
+def _dot(v, w, q):
+    return pdot(v, w, w) if PAIRS else vdot(v, w, q)
 
 
 @njit(cache=True)
 def _dot_loop(n, q, out):
-    """n iterations of DOT_CHAINS independent 16-lane 4-byte dot products (64 multiply-adds
-    each) on registers; combined into out [16] so that none is dead code. The weight
-    vector changes every iteration (one add), or LLVM hoists the plain-IR product."""
+    """n iterations of DOT_CHAINS independent 16-lane dot products (16 x DOT_MACS
+    multiply-adds each) on registers; combined into out [16] so that none is dead code.
+    The weight vector changes every iteration (one add), or LLVM hoists the product."""
     w, step = isplat(0x01020304), isplat(q)
     v0 = v1 = v2 = v3 = v4 = v5 = v6 = v7 = v8 = v9 = v10 = v11 = isplat(q)
     v12 = v13 = v14 = v15 = v16 = v17 = v18 = v19 = v20 = v21 = v22 = v23 = isplat(q)
     for _ in range(n):
         w = iadd(w, step)
-        v0, v1, v2, v3, v4, v5 = vdot(v0, w, q), vdot(v1, w, q), vdot(v2, w, q), vdot(v3, w, q), vdot(v4, w, q), vdot(v5, w, q)
+        v0, v1, v2, v3, v4, v5 = _dot(v0, w, q), _dot(v1, w, q), _dot(v2, w, q), _dot(v3, w, q), _dot(v4, w, q), _dot(v5, w, q)
         if DOT_CHAINS > 6:
-            v6, v7, v8, v9 = vdot(v6, w, q), vdot(v7, w, q), vdot(v8, w, q), vdot(v9, w, q)
-            v10, v11, v12, v13 = vdot(v10, w, q), vdot(v11, w, q), vdot(v12, w, q), vdot(v13, w, q)
-            v14, v15, v16, v17 = vdot(v14, w, q), vdot(v15, w, q), vdot(v16, w, q), vdot(v17, w, q)
-            v18, v19, v20, v21 = vdot(v18, w, q), vdot(v19, w, q), vdot(v20, w, q), vdot(v21, w, q)
-            v22, v23 = vdot(v22, w, q), vdot(v23, w, q)
+            v6, v7, v8, v9 = _dot(v6, w, q), _dot(v7, w, q), _dot(v8, w, q), _dot(v9, w, q)
+            v10, v11, v12, v13 = _dot(v10, w, q), _dot(v11, w, q), _dot(v12, w, q), _dot(v13, w, q)
+            v14, v15, v16, v17 = _dot(v14, w, q), _dot(v15, w, q), _dot(v16, w, q), _dot(v17, w, q)
+            v18, v19, v20, v21 = _dot(v18, w, q), _dot(v19, w, q), _dot(v20, w, q), _dot(v21, w, q)
+            v22, v23 = _dot(v22, w, q), _dot(v23, w, q)
     for v in (v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11, v12, v13, v14, v15, v16, v17, v18, v19, v20, v21, v22, v23):
         v0 = iadd(v, v0)
     istore(out, (0,), LANES, v0)
@@ -119,7 +126,7 @@ def dot_peak() -> float:
     for _ in range(5):
         t0 = time.thread_time()
         _dot_loop(n, 3, out)
-        best = max(best, n * DOT_CHAINS * 4 * LANES / (time.thread_time() - t0))
+        best = max(best, n * DOT_CHAINS * DOT_MACS * LANES / (time.thread_time() - t0))
     return best
 
 
@@ -277,7 +284,8 @@ def main(argv=None):
     print(f"MobileNetV2 {args.alpha}/{args.size}, batch 1, 1 thread, median of {args.runs} runs per layer")
     print(f"target: {TARGET.describe()}")
     if args.int8:
-        print(f"measured int8 dot-product peak: {peak / 1e9:.1f} GMAC/s (one core; {DOT_CHAINS} chains of 16 lanes x 4 bytes)")
+        print(f"measured int8 dot-product peak: {peak / 1e9:.1f} GMAC/s (one core; {DOT_CHAINS} chains of 16 lanes x "
+              f"{'2 int16 (pmaddwd)' if PAIRS else '4 bytes (vpdpbusd)'})")
     else:
         print(f"measured FMA peak: {peak / 1e9:.1f} GMAC/s (fp32, one core; {CHAINS} chains of 16 lanes)")
     if args.layers:

@@ -22,9 +22,11 @@ per-channel vectors (qsimd.vscales) are made once per panel, outside the pixel l
 
 Packing (pack_qweights): w as [ceil(C / PANEL), ceil(K / 4), 4 * PANEL] int8: per panel
 of PANEL output channels and per group of 4 inputs, 64 bytes for each 16 channels, the
-4 inputs of a channel adjacent (vpdpbusd's lane). Inputs past K and channels past C are
-0, which adds nothing whatever x holds. A tile reads its panel as one stream. colsum is
-int32 [ceil(K / 16), C]: row r is sum_{16r <= k < 16r + 16} w[k, c].
+4 inputs of a channel adjacent (vpdpbusd's lane). Without vpdpbusd (PAIRS), int16: per
+16 channels, inputs 0 and 1 of each channel side by side, then inputs 2 and 3 (pmaddwd's
+pairs, x's bytes widened to int16 and broadcast a pair at a time). Inputs past K and
+channels past C are 0, which adds nothing whatever x holds. A tile reads its panel as
+one stream. colsum is int32 [ceil(K / 16), C]: row r is sum_{16r <= k < 16r + 16} w[k, c].
 
 K-ranges (the sliced evaluation, qpointwise_acc): the inputs k0..k1 with k0 a multiple
 of 16 and k1 a multiple of 16 or K are `packed[:, k0 // 4 : -(-k1 // 4)]` and
@@ -41,7 +43,7 @@ SUM_BLOCK = 16  # inputs per row of colsum: the granularity of a K-range
 WIDE = current().int_dot == "avx512vnni"  # 4-vector tiles: the registers hold 6 x 4 accumulators
 PANEL = 4 * LANES if WIDE else LANES  # channels per panel
 PIXELS = 6  # pixels per tile
-PAIRS = not WIDE  # weights as int16 pairs for pmaddwd, without vpdpbusd (docstring)
+PAIRS = not WIDE  # weights as int16 pairs for pmaddwd, without vpdpbusd (docstring: packing)
 WEIGHT = np.int16 if PAIRS else np.int8
 
 
