@@ -92,7 +92,9 @@ DOT_MACS = 2 if PAIRS else 4
 
 @njit(cache=True, inline="always")
 def _dot(v, w, q):
-    return pdot(v, w, w) if PAIRS else vdot(v, w, q)
+    """One chain's step; pmaddwd multiplies w by the chain's own value (one w x w for all
+    chains would be one product, LLVM's common subexpression)."""
+    return pdot(v, w, v) if PAIRS else vdot(v, w, q)
 
 
 @njit(cache=True)
