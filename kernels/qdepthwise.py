@@ -48,28 +48,28 @@ def _weight_index(i, k, n):
 
 
 @njit(cache=True, inline="always")
-def _taps4(e, r, ix, stride, c, n, wk, a0, a1, a2, a3):
-    """One tap of four neighbouring output pixels: a_i += e[r, ix + i * stride, c:c + n] * wk."""
-    return (vmadd16(a0, xload(e, (r, ix, c), n), wk),
-            vmadd16(a1, xload(e, (r, ix + stride, c), n), wk),
-            vmadd16(a2, xload(e, (r, ix + 2 * stride, c), n), wk),
-            vmadd16(a3, xload(e, (r, ix + 3 * stride, c), n), wk))
+def _taps4(e, r, ix, stride, c, wk, a0, a1, a2, a3):
+    """One tap of four neighbouring output pixels: a_i += e[r, ix + i * stride, c:c + 16] * wk."""
+    return (vmadd16(a0, xload(e, (r, ix, c), LANES), wk),
+            vmadd16(a1, xload(e, (r, ix + stride, c), LANES), wk),
+            vmadd16(a2, xload(e, (r, ix + 2 * stride, c), LANES), wk),
+            vmadd16(a3, xload(e, (r, ix + 3 * stride, c), LANES), wk))
 
 
 @njit(cache=True, inline="always")  # inlined so that `stride` is a constant: shared loads
-def _interior4(e, r0, r1, r2, ix, stride, c, n, bias, w00, w01, w02, w10, w11, w12, w20, w21, w22):
-    """Four neighbouring output pixels whose windows lie inside the row (n channels;
+def _interior4(e, r0, r1, r2, ix, stride, c, bias, w00, w01, w02, w10, w11, w12, w20, w21, w22):
+    """Four neighbouring output pixels whose windows lie inside the row (16 channels;
     bias has the input's zero point folded in)."""
     a0 = a1 = a2 = a3 = bias
-    a0, a1, a2, a3 = _taps4(e, r0, ix, stride, c, n, w00, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r0, ix + 1, stride, c, n, w01, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r0, ix + 2, stride, c, n, w02, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r1, ix, stride, c, n, w10, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r1, ix + 1, stride, c, n, w11, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r1, ix + 2, stride, c, n, w12, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r2, ix, stride, c, n, w20, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r2, ix + 1, stride, c, n, w21, a0, a1, a2, a3)
-    a0, a1, a2, a3 = _taps4(e, r2, ix + 2, stride, c, n, w22, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r0, ix, stride, c, w00, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r0, ix + 1, stride, c, w01, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r0, ix + 2, stride, c, w02, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r1, ix, stride, c, w10, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r1, ix + 1, stride, c, w11, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r1, ix + 2, stride, c, w12, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r2, ix, stride, c, w20, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r2, ix + 1, stride, c, w21, a0, a1, a2, a3)
+    a0, a1, a2, a3 = _taps4(e, r2, ix + 2, stride, c, w22, a0, a1, a2, a3)
     return a0, a1, a2, a3
 
 
@@ -93,66 +93,46 @@ def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stri
     iy = oy * stride - pad_top
     r0, r1, r2 = _nearest(iy, H) % R, _nearest(iy + 1, H) % R, _nearest(iy + 2, H) % R
     k0, k1, k2 = _weight_index(iy, 0, H), _weight_index(iy, 1, H), _weight_index(iy, 2, H)
-    for c in range(0, C, LANES):
-        if C - c >= LANES:
-            _channels(e, r0, r1, r2, k0, k1, k2, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_left,
-                      out, c, LANES)
-        else:
-            _last_channels(e, r0, r1, r2, k0, k1, k2, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride,
-                           pad_left, out, c, C - c)
-
-
-@njit(cache=True, _nrt=False)
-def _last_channels(e, r0, r1, r2, k0, k1, k2, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_left, out,
-                   c, n):
-    """A row's last n < 16 channels, lanes masked: a call (inlined as well, their code
-    slowed the whole vectors' by 2-3%)."""
-    _channels(e, r0, r1, r2, k0, k1, k2, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_left, out, c, n)
-
-
-@njit(cache=True, inline="always")
-def _channels(e, r0, r1, r2, k0, k1, k2, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stride, pad_left, out, c, n):
-    """Channels c..c+n-1 of the output row, n <= 16 (a constant 16 where inlined for whole
-    vectors: shared loads, no masks)."""
-    W, Wo = e.shape[1], out.shape[0]
     xz, zero = isplat(x_zero), isplat(0)
-    w00, w01, w02 = xload(wc, (k0, 0, c), n), xload(wc, (k0, 1, c), n), xload(wc, (k0, 2, c), n)
-    w10, w11, w12 = xload(wc, (k1, 0, c), n), xload(wc, (k1, 1, c), n), xload(wc, (k1, 2, c), n)
-    w20, w21, w22 = xload(wc, (k2, 0, c), n), xload(wc, (k2, 1, c), n), xload(wc, (k2, 2, c), n)
-    b, m, s = iload(bias, (c,), n), iload(mult, (c,), n), iload(shift, (c,), n)
-    total = iadd(iadd(iadd(w00, w01), iadd(w02, w10)), iadd(iadd(w11, w12), iadd(w20, iadd(w21, w22))))
-    folded = isub(b, imul(xz, total))  # bias - x_zero * sum(w): for windows inside the row
-    w00, w01, w02, w10, w11, w12 = low16(w00), low16(w01), low16(w02), low16(w10), low16(w11), low16(w12)
-    w20, w21, w22 = low16(w20), low16(w21), low16(w22)  # vmadd16's operands
-    ox = 0
-    while ox < Wo:
-        ix = ox * stride - pad_left
-        if ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
-            if stride == 1:
-                a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 1, c, n, folded,
-                                            w00, w01, w02, w10, w11, w12, w20, w21, w22)
-            else:
-                a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 2, c, n, folded,
-                                            w00, w01, w02, w10, w11, w12, w20, w21, w22)
-            bstore(out, (ox, c), n, vrequant(a0, m, s, y_zero, lo, hi))
-            bstore(out, (ox + 1, c), n, vrequant(a1, m, s, y_zero, lo, hi))
-            bstore(out, (ox + 2, c), n, vrequant(a2, m, s, y_zero, lo, hi))
-            bstore(out, (ox + 3, c), n, vrequant(a3, m, s, y_zero, lo, hi))
-            ox += 4
-        else:  # one pixel; its left or right column of taps may be on the padding
-            x0, x1, x2 = _nearest(ix, W), _nearest(ix + 1, W), _nearest(ix + 2, W)
-            left, right = ix >= 0, ix + 2 < W
-            a = _tap(e, r0, x0, c, n, xz, w00 if left else zero, b)
-            a = _tap(e, r0, x1, c, n, xz, w01, a)
-            a = _tap(e, r0, x2, c, n, xz, w02 if right else zero, a)
-            a = _tap(e, r1, x0, c, n, xz, w10 if left else zero, a)
-            a = _tap(e, r1, x1, c, n, xz, w11, a)
-            a = _tap(e, r1, x2, c, n, xz, w12 if right else zero, a)
-            a = _tap(e, r2, x0, c, n, xz, w20 if left else zero, a)
-            a = _tap(e, r2, x1, c, n, xz, w21, a)
-            a = _tap(e, r2, x2, c, n, xz, w22 if right else zero, a)
-            bstore(out, (ox, c), n, vrequant(a, m, s, y_zero, lo, hi))
-            ox += 1
+    for c in range(0, C, LANES):
+        n = min(LANES, C - c)
+        w00, w01, w02 = xload(wc, (k0, 0, c), n), xload(wc, (k0, 1, c), n), xload(wc, (k0, 2, c), n)
+        w10, w11, w12 = xload(wc, (k1, 0, c), n), xload(wc, (k1, 1, c), n), xload(wc, (k1, 2, c), n)
+        w20, w21, w22 = xload(wc, (k2, 0, c), n), xload(wc, (k2, 1, c), n), xload(wc, (k2, 2, c), n)
+        b, m, s = iload(bias, (c,), n), iload(mult, (c,), n), iload(shift, (c,), n)
+        total = iadd(iadd(iadd(w00, w01), iadd(w02, w10)), iadd(iadd(w11, w12), iadd(w20, iadd(w21, w22))))
+        folded = isub(b, imul(xz, total))  # bias - x_zero * sum(w): for windows inside the row
+        w00, w01, w02, w10, w11, w12 = low16(w00), low16(w01), low16(w02), low16(w10), low16(w11), low16(w12)
+        w20, w21, w22 = low16(w20), low16(w21), low16(w22)  # vmadd16's operands
+        ox = 0
+        while ox < Wo:
+            ix = ox * stride - pad_left
+            if n == LANES and ix >= 0 and ix + 3 * stride + 2 < W:  # four pixels, all taps inside
+                if stride == 1:
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 1, c, folded,
+                                                w00, w01, w02, w10, w11, w12, w20, w21, w22)
+                else:
+                    a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 2, c, folded,
+                                                w00, w01, w02, w10, w11, w12, w20, w21, w22)
+                bstore(out, (ox, c), LANES, vrequant(a0, m, s, y_zero, lo, hi))
+                bstore(out, (ox + 1, c), LANES, vrequant(a1, m, s, y_zero, lo, hi))
+                bstore(out, (ox + 2, c), LANES, vrequant(a2, m, s, y_zero, lo, hi))
+                bstore(out, (ox + 3, c), LANES, vrequant(a3, m, s, y_zero, lo, hi))
+                ox += 4
+            else:  # one pixel; its left or right column of taps may be on the padding
+                x0, x1, x2 = _nearest(ix, W), _nearest(ix + 1, W), _nearest(ix + 2, W)
+                left, right = ix >= 0, ix + 2 < W
+                a = _tap(e, r0, x0, c, n, xz, w00 if left else zero, b)
+                a = _tap(e, r0, x1, c, n, xz, w01, a)
+                a = _tap(e, r0, x2, c, n, xz, w02 if right else zero, a)
+                a = _tap(e, r1, x0, c, n, xz, w10 if left else zero, a)
+                a = _tap(e, r1, x1, c, n, xz, w11, a)
+                a = _tap(e, r1, x2, c, n, xz, w12 if right else zero, a)
+                a = _tap(e, r2, x0, c, n, xz, w20 if left else zero, a)
+                a = _tap(e, r2, x1, c, n, xz, w21, a)
+                a = _tap(e, r2, x2, c, n, xz, w22 if right else zero, a)
+                bstore(out, (ox, c), n, vrequant(a, m, s, y_zero, lo, hi))
+                ox += 1
 
 
 @njit(cache=True, nogil=True)
