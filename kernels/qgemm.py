@@ -128,19 +128,20 @@ def _qgemm(x, packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi, out, acc, a
         m1, s1 = _scales(mult, shift, c + LANES, n1, accumulate)
         m2, s2 = _scales(mult, shift, c + 2 * LANES, n2, accumulate)
         m3, s3 = _scales(mult, shift, c + 3 * LANES, n3, accumulate)
-        ends = (c, n0, k0, vscales(m0, s0), c + LANES, n1, k1, vscales(m1, s1), c + 2 * LANES, n2, k2,
-                vscales(m2, s2), c + 3 * LANES, n3, k3, vscales(m3, s3), vbounds(yz, lo, hi))
-        if WIDE and P == 1:  # the classifier: one pixel, not six copies of it
-            _pixel(x, packed, i, wz, ends, out, acc, accumulate)
-        elif live > 2 * LANES:  # 48 channels too (as in no MobileNetV2 1.0 layer): one tile less to compile
-            for p in range(0, P, PIXELS):
-                _tile4(x, packed, i, p, wz, ends, out, acc, accumulate)
+        bounds = vbounds(yz, lo, hi)
+        end0 = (c, n0, k0, vscales(m0, s0))
+        end1 = (c + LANES, n1, k1, vscales(m1, s1))
+        if WIDE and (P == 1 or live > 2 * LANES):  # 48 channels too (as in no MobileNetV2 1.0 layer)
+            ends = end0 + end1 + (c + 2 * LANES, n2, k2, vscales(m2, s2), c + 3 * LANES, n3, k3, vscales(m3, s3),
+                                  bounds)
+            if P == 1:  # the classifier: one pixel, not six copies of it
+                _pixel(x, packed, i, wz, ends, out, acc, accumulate)
+            else:
+                _tile4(x, packed, i, wz, ends, out, acc, accumulate)
         elif live > LANES:
-            for p in range(0, P, PIXELS):
-                _tile2(x, packed, i, p, wz, ends, out, acc, accumulate)
+            _tile2(x, packed, i, wz, end0 + end1 + (bounds,), out, acc, accumulate)
         else:
-            for p in range(0, P, PIXELS):
-                _tile1(x, packed, i, p, wz, ends, out, acc, accumulate)
+            _tile1(x, packed, i, wz, end0 + (bounds,), out, acc, accumulate)
 
 
 @njit(cache=True, inline="always")
@@ -223,83 +224,87 @@ def _starts(k, r, wz):
 
 
 @njit(cache=True, _nrt=False)
-def _tile4(x, packed, i, p, wz, ends, out, acc, accumulate):
-    """Pixels p..p+5 x the 64 channels of panel i: 24 accumulators, 4 weight vectors, one
-    pixel's 4 bytes broadcast at a time."""
+def _tile4(x, packed, i, wz, ends, out, acc, accumulate):
+    """Every pixel, six at a time, x the 64 channels of panel i: 24 accumulators, 4 weight
+    vectors, one pixel's 4 bytes broadcast at a time. One call a panel, not a tile: a call
+    copies `ends` (2.4 KB), 1.5x the time of the 112 x 112 expansion's."""
     K = x.shape[1]
-    r = _rows(x, p, wz)
-    a00, a10, a20, a30, a40, a50 = _starts(ends[2], r, wz)
-    a01, a11, a21, a31, a41, a51 = _starts(ends[6], r, wz)
-    a02, a12, a22, a32, a42, a52 = _starts(ends[10], r, wz)
-    a03, a13, a23, a33, a43, a53 = _starts(ends[14], r, wz)
-    for g in range(K // GROUP):
-        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
-        w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
-        a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
-        a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
-        a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
-        a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
-        a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
-        a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
-    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
-        g = K // GROUP
-        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
-        w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
-        a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
-        a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
-        a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
-        a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
-        a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
-        a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
-    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), accumulate)
-    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), accumulate)
-    vfinish6(out, acc, p, ends, 2, (a02, a12, a22, a32, a42, a52), accumulate)
-    vfinish6(out, acc, p, ends, 3, (a03, a13, a23, a33, a43, a53), accumulate)
+    for p in range(0, x.shape[0], PIXELS):
+        r = _rows(x, p, wz)
+        a00, a10, a20, a30, a40, a50 = _starts(ends[2], r, wz)
+        a01, a11, a21, a31, a41, a51 = _starts(ends[6], r, wz)
+        a02, a12, a22, a32, a42, a52 = _starts(ends[10], r, wz)
+        a03, a13, a23, a33, a43, a53 = _starts(ends[14], r, wz)
+        for g in range(K // GROUP):
+            w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+            w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
+            x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+            a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
+            a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
+            a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
+            a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
+            a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
+            a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
+        if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+            g = K // GROUP
+            w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+            w2, w3 = wload(packed, (i, g, 128)), wload(packed, (i, g, 192))
+            x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+            a00, a01, a02, a03 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a02, w2, x0), vdotx(a03, w3, x0)
+            a10, a11, a12, a13 = vdotx(a10, w0, x1), vdotx(a11, w1, x1), vdotx(a12, w2, x1), vdotx(a13, w3, x1)
+            a20, a21, a22, a23 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a22, w2, x2), vdotx(a23, w3, x2)
+            a30, a31, a32, a33 = vdotx(a30, w0, x3), vdotx(a31, w1, x3), vdotx(a32, w2, x3), vdotx(a33, w3, x3)
+            a40, a41, a42, a43 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a42, w2, x4), vdotx(a43, w3, x4)
+            a50, a51, a52, a53 = vdotx(a50, w0, x5), vdotx(a51, w1, x5), vdotx(a52, w2, x5), vdotx(a53, w3, x5)
+        vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), accumulate)
+        vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), accumulate)
+        vfinish6(out, acc, p, ends, 2, (a02, a12, a22, a32, a42, a52), accumulate)
+        vfinish6(out, acc, p, ends, 3, (a03, a13, a23, a33, a43, a53), accumulate)
 
 
 @njit(cache=True, _nrt=False)
-def _tile2(x, packed, i, p, wz, ends, out, acc, accumulate):
-    """Pixels p..p+5 x the first 32 channels of panel i."""
+def _tile2(x, packed, i, wz, ends, out, acc, accumulate):
+    """Every pixel, six at a time, x the first 32 channels of panel i."""
     K = x.shape[1]
-    r = _rows(x, p, wz)
-    a00, a10, a20, a30, a40, a50 = _starts(ends[2], r, wz)
-    a01, a11, a21, a31, a41, a51 = _starts(ends[6], r, wz)
-    for g in range(K // GROUP):
-        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
-        a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
-        a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
-        a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
-    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
-        g = K // GROUP
-        w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
-        a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
-        a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
-        a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
-    vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), accumulate)
-    vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), accumulate)
+    for p in range(0, x.shape[0], PIXELS):
+        r = _rows(x, p, wz)
+        a00, a10, a20, a30, a40, a50 = _starts(ends[2], r, wz)
+        a01, a11, a21, a31, a41, a51 = _starts(ends[6], r, wz)
+        for g in range(K // GROUP):
+            w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+            x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+            a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
+            a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
+            a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
+        if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+            g = K // GROUP
+            w0, w1 = wload(packed, (i, g, 0)), wload(packed, (i, g, 64))
+            x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+            a00, a01, a10, a11 = vdotx(a00, w0, x0), vdotx(a01, w1, x0), vdotx(a10, w0, x1), vdotx(a11, w1, x1)
+            a20, a21, a30, a31 = vdotx(a20, w0, x2), vdotx(a21, w1, x2), vdotx(a30, w0, x3), vdotx(a31, w1, x3)
+            a40, a41, a50, a51 = vdotx(a40, w0, x4), vdotx(a41, w1, x4), vdotx(a50, w0, x5), vdotx(a51, w1, x5)
+        vfinish6(out, acc, p, ends, 0, (a00, a10, a20, a30, a40, a50), accumulate)
+        vfinish6(out, acc, p, ends, 1, (a01, a11, a21, a31, a41, a51), accumulate)
 
 
 @njit(cache=True, _nrt=False)
-def _tile1(x, packed, i, p, wz, ends, out, acc, accumulate):
-    """Pixels p..p+5 x the first 16 channels of panel i."""
+def _tile1(x, packed, i, wz, ends, out, acc, accumulate):
+    """Every pixel, six at a time, x the first 16 channels of panel i."""
     K = x.shape[1]
-    a0, a1, a2, a3, a4, a5 = _starts(ends[2], _rows(x, p, wz), wz)
-    for g in range(K // GROUP):
-        w = wload(packed, (i, g, 0))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
-        a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
-        a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
-    if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
-        g = K // GROUP
-        w = wload(packed, (i, g, 0))
-        x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
-        a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
-        a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
-    vfinish6(out, acc, p, ends, 0, (a0, a1, a2, a3, a4, a5), accumulate)
+    for p in range(0, x.shape[0], PIXELS):
+        a0, a1, a2, a3, a4, a5 = _starts(ends[2], _rows(x, p, wz), wz)
+        for g in range(K // GROUP):
+            w = wload(packed, (i, g, 0))
+            x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, False)
+            a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
+            a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
+        if K % GROUP:  # the last inputs, fewer than 4: nothing past the row is read
+            g = K // GROUP
+            w = wload(packed, (i, g, 0))
+            x0, x1, x2, x3, x4, x5 = _quads(x, p, g * GROUP, True)
+            a0, a1, a2 = vdotx(a0, w, x0), vdotx(a1, w, x1), vdotx(a2, w, x2)
+            a3, a4, a5 = vdotx(a3, w, x3), vdotx(a4, w, x4), vdotx(a5, w, x5)
+        vfinish6(out, acc, p, ends, 0, (a0, a1, a2, a3, a4, a5), accumulate)
 
 
 @njit(cache=True, _nrt=False)

@@ -147,7 +147,8 @@ def _head(arena, head, layers, pool, out, tid, threads, sync):
         else:
             qaverage(conv, INT8_LO, INT8_HI, pooled, True)
         if head[HEAD_CLASSES] == 0:
-            out[:] = pooled
+            for c in range(cout):  # not out[:] = pooled: its shape check's message compiles Numba's str (3 s)
+                out[c] = pooled[c]
         else:
             packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi = layers[1]
             qpointwise(pooled.reshape((1, cout)), packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi,

@@ -465,7 +465,8 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, accumulate):
     from the per-channel and per-pixel parts) requantized (as vrequant_with) into the
     int8 out[p + i, c_j:c_j + n_j], or, where `accumulate` (a literal), added into the
     int32 acc[p + i, c_j:c_j + n_j]. Pixels past the array's rows, and a vector with
-    n_j = 0, are skipped. ends: (c_j, n_j, k_j, scales_j) for j = 0..3, then the bounds.
+    n_j = 0, are skipped. ends: (c_j, n_j, k_j, scales_j) for each vector j of the tile,
+then the bounds.
     One intrinsic rather than Numba code inlined per pixel: Numba's front end copied the
     requantization's IR for each of a tile's 24 outputs (33 s of a first compile). And
     vector-major, so that the six pixels' requantizations share scales_j in registers."""
@@ -473,8 +474,8 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, accumulate):
     _check(acc, types.UniTuple(types.int64, 2), (types.int32,))
     if not isinstance(j, types.IntegerLiteral):
         return None
-    if not (isinstance(ends, types.BaseTuple) and len(ends) == 17 and accs == types.UniTuple(i32x16, 6)
-            and isinstance(accumulate, types.BooleanLiteral)):
+    if not (isinstance(ends, types.BaseTuple) and len(ends) % 4 == 1 and 4 * j.literal_value < len(ends) - 1
+            and accs == types.UniTuple(i32x16, 6) and isinstance(accumulate, types.BooleanLiteral)):
         return None
     v, adding = j.literal_value, accumulate.literal_value
 
@@ -486,7 +487,7 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, accumulate):
         c = context.cast(builder, items[4 * v], ends_t[4 * v], types.int64)
         n = context.cast(builder, items[4 * v + 1], ends_t[4 * v + 1], types.int64)
         scales = cgutils.unpack_tuple(builder, items[4 * v + 3], 9)
-        bounds = cgutils.unpack_tuple(builder, items[16], 3)
+        bounds = cgutils.unpack_tuple(builder, items[-1], 3)
         vectors = cgutils.unpack_tuple(builder, args[5], 6)
         p = context.cast(builder, args[2], p_t, types.int64)
         at = types.UniTuple(types.int64, 2)

@@ -11,6 +11,7 @@ from PIL import Image
 
 from mnv2engine import Engine, EngineError, InputError
 from mnv2engine.arch import Architecture
+from mnv2engine.weights.tflite import read_tflite
 
 from conftest import require
 from tflite_edit import engine_names, unpack
@@ -119,6 +120,26 @@ def test_forward_in_one_call_is_litert_reference_kernels_in_every_mode(model, sh
     x = photo(shared_data, "owl.jpg")
     assert np.array_equal(engine.forward(x), reference_logits(path, x)[1])
     assert engine.memory_report(x=x).schedule.arenas == 1  # one image: one arena, whatever the threads
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_headless_integer_engine_returns_the_reference_kernels_pooled_features(model, shared_data, threads):
+    """The file without its classifier: forward gives the pool's integers as reals."""
+    path, _ = model
+    ws = read_tflite(path)
+    ws.classes = 0
+    del ws.layers["classifier"]
+    for table in (ws.quantization.layers, ws.quantization.activations):
+        for name in ("classifier", "softmax"):
+            table.pop(name, None)
+    x = photo(shared_data, "owl.jpg")
+    it = litert(path, reference=True)
+    invoke(it, x)
+    pool = engine_names(unpack(path.read_bytes()), ARCH)["pool"]
+    detail = next(d for d in it.get_tensor_details() if d["index"] == pool.outputs[0])
+    scale, zero = detail["quantization"]
+    want = (it.get_tensor(pool.outputs[0]).astype(np.float32).reshape(1, -1) - zero) * np.float32(scale)
+    assert np.array_equal(Engine(ws, threads=threads).forward(x), want)
 
 
 def test_top5_of_every_photo_is_litert_defaults(model, shared_data):
