@@ -17,7 +17,7 @@ one widening load and one 16-bit multiply-add (qsimd.vmadd16: vpdpwssd with VNNI
 import numpy as np
 from numba import njit
 
-from .qsimd import LANES, bstore, iadd, iload, imul, isplat, isub, low16, vmadd16, vrequant32 as vrequant, xload
+from .qsimd import LANES, bstore, iadd, iload, imul, isplat, isub, low16, vbounds, vmadd16, vrequant_with, vscales, xload
 
 ZERO_TAP = 3  # the index of the zero row and column of packed weights
 BLOCK = LANES  # channels per vector
@@ -94,12 +94,14 @@ def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stri
     r0, r1, r2 = _nearest(iy, H) % R, _nearest(iy + 1, H) % R, _nearest(iy + 2, H) % R
     k0, k1, k2 = _weight_index(iy, 0, H), _weight_index(iy, 1, H), _weight_index(iy, 2, H)
     xz, zero = isplat(x_zero), isplat(0)
+    bounds = vbounds(y_zero, lo, hi)
     for c in range(0, C, LANES):
         n = min(LANES, C - c)
         w00, w01, w02 = xload(wc, (k0, 0, c), n), xload(wc, (k0, 1, c), n), xload(wc, (k0, 2, c), n)
         w10, w11, w12 = xload(wc, (k1, 0, c), n), xload(wc, (k1, 1, c), n), xload(wc, (k1, 2, c), n)
         w20, w21, w22 = xload(wc, (k2, 0, c), n), xload(wc, (k2, 1, c), n), xload(wc, (k2, 2, c), n)
-        b, m, s = iload(bias, (c,), n), iload(mult, (c,), n), iload(shift, (c,), n)
+        b = iload(bias, (c,), n)
+        scales = vscales(iload(mult, (c,), n), iload(shift, (c,), n))
         total = iadd(iadd(iadd(w00, w01), iadd(w02, w10)), iadd(iadd(w11, w12), iadd(w20, iadd(w21, w22))))
         folded = isub(b, imul(xz, total))  # bias - x_zero * sum(w): for windows inside the row
         w00, w01, w02, w10, w11, w12 = low16(w00), low16(w01), low16(w02), low16(w10), low16(w11), low16(w12)
@@ -114,10 +116,10 @@ def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stri
                 else:
                     a0, a1, a2, a3 = _interior4(e, r0, r1, r2, ix, 2, c, folded,
                                                 w00, w01, w02, w10, w11, w12, w20, w21, w22)
-                bstore(out, (ox, c), LANES, vrequant(a0, m, s, y_zero, lo, hi))
-                bstore(out, (ox + 1, c), LANES, vrequant(a1, m, s, y_zero, lo, hi))
-                bstore(out, (ox + 2, c), LANES, vrequant(a2, m, s, y_zero, lo, hi))
-                bstore(out, (ox + 3, c), LANES, vrequant(a3, m, s, y_zero, lo, hi))
+                bstore(out, (ox, c), LANES, vrequant_with(a0, scales, bounds))
+                bstore(out, (ox + 1, c), LANES, vrequant_with(a1, scales, bounds))
+                bstore(out, (ox + 2, c), LANES, vrequant_with(a2, scales, bounds))
+                bstore(out, (ox + 3, c), LANES, vrequant_with(a3, scales, bounds))
                 ox += 4
             else:  # one pixel; its left or right column of taps may be on the padding
                 x0, x1, x2 = _nearest(ix, W), _nearest(ix + 1, W), _nearest(ix + 2, W)
@@ -131,7 +133,7 @@ def qdepthwise_row(e, H, oy, wc, bias, mult, shift, x_zero, y_zero, lo, hi, stri
                 a = _tap(e, r2, x0, c, n, xz, w20 if left else zero, a)
                 a = _tap(e, r2, x1, c, n, xz, w21, a)
                 a = _tap(e, r2, x2, c, n, xz, w22 if right else zero, a)
-                bstore(out, (ox, c), n, vrequant(a, m, s, y_zero, lo, hi))
+                bstore(out, (ox, c), n, vrequant_with(a, scales, bounds))
                 ox += 1
 
 

@@ -9,19 +9,19 @@ import numpy as np
 from numba import njit
 
 from .qlanes import to_8bit_lanes
-from .qsimd import LANES, bstore, iadd, iload, imul, isplat, isub, vrequant32, xload
+from .qsimd import LANES, bstore, iadd, iload, imul, isplat, isub, vbounds, vrequant_with, vscales, xload
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 ADD_LEFT_SHIFT = 20  # ADD's inputs are scaled by 2^20 before their multipliers (8-bit types)
 
 
 @njit(cache=True, inline="always")
-def _add16(fa, fb, fo, i, n, za, a_mult, a_shift, zb, b_mult, b_shift, y_zero, y_mult, y_shift, lo, hi):
+def _add16(fa, fb, fo, i, n, za, a_scales, zb, b_scales, y_scales, wide, bounds):
     """Elements i..i+n-1 of ADD, in 16 int32 lanes."""
     scale = isplat(1 << ADD_LEFT_SHIFT)
-    sa = vrequant32(imul(isub(xload(fa, (i,), n), za), scale), a_mult, a_shift, 0, INT32_MIN, INT32_MAX)
-    sb = vrequant32(imul(isub(xload(fb, (i,), n), zb), scale), b_mult, b_shift, 0, INT32_MIN, INT32_MAX)
-    bstore(fo, (i,), n, vrequant32(iadd(sa, sb), y_mult, y_shift, y_zero, lo, hi))
+    sa = vrequant_with(imul(isub(xload(fa, (i,), n), za), scale), a_scales, wide)
+    sb = vrequant_with(imul(isub(xload(fb, (i,), n), zb), scale), b_scales, wide)
+    bstore(fo, (i,), n, vrequant_with(iadd(sa, sb), y_scales, bounds))
 
 
 @njit(cache=True, nogil=True, _nrt=False)
@@ -33,14 +33,15 @@ def qadd(a, a_zero, a_mult, a_shift, b, b_zero, b_mult, b_shift, y_zero, y_mult,
         raise ValueError("ADD's inputs and output must have one shape")
     fa, fb, fo = a.reshape(-1), b.reshape(-1), out.reshape(-1)
     za, zb = isplat(a_zero), isplat(b_zero)
-    am, ash, bm, bsh = isplat(a_mult), isplat(a_shift), isplat(b_mult), isplat(b_shift)
-    ym, ysh = isplat(y_mult), isplat(y_shift)
+    a_scales, b_scales = vscales(isplat(a_mult), isplat(a_shift)), vscales(isplat(b_mult), isplat(b_shift))
+    y_scales = vscales(isplat(y_mult), isplat(y_shift))
+    wide, bounds = vbounds(0, INT32_MIN, INT32_MAX), vbounds(y_zero, lo, hi)
     size = fo.size
     whole = size - size % LANES
     for i in range(0, whole, LANES):
-        _add16(fa, fb, fo, i, LANES, za, am, ash, zb, bm, bsh, y_zero, ym, ysh, lo, hi)
+        _add16(fa, fb, fo, i, LANES, za, a_scales, zb, b_scales, y_scales, wide, bounds)
     if whole < size:
-        _add16(fa, fb, fo, whole, size - whole, za, am, ash, zb, bm, bsh, y_zero, ym, ysh, lo, hi)
+        _add16(fa, fb, fo, whole, size - whole, za, a_scales, zb, b_scales, y_scales, wide, bounds)
 
 
 @njit(cache=True, nogil=True)
@@ -104,8 +105,9 @@ def qrequantize(acc, bias, mult, shift, y_zero, lo, hi, out):
     out int8 [P, C] = to_8bit(acc + bias) per channel; acc int32 [P, C]. 16 channels at a
     time, each vector's bias and multipliers loaded once for all the pixels."""
     P, C = out.shape
+    bounds = vbounds(y_zero, lo, hi)
     for c in range(0, C, LANES):
         n = min(LANES, C - c)
-        b, m, s = iload(bias, (c,), n), iload(mult, (c,), n), iload(shift, (c,), n)
+        b, scales = iload(bias, (c,), n), vscales(iload(mult, (c,), n), iload(shift, (c,), n))
         for p in range(P):
-            bstore(out, (p, c), n, vrequant32(iadd(iload(acc, (p, c), n), b), m, s, y_zero, lo, hi))
+            bstore(out, (p, c), n, vrequant_with(iadd(iload(acc, (p, c), n), b), scales, bounds))

@@ -375,11 +375,10 @@ def _requant(builder, acc, scales, low, top, zero, saturate=True):
         right, mask, half = scales[3:6]
         nudge = _const(1 << 30, LANES // 2, _I64)
         even, odd = builder.add(even, nudge), builder.add(odd, nudge)
-        # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high
-        low_half = _const(0xFFFFFFFF, LANES // 2, _I64)
-        h = builder.or_(builder.and_(builder.lshr(even, c31), low_half),
-                        builder.and_(builder.shl(odd, _const(1, LANES // 2, _I64)), builder.not_(low_half)))
-        h = builder.bitcast(h, _VEC)
+        # bits 31..62 of each sum: the even lanes' to the low half, the odd lanes' to the high (a blend)
+        even = builder.bitcast(builder.lshr(even, c31), _VEC)
+        odd = builder.bitcast(builder.shl(odd, _const(1, LANES // 2, _I64)), _VEC)
+        h = builder.shuffle_vector(even, odd, ir.Constant(_VEC, [l + LANES * (l % 2) for l in range(LANES)]))
         if saturate:
             h = builder.add(h, builder.sext(builder.icmp_signed("==", h, _const(_INT_MIN)), _VEC))
         threshold = builder.sub(half, builder.ashr(h, _const(31)))
