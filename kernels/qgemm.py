@@ -113,7 +113,7 @@ def _check(x, packed, colsum, P, C):
         raise QuantizedGemmError("x's rows must be contiguous")
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(cache=True, inline="always")  # inlined: one level of calls less to optimize again (cold start)
 def _qgemm(x, packed, colsum, bias, mult, shift, xz, wz, yz, lo, hi, out, acc, accumulate, C):
     P, K = x.shape
     for i in range(packed.shape[0]):
