@@ -1,7 +1,8 @@
 """Explicit integer SIMD for Numba: 16 lanes of int32 as a Numba type, and what the int8
 GEMM (qgemm.py) needs: the 4-byte dot product into int32 (vpdpbusd where the target has
-VNNI, plain IR elsewhere), TFLite's requantization on 16 lanes, and loads and stores of
-int32 and int8 lanes with a lane count (lanes >= n neither read nor written).
+AVX-512 VNNI; elsewhere two products of int16 pairs, pmaddwd on x86), TFLite's
+requantization on 16 lanes, and loads and stores of int32 and int8 lanes with a lane
+count (lanes >= n neither read nor written).
 
 As simd.py's float vectors: one zmm with AVX-512, two ymm with AVX2, four xmm or NEON
 registers elsewhere; LLVM splits what the target cannot hold in one register.
@@ -465,7 +466,7 @@ def vfinish6(typingctx, out, acc, p, ends, j, accs, accumulate):
     int8 out[p + i, c_j:c_j + n_j], or, where `accumulate` (a literal), added into the
     int32 acc[p + i, c_j:c_j + n_j]. Pixels past the array's rows, and a vector with
     n_j = 0, are skipped. ends: (c_j, n_j, k_j, scales_j) for each vector j of the tile,
-then the bounds.
+    then the bounds.
     One intrinsic rather than Numba code inlined per pixel: Numba's front end copied the
     requantization's IR for each of a tile's 24 outputs (33 s of a first compile). And
     vector-major, so that the six pixels' requantizations share scales_j in registers."""
