@@ -192,6 +192,20 @@ def test_the_same_in_other_builds():
     rebuilds.check("qgemm haswell", "tests compiled for haswell")
 
 
+GENERIC_RUN = X86 and os.environ.get("NUMBA_CPU_NAME") is None
+if GENERIC_RUN:
+    rebuilds.declare("qgemm generic", {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": None}, ["test_qgemm.py"])
+
+
+@pytest.mark.slow
+@pytest.mark.rebuild("qgemm generic")
+def test_the_same_on_baseline_x86():
+    """These tests compiled for baseline x86-64: the pairs' pmaddwd on 128-bit registers."""
+    if not GENERIC_RUN:
+        pytest.skip("this run is for a chosen target, or not x86-64")
+    rebuilds.check("qgemm generic", "tests compiled for generic")
+
+
 def test_haswell_and_generic_have_no_integer_dot_product():
     """target.py's fact as the kernels read it: NUMBA_CPU_NAME=haswell (or generic) builds
     the code without VNNI on any x86-64 machine."""
