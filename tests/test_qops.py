@@ -286,19 +286,6 @@ def test_compiled_for_avx2():
     rebuilds.check("qops haswell", "tests compiled for haswell")
 
 
-if HASWELL_RUN:  # and for baseline x86-64: pmaddwd on 128-bit registers
-    rebuilds.declare("qops generic", {"NUMBA_CPU_NAME": "generic", "NUMBA_CPU_FEATURES": None}, ["test_qops.py"],
-                     "-k", " or ".join(f"({k})" for k in CHOSEN))
-
-
-@pytest.mark.slow
-@pytest.mark.rebuild("qops generic")
-def test_compiled_for_baseline_x86():
-    if not HASWELL_RUN:
-        pytest.skip("this run is for a chosen target, or the machine is not x86-64")
-    rebuilds.check("qops generic", "tests compiled for generic")
-
-
 @njit(cache=True)
 def _requantize_lanes_all(acc, mult, shift, out):
     for i in range(acc.size):
