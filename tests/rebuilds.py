@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,18 +40,20 @@ class Run:
             else:
                 env[key] = value
         args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *self.args]
+        # The output goes to files, read by the waiting test: a pipe read here would
+        # allocate while the suite's own tests measure their memory with tracemalloc.
+        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         try:
             with _lock:
                 if _stopping:
                     raise RuntimeError("the test session ended first")
-                self.process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                text=True, cwd=HERE.parent)
+                self.process = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=HERE.parent)
             try:
-                out, err = self.process.communicate(timeout=TIMEOUT)
+                self.process.wait(timeout=TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-                out, err = self.process.communicate()
-                raise subprocess.TimeoutExpired(args, TIMEOUT, out, err) from None
+                self.process.wait()
+                raise
             self.result = subprocess.CompletedProcess(args, self.process.returncode, out, err)
         except BaseException as e:  # noqa: BLE001 -- handed to the waiting test
             self.result = e
@@ -84,7 +87,17 @@ def result(name: str) -> subprocess.CompletedProcess:
     run.done.wait()
     if isinstance(run.result, BaseException):
         raise run.result
-    return run.result
+    done = run.result
+    if not isinstance(done.stdout, str):  # the files, read once
+        done.stdout, done.stderr = (_text(f) for f in (done.stdout, done.stderr))
+    return done
+
+
+def _text(file) -> str:
+    file.seek(0)
+    text = file.read().decode(errors="replace")
+    file.close()
+    return text
 
 
 def check(name: str, what: str) -> None:
