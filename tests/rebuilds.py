@@ -9,6 +9,10 @@ waits for its run's result: the runs' compiles overlap the rest of the suite.
 A test module declares its runs at import (`declare`), and its test marks itself
 `@pytest.mark.rebuild(name)` and asserts on `result(name)`. When the session ends (a
 failure under -x, a Ctrl-C), the runs still going are ended (`stop`): none outlives it.
+
+tracemalloc counts every thread's allocations: the background thread allocates (starting
+a run, keeping its result) only while it holds QUIET, which a test holds while it measures
+(conftest.traced).
 """
 from __future__ import annotations
 
@@ -33,34 +37,41 @@ class Run:
     process: subprocess.Popen | None = None  # while it runs: what stop() ends
 
     def execute(self) -> None:
-        env = dict(os.environ)
-        for key, value in self.env.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
-        args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *self.args]
-        # The output goes to files, read by the waiting test: a pipe read here would
-        # allocate while the suite's own tests measure their memory with tracemalloc.
-        out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
         try:
-            with _lock:
-                if _stopping:
-                    raise RuntimeError("the test session ended first")
-                self.process = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=HERE.parent)
+            with QUIET:
+                args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *self.args]
+                # The output goes to files, read by the waiting test: no reads here.
+                out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+                with _lock:
+                    if _stopping:
+                        raise RuntimeError("the test session ended first")
+                    self.process = subprocess.Popen(args, env=self._environment(), stdout=out, stderr=err,
+                                                    cwd=HERE.parent)
             try:
                 self.process.wait(timeout=TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
                 raise
-            self.result = subprocess.CompletedProcess(args, self.process.returncode, out, err)
+            with QUIET:
+                self.result = subprocess.CompletedProcess(args, self.process.returncode, out, err)
         except BaseException as e:  # noqa: BLE001 -- handed to the waiting test
-            self.result = e
+            with QUIET:
+                self.result = e
         self.done.set()
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
 
 
 RUNS: dict[str, Run] = {}
+QUIET = threading.Lock()  # held by a test measuring memory (module docstring)
 _lock = threading.Lock()
 _started: set[str] = set()
 _stopping = False
