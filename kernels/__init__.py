@@ -24,9 +24,10 @@ if __name__ == "kernels":
 
     replace_with_installed(__name__, __file__)
 else:
-    from ._cache import drop_stale_cache
+    from ._cache import drop_stale_cache, guard_saves
 
     drop_stale_cache()  # before any kernel is loaded from the cache
+    guard_saves()
 
     from .conv import conv3x3, depthwise3x3, pointwise  # noqa: E402
     from .pool import global_avg_pool, pointwise_avg_pool  # noqa: E402

@@ -5,12 +5,25 @@ kernel in block.py that calls (and inlines) one from depthwise.py keeps running 
 code after depthwise.py changes, until block.py changes too. So: one digest of all the
 kernel sources, stored beside the cache (wherever Numba keeps it, NUMBA_CACHE_DIR too);
 when it differs, every cached kernel is dropped.
+
+And serialize the saves of processes that compile at once (Ray workers, the test suite's
+other builds): Numba numbers a function's cached overloads by reading its index, so two
+processes saving different overloads together can give them the same data file, and the
+index then points one signature at the other's code (numba#4807: a crash, or a wrong
+answer). Saves into this folder take a lock file first (POSIX; elsewhere, unguarded).
 """
+import contextlib
 import hashlib
 import os
 from pathlib import Path
 
 from numba import njit
+from numba.core import caching
+
+try:
+    import fcntl
+except ImportError:  # not POSIX
+    fcntl = None
 
 from .target import TILES_OVERRIDE
 
@@ -33,6 +46,39 @@ def _numba_cache_folder() -> Path:
 
 CACHE = _numba_cache_folder()
 STAMP = CACHE / "kernel-sources.sha256"
+LOCK = "saving.lock"  # in CACHE: held while a process saves a kernel or drops the cache
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """Hold `folder`/LOCK, exclusively among processes, for the block; no lock without
+    flock, or where the file cannot be opened (a folder Numba cannot save into either)."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDWR | os.O_CREAT, 0o666) if fcntl else -1
+    except OSError:
+        fd = -1
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock
+
+
+def guard_saves() -> None:
+    """Numba's saves into CACHE hold its lock (module docstring); other folders' as they were."""
+    save = caching.IndexDataCacheFile.save
+    if getattr(save, "guarded", False):
+        return
+
+    def guarded_save(self, key, data):
+        if Path(getattr(self, "_cache_path", "")) != CACHE:
+            return save(self, key, data)
+        with locked(CACHE):
+            return save(self, key, data)  # reads the index again, under the lock
+    guarded_save.guarded = True
+    caching.IndexDataCacheFile.save = guarded_save
 
 
 def drop_stale_cache() -> None:
@@ -47,9 +93,10 @@ def drop_stale_cache() -> None:
     except OSError:
         pass
     try:
-        for f in CACHE.glob("*.nb[ic]"):
-            f.unlink(missing_ok=True)
-        CACHE.mkdir(exist_ok=True)
-        STAMP.write_text(digest)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with locked(CACHE):
+            for f in CACHE.glob("*.nb[ic]"):
+                f.unlink(missing_ok=True)
+            STAMP.write_text(digest)
     except OSError:
         pass  # a read-only install: Numba caches elsewhere (NUMBA_CACHE_DIR), or not at all

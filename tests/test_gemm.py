@@ -3,6 +3,8 @@ nothing but their output."""
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +105,34 @@ def test_stale_kernel_cache_is_dropped_under_numba_cache_dir(tmp_path):
     (written[0] / "kernel-sources.sha256").write_text("the sources of another version")
     subprocess.run([sys.executable, "-c", "import mnv2engine.kernels"], env=env, check=True)
     assert not list(written[0].glob("*.nbi"))
+
+
+@pytest.mark.skipif(_cache.fcntl is None, reason="no flock on this platform: saves go unguarded")
+def test_a_save_into_the_kernel_cache_waits_while_another_process_holds_its_lock(tmp_path):
+    """Processes that compile at once save one after another (_cache.locked, numba#4807):
+    a child process's save waits while this one holds the lock file, taken here with
+    flock directly."""
+    import fcntl
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    script = ("import sys, numpy as np; from mnv2engine.kernels import _cache; "
+              "from mnv2engine.kernels.qdepthwise import pack_qdepthwise as f; print(_cache.CACHE, flush=True); "
+              "sys.stdin.readline(); f(np.zeros((3, 3, 2), np.int8), 0)")
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        folder = Path(child.stdout.readline().strip())
+        saved = lambda: list(folder.glob("qdepthwise.pack_qdepthwise-*.nb[ic]"))  # noqa: E731
+        with open(folder / _cache.LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            child.stdin.write("compile\n")
+            child.stdin.flush()
+            time.sleep(3)  # the compile takes a fraction of a second: its save is waiting now
+            assert child.poll() is None and not saved(), "the child saved while the lock was held"
+        assert child.wait(timeout=120) == 0
+        assert saved()
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_stale_kernel_cache_is_dropped_when_a_source_changes(tmp_path, monkeypatch):
