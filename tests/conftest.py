@@ -12,6 +12,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("MNV2_TEST_DATA", ROOT.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    import rebuilds
+    config.rebuilds_folder = rebuilds.open_session()
+    if getattr(config.option, "dist", None) == "load":  # pytest -n N: a module's tests on one worker,
+        config.option.dist = "loadfile"  # its fixtures (a Ray cluster, converted models) made once
+
+
+def pytest_unconfigure(config):
+    import rebuilds
+    rebuilds.close_session(getattr(config, "rebuilds_folder", None))
+
+
 def pytest_collection_finish(session):
     """Start the other builds' runs of the collected tests now, in the background (rebuilds.py)."""
     import rebuilds
@@ -19,9 +31,9 @@ def pytest_collection_finish(session):
         rebuilds.start([m.args[0] for item in session.items for m in item.iter_markers("rebuild")])
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     import rebuilds
-    rebuilds.stop()
+    rebuilds.stop(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop))
 
 
 def close(actual, reference, rel=1e-4):

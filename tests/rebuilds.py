@@ -1,14 +1,21 @@
 """The suite's runs of other builds: test files run again by pytest in a subprocess, the
 kernels compiled for another target (NUMBA_CPU_NAME=haswell or generic, a tile table).
 
-Each run takes a minute or two, nearly all of it Numba compiling on one core, while the
-suite's own process keeps the other core busy. So the runs start as soon as the tests are
-collected (conftest.py), one after another on a background thread, and each test only
-waits for its run's result: the runs' compiles overlap the rest of the suite.
+Each run takes a minute or two, nearly all of it Numba compiling on one core. So the runs
+start as soon as the tests are collected (conftest.py), one after another on a background
+thread, and each test only waits for its run's result: the runs' compiles overlap the
+rest of the suite.
 
 A test module declares its runs at import (`declare`), and its test marks itself
-`@pytest.mark.rebuild(name)` and asserts on `result(name)`. When the session ends (a
-failure under -x, a Ctrl-C), the runs still going are ended (`stop`): none outlives it.
+`@pytest.mark.rebuild(name)` and asserts on its run's result (`check`).
+
+Under pytest-xdist every worker collects every test, and the test that waits for a run
+may land on any worker. So the runs' results are files in one folder per session
+(FOLDER, made by the main process: `open_session`): the first worker to claim a run (an
+exclusive create of its claim file) starts it, and whichever worker needs it waits for
+its result file. A process's session ends (`stop`) by waiting for the runs it started,
+which another worker may still need; after a Ctrl-C or a -x stop, by ending them: none
+outlives the session.
 
 tracemalloc counts every thread's allocations: the background thread allocates (starting
 a run, keeping its result) only while it holds QUIET, which a test holds while it measures
@@ -17,111 +24,154 @@ a run, keeping its result) only while it holds QUIET, which a test holds while i
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass, field
+import time
 from pathlib import Path
 
 HERE = Path(__file__).parent
 TIMEOUT = 1500  # seconds per run
+FOLDER = "MNV2_REBUILDS"  # the environment variable naming the session's folder of results
 
-
-@dataclass
-class Run:
-    env: dict[str, str | None]  # variables to set, or to remove (None)
-    args: list[str]             # pytest's arguments after its options
-    done: threading.Event = field(default_factory=threading.Event)
-    result: subprocess.CompletedProcess | BaseException | None = None
-    process: subprocess.Popen | None = None  # while it runs: what stop() ends
-
-    def execute(self) -> None:
-        try:
-            with QUIET:
-                args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *self.args]
-                # The output goes to files, read by the waiting test: no reads here.
-                out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
-                with _lock:
-                    if _stopping:
-                        raise RuntimeError("the test session ended first")
-                    self.process = subprocess.Popen(args, env=self._environment(), stdout=out, stderr=err,
-                                                    cwd=HERE.parent)
-            try:
-                self.process.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise
-            with QUIET:
-                self.result = subprocess.CompletedProcess(args, self.process.returncode, out, err)
-        except BaseException as e:  # noqa: BLE001 -- handed to the waiting test
-            with QUIET:
-                self.result = e
-        self.done.set()
-
-    def _environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        for key, value in self.env.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
-        return env
-
-
-RUNS: dict[str, Run] = {}
+RUNS: dict[str, tuple[dict, list[str]]] = {}  # name: (variables to set or remove (None), pytest's arguments)
 QUIET = threading.Lock()  # held by a test measuring memory (module docstring)
 _lock = threading.Lock()
-_started: set[str] = set()
+_mine: dict[str, subprocess.Popen | None] = {}  # the runs this process claimed: their processes once started
+_threads: list[threading.Thread] = []
 _stopping = False
 
 
 def declare(name: str, env: dict[str, str | None], files: list[str], *options: str) -> None:
     """A run of `files` (in tests/) with `env` changed, under `name`."""
-    RUNS[name] = Run(env, [str(HERE / f) for f in files] + list(options))
+    RUNS[name] = (env, [str(HERE / f) for f in files] + list(options))
+
+
+def open_session() -> str | None:
+    """In the main process (not an xdist worker, which inherits it): the session's folder
+    of results, made now; its path, to remove at the end (close_session)."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        return None
+    os.environ[FOLDER] = tempfile.mkdtemp(prefix="mnv2-rebuilds-")
+    return os.environ[FOLDER]
+
+
+def close_session(folder: str | None) -> None:
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def start(names: list[str]) -> None:
-    """Run these (the declared ones not yet started) one after another, in the background."""
+    """Claim the declared runs among `names` no process has claimed yet, and run them one
+    after another in the background."""
+    todo = []
     with _lock:
-        todo = [RUNS[n] for n in names if n in RUNS and n not in _started]
-        _started.update(n for n in names if n in RUNS)
+        for name in dict.fromkeys(names):
+            if name in RUNS and name not in _mine and _claim(name):
+                _mine[name] = None
+                todo.append(name)
     if todo:
-        threading.Thread(target=lambda: [run.execute() for run in todo], daemon=True).start()
-
-
-def result(name: str) -> subprocess.CompletedProcess:
-    """The run's finished process (started now if it was not), or the run's own failure raised."""
-    start([name])
-    run = RUNS[name]
-    run.done.wait()
-    if isinstance(run.result, BaseException):
-        raise run.result
-    done = run.result
-    if not isinstance(done.stdout, str):  # the files, read once
-        done.stdout, done.stderr = (_text(f) for f in (done.stdout, done.stderr))
-    return done
-
-
-def _text(file) -> str:
-    file.seek(0)
-    text = file.read().decode(errors="replace")
-    file.close()
-    return text
+        thread = threading.Thread(target=lambda: [_execute(n) for n in todo], daemon=True)
+        _threads.append(thread)
+        thread.start()
 
 
 def check(name: str, what: str) -> None:
     """Fail the calling test unless the run passed, with its output's end."""
-    run = result(name)
-    assert run.returncode == 0, f"{what} failed:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    returncode, stdout, stderr = result(name)
+    assert returncode == 0, f"{what} failed:\n{stdout[-4000:]}\n{stderr[-2000:]}"
 
 
-def stop() -> None:
-    """End the runs still going (the session is over: a -x stop, a Ctrl-C): none outlives it."""
+def result(name: str) -> tuple[int, str, str]:
+    """(return code, stdout, stderr) of the run, once it has finished (started now if no
+    process has); a failure to run it at all is raised."""
+    if name not in RUNS:
+        raise KeyError(f"no run {name!r} was declared")
+    start([name])
+    done, deadline = _path(name, "rc"), time.monotonic() + TIMEOUT + 60
+    while not done.exists():
+        claimant = int(_path(name, "claim").read_text() or 0)
+        if time.monotonic() > deadline or not _alive(claimant):
+            raise RuntimeError(f"the run {name!r} gave no result (its process {claimant} ended, or "
+                               f"{TIMEOUT + 60} s passed)")
+        time.sleep(0.2)
+    text = done.read_text()
+    if not text.lstrip("-").isdigit():
+        raise RuntimeError(f"the run {name!r} could not run: {text}")
+    return int(text), *(_path(name, part).read_text(errors="replace") for part in ("out", "err"))
+
+
+def stop(interrupted: bool) -> None:
+    """The session is over: end this process's runs (a Ctrl-C, a -x stop: the runs not
+    started report that), or wait for them all (another worker may need their results)."""
     global _stopping
     with _lock:
-        _stopping = True
-        running = [run.process for run in RUNS.values() if run.process is not None and run.process.poll() is None]
-    for process in running:
-        process.kill()
+        _stopping = interrupted
+        processes = [p for p in _mine.values() if p is not None]
+    if interrupted:
+        for process in processes:
+            process.kill()
+    for thread in _threads:
+        thread.join()
+
+
+def _path(name: str, part: str) -> Path:
+    return Path(os.environ[FOLDER]) / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}.{part}"
+
+
+def _claim(name: str) -> bool:
+    """Whether this process made the run's claim file, which holds its pid."""
+    try:
+        fd = os.open(_path(name, "claim"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def _alive(pid: int) -> bool:
+    if pid in (0, os.getpid()):  # the claim being written; this process's own run
+        return True
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _execute(name: str) -> None:
+    """Run `name`, its output into its files, then its return code (or why it could not
+    run) into its result file, written whole at once."""
+    env_changes, options = RUNS[name]
+    try:
+        with QUIET:
+            env = dict(os.environ)
+            env.pop(FOLDER, None)  # its own runs, if any, are its own session's
+            for key, value in env_changes.items():
+                if value is None:
+                    env.pop(key, None)
+                else:
+                    env[key] = value
+            args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *options]
+            with open(_path(name, "out"), "wb") as out, open(_path(name, "err"), "wb") as err, _lock:
+                if _stopping:
+                    raise RuntimeError("the test session ended first")
+                process = _mine[name] = subprocess.Popen(args, env=env, stdout=out, stderr=err, cwd=HERE.parent)
+        try:
+            outcome = str(process.wait(timeout=TIMEOUT))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            outcome = f"no result in {TIMEOUT} s"
+    except BaseException as e:  # noqa: BLE001 -- reported to the waiting test
+        outcome = f"{type(e).__name__}: {e}"
+    with QUIET:
+        partial = _path(name, "rc.partial")
+        partial.write_text(outcome)
+        partial.replace(_path(name, "rc"))
