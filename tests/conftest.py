@@ -33,7 +33,8 @@ def pytest_collection_finish(session):
 
 def pytest_sessionfinish(session, exitstatus):
     import rebuilds
-    rebuilds.stop(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or bool(session.shouldstop))
+    stopped = session.shouldstop or session.shouldfail  # -x and --maxfail set shouldfail
+    rebuilds.stop(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED or bool(stopped))
 
 
 def close(actual, reference, rel=1e-4):
