@@ -151,8 +151,8 @@ def _execute(name: str) -> None:
     env_changes, options = RUNS[name]
     try:
         with QUIET:
-            env = dict(os.environ)
-            env.pop(FOLDER, None)  # its own runs, if any, are its own session's
+            # a plain pytest session of its own: its runs, if any, are its own
+            env = {k: v for k, v in os.environ.items() if k != FOLDER and not k.startswith("PYTEST_XDIST_")}
             for key, value in env_changes.items():
                 if value is None:
                     env.pop(key, None)
