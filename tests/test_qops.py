@@ -316,7 +316,7 @@ def _vrequant32_all(acc, mult, shift, zero, lo, hi, out):
 
 
 def test_the_int32_vector_requantization_is_tflites():
-    """qsimd.vrequant32 (the depthwise's, the stem's and ADD's) at the int32 edges (INT32_MIN
+    """qsimd.vrequant32 (the stem's) at the int32 edges (INT32_MIN
     squared saturates, shifts 0 and 31 either way) and at random, with the zero point and clamp."""
     rng = np.random.default_rng(31)
     n = 30001  # not a multiple of 16: a partial vector too
